@@ -1,0 +1,136 @@
+"""The backend interface: one abstract class per extension point (hatch's habit).
+
+A backend owns a cloud's compute and hands out its object storage. Everything a task
+reports (status, logs, events of its agents) lives in that storage and is read by the core;
+a backend only adds what its machines look like from the cloud's side.
+
+Writing a backend takes two files: a package with a :class:`Backend` subclass, and an entry
+point in its ``pyproject.toml``::
+
+    [project.entry-points."tpi.backends"]
+    mycloud = "tpi_mycloud.backend:MyCloudBackend"
+
+Contracts every implementation keeps:
+
+- ``storage`` and every step from ``create_steps``/``delete_steps`` are idempotent: calling
+  them twice gives the same result as once, and a delete of something gone succeeds.
+- ``create_steps`` returns once the cloud has *accepted* the resources; it never waits for
+  machines to boot. The cloud (scaling group, Job, supervisor) runs and recovers the task.
+- Nothing secret goes into user-data, metadata, labels or logs: environment values reach
+  the machine through a task-scoped secret store, never through startup data.
+- Errors leave a backend only as :mod:`tpi_core.errors` types, mapped once at the SDK call
+  site; :class:`~tpi_core.errors.TransientError` means "try again later".
+- ``observe`` and ``find`` are read-only and fast (a handful of API calls).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tpi_core.model import Event, Task, frozen_map
+from tpi_core.steps import Step
+from tpi_core.storage import Storage
+
+
+class Capability(enum.Enum):
+    """Optional abilities a backend declares in ``CAPABILITIES``."""
+
+    STOP_START = "stop-start"
+    SPOT = "spot"
+    GPU = "gpu"
+    FIND = "find"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """What identifies a task's resources without its tasks file (from the index or tags)."""
+
+    task_id: str
+    cloud: str
+    region: str
+    name: str = ""
+    container: str = ""
+    container_opts: Mapping[str, str] = field(default_factory=frozen_map)
+
+    @classmethod
+    def of(cls, task: Task) -> TaskRef:
+        """The reference of a loaded task."""
+        return cls(task.id, task.cloud, task.region, task.name, task.storage.container,
+                   task.storage.container_opts)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the cloud shows of a task's compute."""
+
+    exists: bool
+    machines: int = 0
+    desired: int = 0
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What ``create_steps`` needs besides the task: where its storage is."""
+
+    storage_url: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class MachineType:
+    """One row of ``tpi machines``: a size alias and what it means on this backend."""
+
+    alias: str
+    native: str
+    detail: str = ""
+
+
+class Backend(ABC):
+    """A cloud (or this computer) that runs tasks.
+
+    The engine calls, for ``apply``: :meth:`storage` (creates the container), uploads the
+    workdir into it, then runs :meth:`create_steps`. For ``destroy``: downloads the output,
+    runs :meth:`delete_steps` in reverse, then deletes the task's storage prefix.
+    """
+
+    NAME: ClassVar[str]
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset()
+
+    @abstractmethod
+    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+        """The storage rooted at the task's prefix; with ``create``, make its container."""
+
+    @abstractmethod
+    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
+        """The resources of a task in creation order, the last one starting its machines."""
+
+    @abstractmethod
+    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
+        """The same resources, as ``create_steps`` would list them, for deletion in reverse."""
+
+    @abstractmethod
+    async def observe(self, ref: TaskRef) -> Observation:
+        """How many machines the task has now and the cloud's events about them."""
+
+    async def set_capacity(self, ref: TaskRef, machines: int) -> None:
+        """Scale the task's group (``tpi stop`` to 0, ``tpi start`` back); keeps storage."""
+        from tpi_core.errors import BackendError
+
+        raise BackendError(f"backend {self.NAME!r} cannot stop or start tasks")
+
+    async def find(self, region: str | None = None) -> list[TaskRef]:
+        """Every tpi task this backend finds by its names and tags, with no local index."""
+        return []
+
+    @classmethod
+    def machine_types(cls) -> list[MachineType]:
+        """The size aliases of ``tpi machines``."""
+        return []
+
+    async def aclose(self) -> None:
+        """Release clients. Safe to call twice."""

@@ -1,0 +1,148 @@
+"""The error tree of tpi.
+
+Every error a user can see is a :class:`TpiError`. Backends translate SDK errors into
+this tree once, at the SDK boundary, with :func:`map_errors`; nothing else reaches the CLI.
+
+    TpiError                      exit 1 unless stated
+    ├── UsageError                exit 2: bad input (tasks.toml, CLI arguments)
+    │   └── ConfigError           tasks.toml: file, task, key, what is allowed
+    ├── PluginError               exit 2: a backend that is missing or broken
+    │   └── BackendNotInstalled   names the `pip install` that fixes it
+    ├── TaskNotFound              exit 3: no such task in the index or the cloud
+    ├── ReplaceRequired           exit 4: a changed task needs --replace
+    ├── BackendError              a cloud said no
+    │   ├── PermissionDenied      names the missing permission when the cloud does
+    │   ├── QuotaExceeded         a quota or capacity limit
+    │   ├── ResourceNotFound      a resource is gone (delete steps treat it as done)
+    │   └── TransientError        try again later: throttling, 5xx, connection reset
+    └── StorageError              object storage failed
+        ├── ObjectNotFound        no object under that key
+        ├── UnsafePathError       a key or link that would escape its destination
+        └── IntegrityError        downloaded bytes do not match their checksum
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+
+class TpiError(Exception):
+    """Base of every error tpi reports; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(TpiError):
+    """Raised for bad input from the user (arguments, files)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """Raised by :mod:`tpi_core.config` for a tasks.toml that cannot be used.
+
+    The message is one line: ``FILE[:LINE:COL]: task NAME: key KEY: reason``.
+    """
+
+    def __init__(self, file: str, reason: str, *, task: str | None = None,
+                 key: str | None = None, line: int | None = None, col: int | None = None):
+        self.file, self.task, self.key, self.reason = file, task, key, reason
+        self.line, self.col = line, col
+        where = file if line is None else f"{file}:{line}:{col}"
+        parts = [where]
+        if task is not None:
+            parts.append(f"task {task!r}")
+        if key is not None:
+            parts.append(f"key {key!r}")
+        super().__init__(": ".join(parts + [reason]))
+
+
+class PluginError(TpiError):
+    """Raised by the registry when a backend cannot be loaded."""
+
+    exit_code = 2
+
+
+class BackendNotInstalled(PluginError):
+    """Raised when a task names a backend whose package is not installed."""
+
+
+class TaskNotFound(TpiError):
+    """Raised when a named task is neither in the local index nor found in the cloud."""
+
+    exit_code = 3
+
+
+class ReplaceRequired(TpiError):
+    """Raised by apply when a task changed and neither --replace nor a confirmation was given."""
+
+    exit_code = 4
+
+
+class BackendError(TpiError):
+    """Raised by a backend when the cloud refuses an operation."""
+
+
+class PermissionDenied(BackendError):
+    """The credentials lack a permission; the message names it when the cloud does."""
+
+
+class QuotaExceeded(BackendError):
+    """A quota or capacity limit of the cloud was hit."""
+
+
+class ResourceNotFound(BackendError):
+    """A resource does not exist; delete steps treat this as already done."""
+
+
+class TransientError(BackendError):
+    """Try again later: throttling, server errors, connection resets."""
+
+
+class StorageError(TpiError):
+    """Raised by storage implementations and the sync engine."""
+
+
+class ObjectNotFound(StorageError):
+    """Raised by :meth:`Storage.read` and :meth:`Storage.download` for a missing key."""
+
+
+class UnsafePathError(StorageError):
+    """A remote key or a link would make a transfer escape its destination."""
+
+    exit_code = 2
+
+
+class IntegrityError(StorageError):
+    """Transferred bytes do not match the checksum they were sent with."""
+
+
+ErrorMap = Mapping[type[BaseException], type[TpiError] | Callable[[BaseException], TpiError]]
+
+
+@contextlib.contextmanager
+def map_errors(mapping: ErrorMap) -> Iterator[None]:
+    """Translate foreign exceptions into the tpi tree (httpcore's ``map_exceptions``).
+
+    The most specific matching class wins; a value may be an error class (built from the
+    message) or a callable that builds the error. Always raises ``... from exc``.
+    """
+    try:
+        yield
+    except TpiError:
+        raise
+    except Exception as exc:
+        target = _most_specific(mapping, exc)
+        if target is None:
+            raise
+        error = target(exc) if not isinstance(target, type) else target(str(exc))
+        raise error from exc
+
+
+def _most_specific(mapping: ErrorMap, exc: BaseException):
+    matches = [cls for cls in mapping if isinstance(exc, cls)]
+    if not matches:
+        return None
+    best = min(matches, key=lambda cls: type(exc).__mro__.index(cls))
+    return mapping[best]

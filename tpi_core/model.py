@@ -1,0 +1,215 @@
+"""The task model: frozen values with no I/O and no SDK types.
+
+A :class:`Task` is what tasks.toml says once defaults are filled and aliases of the
+backend name are normalised. :class:`TaskStatus` is what a task is doing, derived from the
+reports its agents write plus what the backend sees of its machines.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+DEFAULT_REGION = "us-west"
+DEFAULT_MACHINE = "m"
+DEFAULT_IMAGE = "ubuntu"
+DEFAULT_TIMEOUT = 86400
+
+
+class Secrets(Mapping[str, str]):
+    """Environment values: a read-only mapping whose repr never shows a value."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, str] | None = None):
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Secrets({sorted(self._data)!r} values hidden)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items())))
+
+
+def frozen_map(data: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """A read-only copy of ``data``."""
+    return MappingProxyType(dict(data or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    """``[task.NAME.storage]``: what is uploaded, what comes back, where it lives."""
+
+    workdir: str = ""
+    output: str = ""
+    exclude: tuple[str, ...] = ()
+    container: str = ""
+    container_opts: Mapping[str, str] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One ``[task.NAME]`` of a tasks file, defaults filled in (TPI's ``iterative_task``)."""
+
+    name: str
+    cloud: str
+    script: str
+    id: str = ""
+    region: str = DEFAULT_REGION
+    machine: str = DEFAULT_MACHINE
+    image: str = DEFAULT_IMAGE
+    spot: float = -1.0
+    disk_size: int = -1
+    parallelism: int = 1
+    timeout: int = DEFAULT_TIMEOUT
+    environment: Secrets = field(default_factory=Secrets)
+    tags: Mapping[str, str] = field(default_factory=frozen_map)
+    permission_set: str = ""
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    base_dir: Path = Path(".")
+    source: str = "tasks.toml"
+
+    @property
+    def workdir(self) -> Path | None:
+        """The absolute local workdir, or None when nothing is uploaded."""
+        if not self.storage.workdir:
+            return None
+        return (self.base_dir / self.storage.workdir).resolve()
+
+    def spec_hash(self) -> str:
+        """Digest of every field whose change replaces the task (TPI's ForceNew).
+
+        ``storage.output`` and ``storage.exclude`` change in place; environment values
+        enter the digest hashed, so the digest can be stored without revealing them.
+        """
+        doc = {
+            "cloud": self.cloud, "script": self.script, "region": self.region,
+            "machine": self.machine, "image": self.image, "spot": self.spot,
+            "disk_size": self.disk_size, "parallelism": self.parallelism,
+            "timeout": self.timeout, "tags": dict(self.tags),
+            "permission_set": self.permission_set,
+            "environment": hashlib.sha256(
+                json.dumps(dict(self.environment), sort_keys=True).encode()).hexdigest(),
+            "workdir": self.storage.workdir, "container": self.storage.container,
+            "container_opts": dict(self.storage.container_opts),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class State(enum.StrEnum):
+    """Task states (DESIGN.md section 4)."""
+
+    QUEUED = "queued"
+    PROVISIONING = "provisioning"
+    UPLOADING = "uploading"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"
+    DESTROYED = "destroyed"
+
+    @property
+    def final(self) -> bool:
+        """True for states a task never leaves on its own."""
+        return self in (State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.DESTROYED)
+
+
+class ReplicaState(enum.StrEnum):
+    """What one replica's agent last reported."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def final(self) -> bool:
+        """True once the replica reported its result."""
+        return self in (ReplicaState.SUCCEEDED, ReplicaState.FAILED, ReplicaState.TIMED_OUT)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """``reports/replica-N/status.json`` as the agent writes it."""
+
+    index: int
+    state: ReplicaState = ReplicaState.PENDING
+    attempt: int = 0
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> ReplicaStatus:
+        """Read back what :meth:`to_json` wrote; unknown keys are ignored."""
+        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
+        known["state"] = ReplicaState(known.get("state", "pending"))
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A normalised event: from the agent or from the cloud (scaling activities, pods)."""
+
+    time: float
+    code: str
+    message: str = ""
+    replica: int | None = None
+    source: str = "agent"
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """What ``tpi status`` shows for one task."""
+
+    task_id: str
+    name: str
+    cloud: str
+    state: State
+    parallelism: int = 1
+    replicas: tuple[ReplicaStatus, ...] = ()
+    recoveries: int = 0
+    machines: int = 0
+    created: float | None = None
+    deadline: float | None = None
+    events: tuple[Event, ...] = ()
+
+    def count(self, state: ReplicaState) -> int:
+        """How many replicas are in ``state``."""
+        return sum(1 for r in self.replicas if r.state == state)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (``tpi status --json``)."""
+        doc = asdict(self)
+        doc["counts"] = {s.value: self.count(s) for s in ReplicaState}
+        return doc

@@ -1,0 +1,131 @@
+"""Backends and storages found through entry points, imported on first use.
+
+Names come from package metadata alone (``importlib.metadata``), so listing them imports no
+cloud SDK. A backend is imported only when a task names it; a missing one raises an error
+that says what to install, and a broken third-party plugin is reported without stopping the
+others (fsspec's registry, hatchling's plugin manager).
+
+``TPI_PLUGINS=aws,local`` limits which backends load; ``TPI_TRACE_PLUGINS=1`` prints each
+load to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+
+from tpi_core.errors import BackendNotInstalled, PluginError
+
+BACKEND_GROUP = "tpi.backends"
+STORAGE_GROUP = "tpi.storage"
+
+ALIASES = {"az": "azure", "kubernetes": "k8s"}
+"""Other spellings a tasks file may use for a backend name."""
+
+FIRST_PARTY = {"aws": "aws", "gcp": "gcp", "azure": "azure", "k8s": "k8s",
+               "s3": "aws", "gs": "gcp", "az": "azure"}
+"""Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """One entry point: its name, where it points, and which distribution ships it."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+
+def canonical(name: str) -> str:
+    """The registry name for a backend spelling (``az`` -> ``azure``)."""
+    name = name.strip().lower()
+    return ALIASES.get(name, name)
+
+
+def _allowed(name: str) -> bool:
+    only = os.environ.get("TPI_PLUGINS")
+    if not only:
+        return True
+    return name in {canonical(n) for n in only.split(",") if n.strip()}
+
+
+@cache
+def _entry_points(group: str) -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        # the first distribution that claims a name wins; duplicates are reported by plugins()
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def plugins(group: str = BACKEND_GROUP) -> list[PluginInfo]:
+    """Every installed plugin of ``group`` (metadata only, nothing imported)."""
+    rows = []
+    for ep in entry_points(group=group):
+        dist = ep.dist
+        rows.append(PluginInfo(ep.name, ep.value, dist.name if dist else "?",
+                               dist.version if dist else "?"))
+    return sorted(rows, key=lambda r: r.name)
+
+
+def backend_names() -> list[str]:
+    """Names of the installed, allowed backends."""
+    return sorted(n for n in _entry_points(BACKEND_GROUP) if _allowed(n))
+
+
+def install_hint(name: str) -> str:
+    """What to run to get a backend or storage scheme that is not installed."""
+    extra = FIRST_PARTY.get(name)
+    if extra:
+        return f"pip install 'tpi[{extra}]'"
+    return f"install a package that provides the {name!r} entry point in {BACKEND_GROUP!r}"
+
+
+def backend_class(name: str) -> type:
+    """The Backend subclass registered as ``name``, imported now."""
+    from tpi_core.backend import Backend
+
+    name = canonical(name)
+    eps = _entry_points(BACKEND_GROUP)
+    if name not in eps or not _allowed(name):
+        known = ", ".join(backend_names()) or "none"
+        raise BackendNotInstalled(
+            f"backend {name!r} is not installed (installed: {known}); {install_hint(name)}")
+    return _load(eps[name], Backend, name)
+
+
+def storage_class(scheme: str) -> type:
+    """The Storage subclass registered for a URL scheme, imported now."""
+    from tpi_core.storage import Storage
+
+    eps = _entry_points(STORAGE_GROUP)
+    if scheme not in eps:
+        raise BackendNotInstalled(
+            f"no storage for {scheme}:// URLs is installed; {install_hint(scheme)}")
+    return _load(eps[scheme], Storage, scheme)
+
+
+def _load(ep: EntryPoint, base: type, name: str) -> type:
+    if os.environ.get("TPI_TRACE_PLUGINS"):
+        print(f"tpi: loading plugin {name!r} from {ep.value}", file=sys.stderr)
+    try:
+        cls = ep.load()
+    except ImportError as exc:
+        raise BackendNotInstalled(
+            f"plugin {name!r} ({ep.value}) cannot be imported: {exc}; {install_hint(name)}"
+        ) from exc
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r} ({ep.value}) is broken: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"plugin {name!r} ({ep.value}) is not a {base.__name__} subclass")
+    return cls
+
+
+def clear_cache() -> None:
+    """Forget what was read from metadata (tests that install plugins on the fly)."""
+    _entry_points.cache_clear()

@@ -1,0 +1,130 @@
+"""Object storage: the interface every backend hands out, and how to find one by URL.
+
+Keys are relative to the storage's root (a task prefix), use ``/`` as separator and never
+start with ``/``. A backend's storage is registered under its URL scheme in the entry-point
+group ``tpi.storage`` (``file``, ``s3``, ...), so the agent and ``tpi sync`` can open one from
+a URL alone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes just moved."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key relative to the storage root, size and checksum."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    mtime: float | None = None
+
+
+class Storage(ABC):
+    """Object storage rooted at one prefix (a bucket path, a directory).
+
+    Contract for implementations:
+
+    - ``list`` streams: it yields page by page and never loads a whole listing.
+    - ``write``, ``upload`` and ``delete`` are idempotent; deleting a missing key is fine.
+    - ``read`` and ``download`` raise :class:`~tpi_core.errors.ObjectNotFound` for a missing
+      key and :class:`~tpi_core.errors.TransientError` for anything worth retrying
+      (throttling, 5xx, connection reset); callers own the retry policy.
+    - ``download`` writes exactly the path it is given; atomic placement is the caller's.
+    - Every public method may run concurrently with the others on the same instance.
+    """
+
+    SCHEME: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, **options: str) -> Storage:
+        """Open the storage a URL of this class's scheme names."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The URL that :meth:`from_url` opens to the same root."""
+
+    @abstractmethod
+    def child(self, prefix: str) -> Storage:
+        """A storage rooted at ``prefix`` under this one."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, streamed, in no promised order."""
+
+    @abstractmethod
+    async def read(self, key: str) -> bytes:
+        """The whole object (small objects: reports, manifests)."""
+
+    @abstractmethod
+    async def write(self, key: str, data: bytes) -> None:
+        """Create or replace an object."""
+
+    @abstractmethod
+    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        """Copy a local file to ``key`` (multipart for large files where the service has it)."""
+
+    @abstractmethod
+    async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        """Copy ``key`` to the local file ``path`` (ranged and parallel where it helps)."""
+
+    @abstractmethod
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete the given keys; missing keys are not an error."""
+
+    async def delete_prefix(self, prefix: str = "") -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+        batch: list[str] = []
+        count = 0
+        async for info in self.list(prefix):
+            batch.append(info.key)
+            if len(batch) >= 1000:
+                await self.delete(batch)
+                count, batch = count + len(batch), []
+        if batch:
+            await self.delete(batch)
+        return count + len(batch)
+
+    async def exists(self, key: str) -> bool:
+        """True when ``key`` exists (one request; the sync engine never calls this per file)."""
+        async for info in self.list(key):
+            if info.key == key:
+                return True
+        return False
+
+    async def aclose(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def join(*parts: str) -> str:
+    """Join key parts with ``/``, dropping empty parts and stray separators."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def open_storage(url: str, **options: str) -> Storage:
+    """Open a storage from its URL through the ``tpi.storage`` entry points.
+
+    A plain path (no scheme) is a local directory.
+    """
+    from tpi_core.registry import storage_class
+
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme == "file" and "://" not in url:
+        url = Path(url).resolve().as_uri()
+    return storage_class(scheme).from_url(url, **options)
