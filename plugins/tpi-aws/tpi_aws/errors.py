@@ -1,0 +1,92 @@
+"""botocore errors mapped into the tpi error tree, once, at the SDK boundary (s3fs's table)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from tpi_core import errors
+
+ERROR_CODES: dict[str, type[errors.TpiError]] = {
+    # not found: delete steps treat these as done
+    "NoSuchBucket": errors.ResourceNotFound,
+    "NoSuchKey": errors.ObjectNotFound,
+    "404": errors.ObjectNotFound,
+    "NotFound": errors.ResourceNotFound,
+    "NoSuchEntity": errors.ResourceNotFound,
+    "InvalidGroup.NotFound": errors.ResourceNotFound,
+    "InvalidLaunchTemplateName.NotFoundException": errors.ResourceNotFound,
+    "InvalidLaunchTemplateId.NotFound": errors.ResourceNotFound,
+    # permissions
+    "AccessDenied": errors.PermissionDenied,
+    "AccessDeniedException": errors.PermissionDenied,
+    "UnauthorizedOperation": errors.PermissionDenied,
+    "AuthFailure": errors.PermissionDenied,
+    "InvalidAccessKeyId": errors.PermissionDenied,
+    "SignatureDoesNotMatch": errors.PermissionDenied,
+    "403": errors.PermissionDenied,
+    # quotas and capacity
+    "TooManyBuckets": errors.QuotaExceeded,
+    "LimitExceeded": errors.QuotaExceeded,
+    "LimitExceededException": errors.QuotaExceeded,
+    "InstanceLimitExceeded": errors.QuotaExceeded,
+    "VcpuLimitExceeded": errors.QuotaExceeded,
+    "MaxSpotInstanceCountExceeded": errors.QuotaExceeded,
+    "InsufficientInstanceCapacity": errors.QuotaExceeded,
+    # try again
+    "SlowDown": errors.TransientError,
+    "Throttling": errors.TransientError,
+    "ThrottlingException": errors.TransientError,
+    "RequestLimitExceeded": errors.TransientError,
+    "RequestTimeout": errors.TransientError,
+    "InternalError": errors.TransientError,
+    "ServiceUnavailable": errors.TransientError,
+    "503": errors.TransientError,
+    "500": errors.TransientError,
+    "ResourceInUse": errors.TransientError,
+    "ScalingActivityInProgress": errors.TransientError,
+    "DependencyViolation": errors.TransientError,
+}
+
+
+def translate(exc: BaseException, what: str = "") -> errors.TpiError:
+    """The tpi error for a botocore/aiohttp exception; the message names the code."""
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError,
+                                     NoCredentialsError, ReadTimeoutError)
+
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        cls = ERROR_CODES.get(code) or _by_status(status)
+        message = err.get("Message") or code
+        return cls(f"{prefix}{code}: {message}" if code else f"{prefix}{message}")
+    if isinstance(exc, NoCredentialsError):
+        return errors.PermissionDenied(f"{prefix}no AWS credentials found "
+                                       "(set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+    if isinstance(exc, (ConnectionError, ReadTimeoutError, OSError)):
+        return errors.TransientError(f"{prefix}{type(exc).__name__}: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return errors.BackendError(f"{prefix}{exc}")
+    return errors.BackendError(f"{prefix}{type(exc).__name__}: {exc}")
+
+
+def _by_status(status: int | None) -> type[errors.TpiError]:
+    if status is None:
+        return errors.BackendError
+    if status in (429,) or status >= 500:
+        return errors.TransientError
+    return {403: errors.PermissionDenied, 404: errors.ResourceNotFound}.get(
+        status, errors.BackendError)
+
+
+@contextlib.contextmanager
+def aws_errors(what: str = "") -> Iterator[None]:
+    """Map every SDK exception raised inside into the tpi tree (``raise ... from exc``)."""
+    try:
+        yield
+    except errors.TpiError:
+        raise
+    except Exception as exc:
+        raise translate(exc, what) from exc

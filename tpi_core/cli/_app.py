@@ -1,0 +1,65 @@
+"""The Application every command body receives: output, prompts and the async seam.
+
+``anyio.run`` appears here and nowhere else in tpi.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+class Application:
+    """Owns the console (rich, on stderr for progress and messages) and runs coroutines."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._console = None
+
+    @property
+    def console(self):
+        """A rich console on stderr (imported on first use)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    @property
+    def interactive(self) -> bool:
+        """True when a person is at a terminal (prompts and live progress make sense)."""
+        return sys.stdin.isatty() and sys.stderr.isatty()
+
+    def say(self, message: str) -> None:
+        """A progress or status message on stderr."""
+        if not self.quiet:
+            self.console.print(message, markup=False, highlight=False)
+
+    def out(self, text: str) -> None:
+        """Command output on stdout (what scripts read)."""
+        click.echo(text)
+
+    def out_json(self, doc: Any) -> None:
+        """JSON on stdout."""
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+    def confirm(self, question: str) -> bool:
+        """Ask on a terminal; without one, the answer is yes (the caller decides if that is safe)."""
+        if not self.interactive:
+            return True
+        return click.confirm(question, default=False, err=True)
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an async function to completion: the only sync/async seam of tpi."""
+        import anyio
+
+        return anyio.run(fn, *args)
+
+
+pass_app = click.make_pass_decorator(Application, ensure=True)
