@@ -72,9 +72,23 @@ def plugins(group: str = BACKEND_GROUP) -> list[PluginInfo]:
     return sorted(rows, key=lambda r: r.name)
 
 
+_registered: dict[str, type] = {}
+
+
+def register_backend(name: str, cls: type | None) -> None:
+    """Register (or with None, unregister) a backend class in this process only.
+
+    For tests and embedding; published backends use the entry point.
+    """
+    if cls is None:
+        _registered.pop(name, None)
+    else:
+        _registered[name] = cls
+
+
 def backend_names() -> list[str]:
     """Names of the installed, allowed backends."""
-    return sorted(n for n in _entry_points(BACKEND_GROUP) if _allowed(n))
+    return sorted(n for n in {*_entry_points(BACKEND_GROUP), *_registered} if _allowed(n))
 
 
 def install_hint(name: str) -> str:
@@ -90,6 +104,8 @@ def backend_class(name: str) -> type:
     from tpi_core.backend import Backend
 
     name = canonical(name)
+    if name in _registered and _allowed(name):
+        return _registered[name]
     eps = _entry_points(BACKEND_GROUP)
     if name not in eps or not _allowed(name):
         known = ", ".join(backend_names()) or "none"

@@ -1,0 +1,63 @@
+"""Following tasks to their end: new log lines as they arrive, then the final states."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from tpi_core.cli._tasks import Target
+from tpi_core.engine import Engine
+from tpi_core.model import State, TaskStatus
+
+Emit = Callable[[str], None]
+
+
+def poll_interval() -> float:
+    """Seconds between polls (TPI_POLL_INTERVAL; TPI's leo polls every 3 s)."""
+    return float(os.environ.get("TPI_POLL_INTERVAL", "2"))
+
+
+def prefix(target: Target, replica: int, attempt: int) -> str:
+    """``name[replica.boot]`` in front of each log line."""
+    return f"{target.label}[{replica}.{attempt}]"
+
+
+async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int],
+                         emit: Emit) -> None:
+    """Emit every complete log line not yet shown, in replica and boot order."""
+    for log in await engine.log_files(target.ref):
+        seen = offsets.get(log.key, 0)
+        if log.size <= seen:
+            continue
+        data = await engine.read_log(target.ref, log, seen)
+        complete = data[: data.rfind(b"\n") + 1]
+        for line in complete.decode("utf-8", "replace").splitlines():
+            emit(f"{prefix(target, log.replica, log.attempt)} {line}")
+        offsets[log.key] = seen + len(complete)
+
+
+async def follow(engine: Engine, targets: Sequence[Target], emit: Emit) -> list[TaskStatus]:
+    """Print logs of every target until each one reaches a final or stopped state."""
+    offsets: dict[str, int] = {}
+    final: dict[str, TaskStatus] = {}
+    while len(final) < len(targets):
+        for target in targets:
+            if target.ref.task_id in final:
+                continue
+            status = await engine.status(target.ref)
+            await print_new_logs(engine, target, offsets, emit)
+            if status.state.final or status.state == State.STOPPED:
+                final[target.ref.task_id] = status
+        if len(final) < len(targets):
+            await anyio.sleep(poll_interval())
+    return [final[t.ref.task_id] for t in targets]
+
+
+def exit_code(statuses: Sequence[TaskStatus]) -> int:
+    """0 when all succeeded, 5 when any timed out, else 1."""
+    states = {s.state for s in statuses}
+    if states <= {State.SUCCEEDED}:
+        return 0
+    return 5 if State.TIMED_OUT in states else 1

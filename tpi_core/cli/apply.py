@@ -1,0 +1,91 @@
+"""``tpi apply [FILE] [TASK...]``: create or reconcile tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import DEFAULT_FILE
+
+
+def split_args(args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """``[FILE] [TASK...]``: the first argument is the file when it looks like one."""
+    if args and (args[0].endswith(".toml") or Path(args[0]).is_file()):
+        return args[0], args[1:]
+    return DEFAULT_FILE, args
+
+
+@click.command("apply")
+@click.argument("args", nargs=-1, metavar="[FILE] [TASK]...")
+@click.option("--wait", is_flag=True, help="Follow logs to the end; exit with the result.")
+@click.option("--replace", is_flag=True, help="Replace tasks whose fields changed.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@pass_app
+def command(app: Application, args: tuple[str, ...], wait: bool, replace: bool,
+            as_json: bool) -> int:
+    """Create or update the tasks of FILE (default tasks.toml), all or the named ones.
+
+    A second apply of an unchanged file changes nothing. A task whose fields changed is
+    replaced (its output is pulled first) only with --replace or after a confirmation.
+    Returns as soon as the cloud has accepted the task; --wait follows it to the end.
+    """
+    from tpi_core.cli._tasks import load_tasks
+
+    tasks_file, names = split_args(args)
+    tasks = load_tasks(tasks_file, names)
+    return app.run(_apply, app, tasks_file, tasks, wait, replace, as_json)
+
+
+async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
+    from tpi_core.cli._follow import exit_code, follow
+    from tpi_core.cli._progress import progress_factory
+    from tpi_core.cli._tasks import Target
+    from tpi_core.engine import Engine
+
+    async with Engine(app.say, progress_factory(app)) as engine:
+        planned = await engine.plan(tasks)
+        _approve(app, planned, replace)
+        await engine.apply(planned)
+        _record(tasks_file, planned)
+        if as_json:
+            app.out_json([{"task": p.task.name, "id": p.task.id, "action": p.action.value}
+                          for p in planned])
+        if not wait:
+            return 0
+        targets = [Target(_ref(p.task), p.task) for p in planned]
+        statuses = await follow(engine, targets, app.out)
+        for status in statuses:
+            app.say(f"{status.name}: {status.state.value}")
+        return exit_code(statuses)
+
+
+def _approve(app: Application, planned, replace: bool) -> None:
+    from tpi_core.engine import Action
+    from tpi_core.errors import ReplaceRequired
+
+    changed = [p for p in planned if p.action == Action.REPLACE]
+    if not changed or replace:
+        return
+    names = ", ".join(p.task.name for p in changed)
+    if app.interactive and app.confirm(f"Replace {names} (output is pulled first)?"):
+        return
+    raise ReplaceRequired(f"task(s) {names} changed and must be replaced: "
+                          "run `tpi apply --replace` (nothing was changed)")
+
+
+def _record(tasks_file: str, planned) -> None:
+    from tpi_core.index import Entry, Index
+
+    index = Index(Path(tasks_file).parent)
+    for p in planned:
+        t = p.task
+        index.put(Entry(t.name, t.id, t.cloud, t.region, t.storage.container,
+                        str(t.workdir or ""), t.storage.output))
+
+
+def _ref(task):
+    from tpi_core.backend import TaskRef
+
+    return TaskRef.of(task)

@@ -1,0 +1,44 @@
+"""``tpi list``: every task found in the local index and by the backends' own names and tags."""
+
+from __future__ import annotations
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import file_option
+
+
+@click.command("list")
+@file_option
+@click.option("--cloud", "clouds", multiple=True,
+              help="Backends to search (default: local plus the clouds of indexed tasks).")
+@click.option("--region", default=None, help="Region to search in.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
+@pass_app
+def command(app: Application, tasks_file, clouds, region, as_json) -> int:
+    """List tasks, from the index beside the tasks file and from each backend."""
+    from pathlib import Path
+
+    from tpi_core.index import Index
+
+    entries = Index(Path(tasks_file).parent).entries()
+    clouds = clouds or tuple(sorted({"local", *(e.cloud for e in entries.values())}))
+    found = app.run(_find, list(clouds), region)
+    indexed = {e.task_id for e in entries.values()}
+    rows = [{"id": r.task_id, "name": r.name, "cloud": r.cloud, "region": r.region,
+             "indexed": r.task_id in indexed} for r in found]
+    seen = {r["id"] for r in rows}
+    rows += [{"id": e.task_id, "name": e.name, "cloud": e.cloud, "region": e.region,
+              "indexed": True} for e in entries.values() if e.task_id not in seen]
+    if as_json:
+        app.out_json(rows)
+    for row in [] if as_json else rows:
+        app.out(f"{row['id']}\t{row['name'] or '-'}\t{row['cloud']}\t{row['region']}")
+    return 0
+
+
+async def _find(clouds, region):
+    from tpi_core.engine import Engine
+
+    async with Engine() as engine:
+        return await engine.find(clouds, region)

@@ -1,0 +1,36 @@
+"""``tpi logs [TASK...] [--follow]``: logs of every replica and boot, in order."""
+
+from __future__ import annotations
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import cloud_option, file_option, region_option
+
+
+@click.command("logs")
+@click.argument("names", nargs=-1, metavar="[TASK]...")
+@file_option
+@cloud_option
+@region_option
+@click.option("--follow", "-F", is_flag=True,
+              help="Keep printing new lines until the tasks end; exit with their result.")
+@pass_app
+def command(app: Application, names, tasks_file, cloud, region, follow) -> int:
+    """Print the logs of tasks, each line prefixed by task[replica.boot]."""
+    from tpi_core.cli._tasks import resolve
+
+    targets = resolve(tasks_file, names, cloud, region)
+    return app.run(_logs, app, targets, follow)
+
+
+async def _logs(app: Application, targets, follow: bool) -> int:
+    from tpi_core.cli import _follow
+    from tpi_core.engine import Engine
+
+    async with Engine() as engine:
+        if follow:
+            return _follow.exit_code(await _follow.follow(engine, targets, app.out))
+        for target in targets:
+            await _follow.print_new_logs(engine, target, {}, app.out)
+    return 0

@@ -1,0 +1,40 @@
+"""``tpi pull [TASK...]``: download ``storage.output`` now; safe while tasks run."""
+
+from __future__ import annotations
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import file_option
+
+
+@click.command("pull")
+@click.argument("names", nargs=-1, metavar="[TASK]...")
+@file_option
+@pass_app
+def command(app: Application, names, tasks_file) -> int:
+    """Download the output of tasks into their workdir (changed files only; deletes nothing)."""
+    from tpi_core.cli._tasks import resolve
+
+    targets = [t for t in resolve(tasks_file, names) if _has_output(app, t)]
+    app.run(_pull, app, targets)
+    return 0
+
+
+def _has_output(app: Application, target) -> bool:
+    if target.workdir is None or not target.output:
+        app.say(f"{target.label}: no storage.output to download")
+        return False
+    return True
+
+
+async def _pull(app: Application, targets) -> None:
+    from tpi_core.cli._progress import progress_factory
+    from tpi_core.engine import Engine, _gather
+
+    async with Engine(app.say, progress_factory(app)) as engine:
+        results = await _gather([lambda t=t: engine.pull(t.ref, t.workdir, t.output)
+                                 for t in targets])
+    for target, result in zip(targets, results, strict=True):
+        app.say(f"{target.label}: {result.sent} files ({result.bytes_sent} bytes) "
+                f"downloaded, {result.unchanged} unchanged")

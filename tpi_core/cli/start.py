@@ -1,0 +1,30 @@
+"""``tpi start [TASK...]``: scale stopped tasks back to their parallelism."""
+
+from __future__ import annotations
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import file_option
+
+
+@click.command("start")
+@click.argument("names", nargs=-1, metavar="[TASK]...")
+@file_option
+@pass_app
+def command(app: Application, names, tasks_file) -> int:
+    """Start stopped tasks again (they need their tasks file: the environment comes from it)."""
+    from tpi_core.cli._tasks import load_tasks
+
+    tasks = load_tasks(tasks_file, names)
+    app.run(_start, app, tasks)
+    return 0
+
+
+async def _start(app: Application, tasks) -> None:
+    from tpi_core.engine import Engine, _gather
+
+    async with Engine(app.say) as engine:
+        await _gather([lambda t=t: engine.start(t) for t in tasks])
+    for task in tasks:
+        app.say(f"{task.name}: started")

@@ -1,0 +1,32 @@
+"""``tpi stop [TASK...]``: scale tasks to zero machines, keeping their storage."""
+
+from __future__ import annotations
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import cloud_option, file_option, region_option
+
+
+@click.command("stop")
+@click.argument("names", nargs=-1, metavar="[TASK]...")
+@file_option
+@cloud_option
+@region_option
+@pass_app
+def command(app: Application, names, tasks_file, cloud, region) -> int:
+    """Stop the machines of tasks; `tpi start` resumes them from their synced state."""
+    from tpi_core.cli._tasks import resolve
+
+    targets = resolve(tasks_file, names, cloud, region)
+    app.run(_stop, app, targets)
+    return 0
+
+
+async def _stop(app: Application, targets) -> None:
+    from tpi_core.engine import Engine, _gather
+
+    async with Engine(app.say) as engine:
+        await _gather([lambda t=t: engine.stop(t.ref) for t in targets])
+    for target in targets:
+        app.say(f"{target.label}: stopped")

@@ -1,0 +1,257 @@
+"""The operations behind every command: plan, apply, status, logs, pull, stop, start, destroy.
+
+The CLI and the Python API are the same operations. One :class:`Engine` keeps one backend
+instance per cloud for its lifetime; every operation on many tasks runs them concurrently in
+an anyio task group.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from tpi_core import layout, registry
+from tpi_core.backend import Backend, Launch, Observation, TaskRef
+from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError
+from tpi_core.model import State, Task, TaskStatus
+from tpi_core.reports import BootLog, build_status, read_events, read_reports, read_spec
+from tpi_core.steps import delete_steps, run_steps
+from tpi_core.storage import Storage
+from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
+
+Report = Callable[[str], None]
+
+
+class Action(enum.StrEnum):
+    """What apply does to one task."""
+
+    CREATE = "create"
+    UNCHANGED = "unchanged"
+    UPDATE = "update"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One task and what apply would do with it, with the reason."""
+
+    task: Task
+    action: Action
+    reason: str = ""
+
+
+class Engine:
+    """Runs tpi operations; use as an async context manager so clients are closed."""
+
+    def __init__(self, report: Report | None = None, progress_factory=None,
+                 backends: dict[str, Backend] | None = None):
+        self._report = report or (lambda message: None)
+        self._progress = progress_factory
+        self._backends: dict[str, Backend] = dict(backends or {})
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            for backend in self._backends.values():
+                await backend.aclose()
+
+    def backend(self, cloud: str) -> Backend:
+        """The backend instance for a cloud, created on first use."""
+        name = registry.canonical(cloud)
+        if name not in self._backends:
+            self._backends[name] = registry.backend_class(name)()
+        return self._backends[name]
+
+    async def storage(self, ref: TaskRef, create: bool = False) -> Storage:
+        """The task's storage prefix."""
+        return await self.backend(ref.cloud).storage(ref, create=create)
+
+    def say(self, ref: TaskRef | Task, message: str) -> None:
+        """Report progress about one task."""
+        self._report(f"{ref.name or getattr(ref, 'task_id', '')}: {message}")
+
+    # plan and apply ---------------------------------------------------------------------
+
+    async def plan(self, tasks: Sequence[Task]) -> list[Planned]:
+        """What apply would do to each task, read from the tasks' storage."""
+        return await _gather([lambda t=t: self._plan_one(t) for t in tasks])
+
+    async def _plan_one(self, task: Task) -> Planned:
+        spec = await read_spec(await self.storage(TaskRef.of(task)))
+        if spec is None:
+            return Planned(task, Action.CREATE, "new task")
+        if spec.get("spec_hash") != task.spec_hash():
+            return Planned(task, Action.REPLACE, "fields changed that need a new task")
+        if (spec.get("output"), spec.get("exclude")) != (task.storage.output,
+                                                           list(task.storage.exclude)):
+            return Planned(task, Action.UPDATE, "storage.output or storage.exclude changed")
+        return Planned(task, Action.UNCHANGED, "")
+
+    async def apply(self, planned: Sequence[Planned]) -> list[Planned]:
+        """Carry out a plan, every task concurrently. REPLACE items must be approved already."""
+        await _gather([lambda p=p: self._apply_one(p) for p in planned])
+        return list(planned)
+
+    async def _apply_one(self, item: Planned) -> None:
+        task = item.task
+        if item.action == Action.UNCHANGED:
+            self.say(task, "unchanged")
+            return
+        if item.action == Action.UPDATE:
+            storage = await self.storage(TaskRef.of(task))
+            spec = await read_spec(storage)
+            await self._write_spec(storage, task, spec["deadline"], spec["created"])
+            self.say(task, "updated storage.output/exclude")
+            return
+        if item.action == Action.REPLACE:
+            await self.destroy(TaskRef.of(task), task.workdir, task.storage.output)
+        await self._create(task)
+
+    async def _create(self, task: Task) -> None:
+        ref = TaskRef.of(task)
+        backend = self.backend(task.cloud)
+        self.say(task, f"creating {task.id} on {backend.NAME}")
+        storage = await backend.storage(ref, create=True)
+        created = time.time()
+        deadline = created + task.timeout
+        await self._write_spec(storage, task, deadline, created)
+        if task.workdir is not None:
+            result = await self.upload(task, storage)
+            self.say(task, f"uploaded {result.sent} files ({result.bytes_sent} bytes)")
+        await run_steps(backend.create_steps(task, Launch(storage.url, deadline)),
+                        lambda m: self.say(task, m))
+        self.say(task, "launched")
+
+    async def upload(self, task: Task, storage: Storage) -> SyncResult:
+        """Upload the workdir into ``data/`` (changed files only)."""
+        return await upload_tree(
+            task.workdir, storage.child(layout.DATA), exclude=task.storage.exclude,
+            delete=True, manifest=(storage, layout.UPLOAD_MANIFEST),
+            progress=self._progress("upload " + task.name) if self._progress else None)
+
+    @staticmethod
+    async def _write_spec(storage: Storage, task: Task, deadline: float, created: float) -> None:
+        spec = {
+            "id": task.id, "name": task.name, "cloud": task.cloud, "region": task.region,
+            "machine": task.machine, "parallelism": task.parallelism, "spot": task.spot,
+            "timeout": task.timeout, "deadline": deadline, "created": created,
+            "script": task.script, "environment_keys": sorted(task.environment),
+            "spec_hash": task.spec_hash(), "output": task.storage.output,
+            "exclude": list(task.storage.exclude), "tags": dict(task.tags),
+        }
+        await storage.write(layout.SPEC, json.dumps(spec, indent=2).encode())
+
+    # read -------------------------------------------------------------------------------
+
+    async def status(self, ref: TaskRef) -> TaskStatus:
+        """The task's state from its reports and its backend."""
+        storage = await self.storage(ref)
+        spec = await read_spec(storage)
+        if spec is None:
+            return TaskStatus(ref.task_id, ref.name, ref.cloud, State.DESTROYED)
+        reports, seen = await _both(lambda: read_reports(storage),
+                                    lambda: self.backend(ref.cloud).observe(ref))
+        events = await read_events(storage, reports.event_keys)
+        return build_status(spec, reports, seen, events)
+
+    async def log_files(self, ref: TaskRef) -> list[BootLog]:
+        """Every boot log of the task, in replica and boot order."""
+        return (await read_reports(await self.storage(ref))).logs
+
+    async def read_log(self, ref: TaskRef, log: BootLog, offset: int = 0) -> bytes:
+        """A boot log's bytes from ``offset`` on."""
+        try:
+            data = await (await self.storage(ref)).read(log.key)
+        except ObjectNotFound:
+            return b""
+        return data[offset:]
+
+    # pull, stop, start, destroy ---------------------------------------------------------
+
+    async def pull(self, ref: TaskRef, workdir: Path, output: str) -> SyncResult:
+        """Download ``output`` (relative to workdir) into ``workdir``; deletes nothing local."""
+        storage = await self.storage(ref)
+        spec = await read_spec(storage)
+        if spec is None:
+            raise TaskNotFound(f"task {ref.name or ref.task_id} has no storage (not applied?)")
+        exclude = spec.get("exclude", [])
+        prefix = output.strip("/") + "/"
+        return await download_tree(
+            storage.child(layout.DATA), workdir, prefix=prefix, exclude=exclude, delete=False,
+            progress=self._progress("pull " + ref.name) if self._progress else None)
+
+    async def stop(self, ref: TaskRef) -> None:
+        """Scale to zero machines, keeping storage."""
+        await self.backend(ref.cloud).set_capacity(ref, 0)
+
+    async def start(self, task: Task) -> None:
+        """Scale a stopped task back to its parallelism."""
+        storage = await self.storage(TaskRef.of(task))
+        spec = await read_spec(storage)
+        if spec is None:
+            raise TaskNotFound(f"task {task.name} was not applied")
+        backend = self.backend(task.cloud)
+        await run_steps(backend.create_steps(task, Launch(storage.url, spec["deadline"])))
+
+    async def destroy(self, ref: TaskRef, workdir: Path | None, output: str) -> SyncResult | None:
+        """Pull the output, delete every resource in reverse order, then the task's storage."""
+        pulled = None
+        storage = await self.storage(ref)
+        spec = await read_spec(storage)
+        if spec is not None and workdir is not None and output:
+            pulled = await self.pull(ref, workdir, output)
+            self.say(ref, f"downloaded {pulled.sent} files of {output}")
+        backend = self.backend(ref.cloud)
+        await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m))
+        try:
+            await storage.delete_prefix("")
+        except ResourceNotFound:
+            pass
+        self.say(ref, "destroyed")
+        return pulled
+
+    async def find(self, clouds: Sequence[str], region: str | None = None) -> list[TaskRef]:
+        """Every task the named backends find without a local index."""
+        found = await _gather([lambda c=c: self.backend(c).find(region) for c in clouds])
+        return [ref for refs in found for ref in refs]
+
+
+async def _gather(calls):
+    """Run coroutine factories concurrently; results in call order.
+
+    One failure does not cancel the others (a broken task must not abandon its siblings
+    half-created); once all are done, a single error is re-raised as it is and several
+    are joined into one :class:`TpiError`.
+    """
+    results: list = [None] * len(calls)
+    failures: list[BaseException] = []
+
+    async def one(i, call):
+        try:
+            results[i] = await call()
+        except Exception as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i, call in enumerate(calls):
+            tg.start_soon(one, i, call)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise TpiError("; ".join(str(f) for f in failures)) from failures[0]
+    return results
+
+
+async def _both(first, second) -> tuple:
+    return tuple(await _gather([first, second]))
+
+
+__all__ = ["Action", "Engine", "Observation", "Planned"]

@@ -1,0 +1,142 @@
+"""Read what agents wrote under ``reports/`` and derive a task's state from it.
+
+The task's storage prefix is the source of truth for progress (DESIGN.md section 1.2);
+this module turns it into :class:`~tpi_core.model.TaskStatus` values and log text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import anyio
+
+from tpi_core import layout
+from tpi_core.backend import Observation
+from tpi_core.errors import ObjectNotFound, ResourceNotFound
+from tpi_core.model import Event, ReplicaState, ReplicaStatus, State, TaskStatus
+from tpi_core.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class BootLog:
+    """One boot's log object."""
+
+    replica: int
+    attempt: int
+    key: str
+    size: int
+
+
+@dataclass
+class Reports:
+    """Everything listed under ``reports/`` in one pass."""
+
+    statuses: dict[int, ReplicaStatus]
+    logs: list[BootLog]
+    event_keys: list[str]
+
+
+async def read_spec(storage: Storage) -> dict | None:
+    """The task's spec.json, or None when the task has no storage (never applied or gone)."""
+    try:
+        return json.loads(await storage.read(layout.SPEC))
+    except (ObjectNotFound, ResourceNotFound):
+        return None
+
+
+async def read_reports(storage: Storage) -> Reports:
+    """List ``reports/`` once and read every replica status."""
+    status_keys: list[tuple[int, str]] = []
+    logs: list[BootLog] = []
+    events: list[str] = []
+    async for info in storage.list(layout.REPORTS + "/"):
+        parsed = layout.parse_report_key(info.key)
+        if parsed is None:
+            continue
+        replica, name = parsed
+        if name == "status.json":
+            status_keys.append((replica, info.key))
+        elif name.startswith("boot-") and name.endswith(".log"):
+            logs.append(BootLog(replica, int(name[5:-4]), info.key, info.size))
+        elif name.endswith(".events.jsonl"):
+            events.append(info.key)
+    statuses: dict[int, ReplicaStatus] = {}
+
+    async def load(replica: int, key: str) -> None:
+        try:
+            statuses[replica] = ReplicaStatus.from_json(json.loads(await storage.read(key)))
+        except (ObjectNotFound, ValueError):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for replica, key in status_keys:
+            tg.start_soon(load, replica, key)
+    logs.sort(key=lambda b: (b.replica, b.attempt))
+    return Reports(statuses, logs, sorted(events))
+
+
+async def read_events(storage: Storage, keys: list[str]) -> list[Event]:
+    """Every agent event in the given ``.events.jsonl`` objects."""
+    found: list[Event] = []
+    for key in keys:
+        try:
+            text = (await storage.read(key)).decode("utf-8", "replace")
+        except ObjectNotFound:
+            continue
+        for line in text.splitlines():
+            try:
+                doc = json.loads(line)
+                found.append(Event(**{k: doc[k] for k in Event.__dataclass_fields__ if k in doc}))
+            except (ValueError, TypeError):
+                continue
+    return found
+
+
+def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
+                 seen: Observation) -> State:
+    """The task state from replica reports plus what the cloud shows (DESIGN.md section 4)."""
+    states = {r.state for r in replicas}
+    if replicas and all(r.state.final for r in replicas) and len(replicas) >= parallelism:
+        if ReplicaState.TIMED_OUT in states:
+            return State.TIMED_OUT
+        return State.FAILED if ReplicaState.FAILED in states else State.SUCCEEDED
+    if not seen.exists:
+        return State.STOPPED if replicas else State.QUEUED
+    if seen.desired == 0:
+        return State.STOPPED
+    if ReplicaState.PREEMPTED in states:
+        return State.RECOVERING
+    if ReplicaState.RUNNING in states:
+        return State.RUNNING
+    return State.PROVISIONING
+
+
+def build_status(spec: dict, reports: Reports, seen: Observation,
+                 events: list[Event] = ()) -> TaskStatus:
+    """Put spec, reports and observation together into a :class:`TaskStatus`."""
+    count = int(spec.get("parallelism", 1))
+    replicas = tuple(reports.statuses.get(i, ReplicaStatus(i)) for i in range(count))
+    state = derive_state(count, replicas, seen)
+    everything = sorted([*events, *seen.events], key=lambda e: e.time)
+    return TaskStatus(
+        task_id=spec["id"], name=spec.get("name", ""), cloud=spec.get("cloud", ""),
+        state=state, parallelism=count, replicas=replicas,
+        recoveries=sum(max(0, r.attempt - 1) for r in replicas),
+        machines=seen.machines, created=spec.get("created"), deadline=spec.get("deadline"),
+        events=tuple(everything))
+
+
+def group_logs(logs: list[BootLog]) -> dict[int, list[BootLog]]:
+    """Boot logs per replica, in boot order."""
+    grouped: dict[int, list[BootLog]] = defaultdict(list)
+    for log in logs:
+        grouped[log.replica].append(log)
+    return dict(grouped)
+
+
+def elapsed(status: TaskStatus, now: float | None = None) -> float:
+    """Seconds since the task was created."""
+    return max(0.0, (now or time.time()) - (status.created or time.time()))
