@@ -1,0 +1,162 @@
+"""The engine on the fake backend: plan, apply, idempotence, replace, status, destroy."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tpi_core import config, layout
+from tpi_core.backend import TaskRef
+from tpi_core.engine import Action, Engine
+from tpi_core.errors import TaskNotFound
+from tpi_core.model import ReplicaState, ReplicaStatus, State
+from tpi_core.testing.fake import FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def fake():
+    FakeBackend.reset()
+    yield FakeBackend
+    FakeBackend.reset()
+
+
+def write_tasks(tmp_path: Path, body: str = "", parallelism: int = 1) -> list:
+    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work" / "input.txt").write_text("hello")
+    (tmp_path / "tasks.toml").write_text(textwrap.dedent(f"""
+        [task.train]
+        cloud = "local"
+        parallelism = {parallelism}
+        script = "echo hi"
+        {body}
+        [task.train.storage]
+        workdir = "work"
+        output = "results"
+    """))
+    return [t for t in config.load(tmp_path / "tasks.toml")]
+
+
+def fake_tasks(tasks):
+    from dataclasses import replace
+
+    return [replace(t, cloud="fake") for t in tasks]
+
+
+async def test_apply_creates_then_second_apply_is_a_noop(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path))
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        planned = await engine.plan(tasks)
+        assert [p.action for p in planned] == [Action.CREATE]
+        await engine.apply(planned)
+        calls_after_first = list(fake.calls)
+        again = await engine.plan(tasks)
+        assert [p.action for p in again] == [Action.UNCHANGED]
+        await engine.apply(again)
+    storage = fake.storages[tasks[0].id]
+    spec = json.loads(await storage.read(layout.SPEC))
+    assert spec["id"] == tasks[0].id and spec["parallelism"] == 1
+    assert await storage.read("data/input.txt") == b"hello"
+    assert fake.groups == {tasks[0].id: 1}
+    new_calls = fake.calls[len(calls_after_first):]
+    assert ("create", tasks[0].id) not in new_calls
+
+
+async def test_spec_holds_no_environment_value(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "s3cr3t-value")
+    tasks = fake_tasks(write_tasks(tmp_path, 'environment = { SECRET_TOKEN = "" }'))
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+    raw = await fake.storages[tasks[0].id].read(layout.SPEC)
+    assert b"s3cr3t-value" not in raw
+    assert "SECRET_TOKEN" in json.loads(raw)["environment_keys"]
+
+
+async def test_changed_task_needs_replace_and_output_change_updates(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path))
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        bigger = fake_tasks(write_tasks(tmp_path, parallelism=2))
+        assert [p.action for p in await engine.plan(bigger)] == [Action.REPLACE]
+        from dataclasses import replace
+
+        other_output = [replace(tasks[0], storage=replace(tasks[0].storage, output="out2"))]
+        planned = await engine.plan(other_output)
+        assert [p.action for p in planned] == [Action.UPDATE]
+        await engine.apply(planned)
+        spec = json.loads(await fake.storages[tasks[0].id].read(layout.SPEC))
+        assert spec["output"] == "out2"
+        replaced = await engine.apply(await engine.plan(bigger))
+        assert replaced[0].action == Action.REPLACE
+    assert fake.groups[tasks[0].id] == 2
+    assert ("delete", tasks[0].id) in fake.calls
+
+
+async def write_status(storage, index, state, attempt=1, exit_code=None):
+    status = ReplicaStatus(index, state, attempt, exit_code)
+    await storage.write(layout.status_key(index), json.dumps(status.to_json()).encode())
+
+
+async def test_status_derives_from_reports(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path, parallelism=3))
+    ref = TaskRef.of(tasks[0])
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        storage = fake.storages[tasks[0].id]
+        assert (await engine.status(ref)).state == State.PROVISIONING
+        await write_status(storage, 0, ReplicaState.RUNNING)
+        assert (await engine.status(ref)).state == State.RUNNING
+        await write_status(storage, 1, ReplicaState.PREEMPTED, attempt=1)
+        assert (await engine.status(ref)).state == State.RECOVERING
+        await write_status(storage, 0, ReplicaState.SUCCEEDED, exit_code=0)
+        await write_status(storage, 1, ReplicaState.SUCCEEDED, attempt=2, exit_code=0)
+        await write_status(storage, 2, ReplicaState.TIMED_OUT)
+        status = await engine.status(ref)
+    assert status.state == State.TIMED_OUT
+    assert status.recoveries == 1
+    assert [r.index for r in status.replicas] == [0, 1, 2]
+    assert status.count(ReplicaState.SUCCEEDED) == 2
+
+
+async def test_destroy_pulls_only_output_then_deletes_everything(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path))
+    task = tasks[0]
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        storage = fake.storages[task.id]
+        await storage.write("data/results/model.txt", b"weights")
+        await storage.write("data/cache/big.bin", b"not wanted")
+        (tmp_path / "work" / "results").mkdir()
+        (tmp_path / "work" / "results" / "mine.txt").write_text("keep me")
+        await engine.destroy(TaskRef.of(task), task.workdir, task.storage.output)
+        assert (await engine.status(TaskRef.of(task))).state == State.DESTROYED
+        with pytest.raises(TaskNotFound):
+            await engine.pull(TaskRef.of(task), task.workdir, "results")
+    assert (tmp_path / "work" / "results" / "model.txt").read_text() == "weights"
+    assert (tmp_path / "work" / "results" / "mine.txt").read_text() == "keep me"
+    assert not (tmp_path / "work" / "cache").exists()
+    assert [k async for k in _keys(storage)] == []
+    assert task.id not in fake.groups
+
+
+async def _keys(storage):
+    async for info in storage.list(""):
+        yield info.key
+
+
+async def test_many_tasks_apply_concurrently_and_one_failure_spares_the_others(tmp_path, fake):
+    from dataclasses import replace
+
+    base = fake_tasks(write_tasks(tmp_path))[0]
+    tasks = [replace(base, name=f"t{i}", id=f"{base.id}-{i}") for i in range(5)]
+    broken = replace(base, name="broken", id="x", cloud="nope")
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        planned = await engine.plan(tasks)
+        with pytest.raises(Exception, match="nope"):
+            await engine.plan([*tasks, broken])
+        await engine.apply(planned)
+    assert sorted(fake.groups) == sorted(t.id for t in tasks)

@@ -1,0 +1,128 @@
+"""The backend registry: names from metadata, lazy import, install hints, broken plugins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from tpi_core import registry
+from tpi_core.backend import Backend
+from tpi_core.errors import BackendNotInstalled, PluginError
+
+
+@pytest.fixture
+def fake_eps(monkeypatch, tmp_path):
+    """Replace the installed entry points with hand-made ones pointing at temp modules."""
+    (tmp_path / "good_plugin.py").write_text(textwrap.dedent("""
+        from tpi_core.testing.fake import FakeBackend
+        class GoodBackend(FakeBackend):
+            NAME = "good"
+    """))
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "wrong_plugin.py").write_text("class NotABackend: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [EntryPoint("good", "good_plugin:GoodBackend", registry.BACKEND_GROUP),
+           EntryPoint("broken", "broken_plugin:X", registry.BACKEND_GROUP),
+           EntryPoint("wrong", "wrong_plugin:NotABackend", registry.BACKEND_GROUP),
+           EntryPoint("missing", "no_such_module_xyz:B", registry.BACKEND_GROUP)]
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [e for e in eps if e.group == group])
+    registry.clear_cache()
+    yield
+    registry.clear_cache()
+
+
+def test_names_come_from_metadata_without_import(fake_eps):
+    assert registry.backend_names() == ["broken", "good", "missing", "wrong"]
+    assert "good_plugin" not in sys.modules
+
+
+def test_good_plugin_loads_and_is_a_backend(fake_eps):
+    cls = registry.backend_class("good")
+    assert issubclass(cls, Backend) and cls.NAME == "good"
+
+
+def test_broken_plugin_is_reported_without_breaking_others(fake_eps):
+    with pytest.raises(PluginError, match="broken.*boom at import"):
+        registry.backend_class("broken")
+    assert registry.backend_class("good").NAME == "good"
+
+
+def test_wrong_base_class_is_refused(fake_eps):
+    with pytest.raises(PluginError, match="not a Backend subclass"):
+        registry.backend_class("wrong")
+
+
+def test_unimportable_plugin_gives_install_hint(fake_eps):
+    with pytest.raises(BackendNotInstalled, match="cannot be imported"):
+        registry.backend_class("missing")
+
+
+def test_unknown_first_party_backend_names_the_extra(fake_eps):
+    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[gcp\]'"):
+        registry.backend_class("gcp")
+    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[azure\]'"):
+        registry.backend_class("az")
+
+
+def test_tpi_plugins_filter(fake_eps, monkeypatch):
+    monkeypatch.setenv("TPI_PLUGINS", "good")
+    assert registry.backend_names() == ["good"]
+    with pytest.raises(BackendNotInstalled):
+        registry.backend_class("broken")
+
+
+def test_trace_switch_prints_loads(fake_eps, monkeypatch, capsys):
+    monkeypatch.setenv("TPI_TRACE_PLUGINS", "1")
+    registry.backend_class("good")
+    assert "loading plugin 'good'" in capsys.readouterr().err
+
+
+def test_local_backend_is_registered_through_the_entry_point():
+    registry.clear_cache()
+    assert "local" in registry.backend_names()
+    info = {p.name: p for p in registry.plugins()}["local"]
+    assert info.distribution == "tpi"
+
+
+def test_aliases_are_canonical():
+    assert registry.canonical("AZ") == "azure"
+    assert registry.canonical("kubernetes") == "k8s"
+
+
+SDK_MODULES = ("boto3", "botocore", "aioboto3", "aiobotocore", "kubernetes_asyncio",
+               "google.cloud", "gcloud", "azure")
+
+
+def _imported_after(argv: list[str], cwd) -> set[str]:
+    code = textwrap.dedent(f"""
+        import sys
+        from tpi_core.cli import main
+        try:
+            main({argv!r})
+        except SystemExit:
+            pass
+        print("MODULES", " ".join(sorted(sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=cwd, check=False).stdout
+    line = next(l for l in out.splitlines() if l.startswith("MODULES"))
+    return set(line.split()[1:])
+
+
+def test_help_imports_no_cloud_sdk(tmp_path):
+    modules = _imported_after(["--help"], tmp_path)
+    assert "tpi_core.cli" in modules
+    assert not [m for m in modules if m.startswith(SDK_MODULES)]
+    assert "tpi_core.engine" not in modules
+
+
+def test_status_of_a_local_task_imports_no_cloud_sdk(tmp_path):
+    (tmp_path / "tasks.toml").write_text('[task.t]\ncloud = "local"\nscript = "true"\n')
+    modules = _imported_after(["status", "t"], tmp_path)
+    assert "tpi_core.engine" in modules
+    assert not [m for m in modules if m.startswith(SDK_MODULES)]
