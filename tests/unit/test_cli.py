@@ -1,0 +1,90 @@
+"""The CLI's edges: one-line errors with exit 2 for bad input, help, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tpi_core.cli import main
+
+BROKEN = Path(__file__).resolve().parent.parent / "data" / "broken"
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize("path", sorted(BROKEN.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("verb", ["validate", "apply", "plan"])
+def test_broken_tasks_file_gives_one_line_and_exit_2(path, verb, capsys, monkeypatch):
+    monkeypatch.chdir(BROKEN)
+    code, out, err = run_main([verb, path.name], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"tpi: error: {path.name}")
+    assert "Traceback" not in err and out == ""
+
+
+def test_broken_file_in_a_subprocess_has_no_traceback():
+    path = BROKEN / "misspelt_key.toml"
+    proc = subprocess.run([sys.executable, "-m", "tpi_core", "validate", str(path)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "did you mean 'script'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_switch_shows_the_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("TPI_DEBUG", "1")
+    code, _, err = run_main(["validate", str(BROKEN / "misspelt_key.toml")], capsys)
+    assert code == 2 and "Traceback" in err
+
+
+def test_missing_tasks_file_is_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["apply"], capsys)
+    assert code == 2 and "tasks.toml" in err
+
+
+def test_unknown_task_name_is_exit_3(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tasks.toml").write_text('[task.a]\nscript = "true"\n')
+    code, _, err = run_main(["status", "nope"], capsys)
+    assert code == 3 and "no task 'nope'" in err and "tasks: a" in err
+
+
+def test_missing_backend_names_the_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TPI_PLUGINS", "local")
+    (tmp_path / "tasks.toml").write_text('[task.a]\nscript = "true"\n')
+    code, _, err = run_main(["machines", "--cloud", "gcp"], capsys)
+    assert code == 2 and "pip install 'tpi[gcp]'" in err
+
+
+def test_validate_prints_tasks_as_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET", "value-never-shown")
+    (tmp_path / "tasks.toml").write_text(
+        '[task.a]\nscript = "true"\nparallelism = 3\nenvironment = { SECRET = "" }\n')
+    code, out, err = run_main(["validate", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["parallelism"] == 3 and rows[0]["task"] == "a"
+    assert "SECRET" in rows[0]["environment"]
+    assert "value-never-shown" not in out + err
+
+
+def test_help_lists_every_command_and_exit_codes(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    for name in ("apply", "status", "logs", "pull", "stop", "start", "destroy", "list",
+                 "validate", "plan", "plugins", "machines", "sync", "debug"):
+        assert f"  {name}" in out
+    assert "Exit codes" in out and "timed out" in out
