@@ -91,12 +91,12 @@ def backend_names() -> list[str]:
     return sorted(n for n in {*_entry_points(BACKEND_GROUP), *_registered} if _allowed(n))
 
 
-def install_hint(name: str) -> str:
+def install_hint(name: str, group: str = BACKEND_GROUP) -> str:
     """What to run to get a backend or storage scheme that is not installed."""
     extra = FIRST_PARTY.get(name)
     if extra:
         return f"pip install 'tpi[{extra}]'"
-    return f"install a package that provides the {name!r} entry point in {BACKEND_GROUP!r}"
+    return f"install a package that provides the {name!r} entry point in {group!r}"
 
 
 def backend_class(name: str) -> type:
@@ -121,18 +121,19 @@ def storage_class(scheme: str) -> type:
     eps = _entry_points(STORAGE_GROUP)
     if scheme not in eps:
         raise BackendNotInstalled(
-            f"no storage for {scheme}:// URLs is installed; {install_hint(scheme)}")
-    return _load(eps[scheme], Storage, scheme)
+            f"no storage for {scheme}:// URLs is installed; "
+            f"{install_hint(scheme, STORAGE_GROUP)}")
+    return _load(eps[scheme], Storage, scheme, STORAGE_GROUP)
 
 
-def _load(ep: EntryPoint, base: type, name: str) -> type:
+def _load(ep: EntryPoint, base: type, name: str, group: str = BACKEND_GROUP) -> type:
     if os.environ.get("TPI_TRACE_PLUGINS"):
         print(f"tpi: loading plugin {name!r} from {ep.value}", file=sys.stderr)
     try:
         cls = ep.load()
     except ImportError as exc:
         raise BackendNotInstalled(
-            f"plugin {name!r} ({ep.value}) cannot be imported: {exc}; {install_hint(name)}"
+            f"plugin {name!r} ({ep.value}) cannot be imported: {exc}; {install_hint(name, group)}"
         ) from exc
     except Exception as exc:
         raise PluginError(f"plugin {name!r} ({ep.value}) is broken: "

@@ -7,6 +7,7 @@ never sees half an object, as with a real object store.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterable
@@ -20,6 +21,7 @@ from tpi_core.storage import ObjectInfo, Progress, Storage
 
 _CHUNK = 1 << 20
 _TMP_MARK = ".tpi-tmp-"
+_TEMP_IDS = itertools.count()
 
 
 def checked_key(key: str) -> str:
@@ -126,14 +128,18 @@ def _entry(entry: os.DirEntry) -> tuple[str, bool, int, float]:
 
 
 def _temp_for(path: Path) -> Path:
-    return path.with_name(f"{_TMP_MARK}{os.getpid()}-{id(path):x}-{path.name}")
+    # a counter, not id(path): two writers of one key must never share a temporary file
+    return path.with_name(f"{_TMP_MARK}{os.getpid()}-{next(_TEMP_IDS)}-{path.name[:180]}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_for(path)
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _copy(source: Path, target: Path, progress: Progress | None) -> None:
@@ -156,7 +162,10 @@ def _atomic_copy(source: Path, target: Path, progress: Progress | None) -> None:
 
 def _unlink_all(paths: list[Path], root: Path) -> None:
     for path in paths:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except (IsADirectoryError, NotADirectoryError):
+            continue  # a directory or a path below a file holds no object: nothing to delete
         parent = path.parent
         while parent != root and parent.is_relative_to(root):
             try:

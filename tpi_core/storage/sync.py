@@ -1,63 +1,63 @@
-"""Sync between a local tree and a storage (PLACEHOLDER: simple and sequential).
+"""Sync between a local tree and a storage: the public API of the sync engine.
 
-The public functions and their signatures are the contract; the engine and the agent use
-them. The implementation here is to be replaced by the planner/executor of the sync issue.
+The engine and the agent call these two functions; the work is done by
+:mod:`tpi_core.sync` (a pure planner, then a concurrent executor).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from tpi_core.storage import Storage
+from tpi_core.sync.excludes import ALWAYS_EXCLUDED, Excludes
+from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.retry import RetryPolicy
 
-ALWAYS_EXCLUDED = (".tpi/",)
-
-
-@dataclass
-class SyncResult:
-    """What a sync did."""
-
-    sent: int = 0
-    bytes_sent: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
-ProgressFactory = Callable[[int, int], Callable[[int], None]] | None
+__all__ = ["ALWAYS_EXCLUDED", "Excludes", "RetryPolicy", "SyncProgress", "SyncResult",
+           "download_tree", "upload_tree"]
 
 
 async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = (),
                       delete: bool = False, manifest: tuple[Storage, str] | None = None,
-                      jobs: int = 16, progress: object | None = None) -> SyncResult:
-    """Make ``remote`` hold the files under ``local`` (changed ones only)."""
-    result = SyncResult()
-    for path in sorted(Path(local).rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            key = path.relative_to(local).as_posix()
-            if key.startswith(".tpi/"):
-                continue
-            await remote.upload(key, path)
-            result.sent += 1
-            result.bytes_sent += path.stat().st_size
-    return result
+                      jobs: int = 16, progress: SyncProgress | None = None,
+                      retry: RetryPolicy | None = None) -> SyncResult:
+    """Make ``remote`` hold the files under ``local``, sending changed files only.
+
+    One listing of ``remote`` is compared with the local tree. ``manifest=(storage, key)``
+    names where the manifest (key -> size, mtime_ns, md5) is kept: with it an unchanged tree
+    is recognised without reading a file and nothing is written; without it an equal size
+    (and an equal md5 etag when the storage reports one) counts as unchanged. ``exclude``
+    is TPI's ``storage.exclude`` (or an :class:`Excludes`); ``.tpi/`` is always excluded.
+    ``delete=True`` mirrors (deletes remote objects no local file has, excluded ones kept;
+    nothing is deleted when part of the tree could not be read).
+    Symlinks that leave ``local`` are not followed but reported in ``result.skipped``.
+    Transfers run ``jobs`` at a time and are retried by ``retry`` on transient errors.
+    """
+    from tpi_core.sync.upload import upload
+
+    return await upload(local, remote, exclude=exclude, delete=delete, manifest=manifest,
+                        jobs=jobs, progress=progress, retry=retry)
 
 
 async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         exclude: Sequence[str] = (), delete: bool = False,
                         manifest: tuple[Storage, str] | None = None,
-                        jobs: int = 16, progress: object | None = None) -> SyncResult:
-    """Make ``local`` hold the objects of ``remote`` under ``prefix`` (changed ones only)."""
-    result = SyncResult()
-    async for info in remote.list(prefix):
-        target = Path(local) / info.key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tpi-part")
-        await remote.download(info.key, tmp)
-        os.replace(tmp, target)
-        result.sent += 1
-        result.bytes_sent += info.size
-    return result
+                        jobs: int = 16, progress: SyncProgress | None = None,
+                        retry: RetryPolicy | None = None, fsync: bool = False) -> SyncResult:
+    """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.
+
+    A key ``k`` lands at ``local/k`` (the prefix is kept); ``prefix`` names a directory or a
+    single object. A local file is kept when its size and md5 match the object (the etag,
+    else the ``manifest`` entry) or, with no checksum, its size and mtime match (each
+    download sets the file's mtime to the object's). Files are written atomically and
+    checked against the storage's md5 when known (``fsync=True`` also flushes them). Keys
+    that would leave ``local`` (``..``, absolute, backslashes, a symlinked directory on the
+    way) raise UnsafePathError. ``delete=True`` removes local files under ``prefix`` that
+    the storage does not have; ``exclude`` and the ``.tpi/`` rule apply both ways.
+    """
+    from tpi_core.sync.download import download
+
+    return await download(remote, local, prefix=prefix, exclude=exclude, delete=delete,
+                          manifest=manifest, jobs=jobs, progress=progress, retry=retry,
+                          fsync=fsync)

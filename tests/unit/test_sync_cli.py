@@ -1,0 +1,97 @@
+"""``tpi sync`` through click's CliRunner: local -> file:// URL and back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tpi_core.cli import cli, main
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for key, text in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_text(text)
+    return root
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def sync(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["sync", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_sync_up_to_a_file_url_and_back(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": "alpha", "sub/b.txt": "beta",
+                                       "skip.log": "no", ".tpi/index": "local state"})
+    url = (tmp_path / "bucket").as_uri()
+    first = sync(str(src), url, "--exclude", "*.log", "--jobs", "4")
+    assert (first["sent"], first["bytes_sent"], first["skipped"]) == (2, 9, [])
+    bucket = tree(tmp_path / "bucket")
+    assert set(bucket) == {"a.txt", "sub/b.txt", ".tpi/manifest.json"}  # manifest in .tpi/
+
+    again = sync(str(src), url, "--exclude", "*.log")
+    assert (again["sent"], again["unchanged"]) == (0, 2)
+
+    back = sync(url, str(tmp_path / "back"))
+    assert back["sent"] == 2
+    assert tree(tmp_path / "back") == {"a.txt": "alpha", "sub/b.txt": "beta"}  # no .tpi/
+
+
+def test_sync_delete_mirrors(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"keep": "k"})
+    make_tree(tmp_path / "bucket", {"stale": "s", "keep": "old"})
+    result = sync(str(src), (tmp_path / "bucket").as_uri(), "--delete")
+    assert (result["sent"], result["deleted"]) == (1, 1)
+    assert tree(tmp_path / "bucket") == {"keep": "k", ".tpi/manifest.json": tree(
+        tmp_path / "bucket")[".tpi/manifest.json"]}
+
+
+def test_sync_prints_a_summary_without_json(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    result = CliRunner().invoke(cli, ["sync", str(src), str(tmp_path / "dst")])
+    assert result.exit_code == 0
+    assert "1 sent (1 B), 0 unchanged, 0 deleted, 0 skipped" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nosuch://bucket/x", "dst"], "no storage for nosuch:// URLs is installed; install a"),
+    (["file:///a", "file:///b"], "sync between two storage URLs is not supported yet"),
+    (["missing-dir", "file:///tmp/x"], "missing-dir: no such directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path: Path, monkeypatch,
+                                          capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith(f"tpi: error: {message}") and err.count("\n") == 1
+
+
+def test_rich_progress_shows_files_bytes_and_rate(tmp_path: Path) -> None:
+    import io
+
+    import anyio
+    from rich.console import Console
+
+    from tpi_core.cli.sync import RichProgress
+    from tpi_core.storage.sync import upload_tree
+    from tpi_core.testing.memory import MemoryStorage
+
+    src = make_tree(tmp_path / "src", {f"f{i}": "x" * 2000 for i in range(5)})
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with RichProgress(console) as bar:
+        result = anyio.run(lambda: upload_tree(src, MemoryStorage(), progress=bar))
+    assert result.sent == 5
+    text = out.getvalue()
+    assert "5/5 files" in text and "10.0/10.0 kB" in text and "/s" in text

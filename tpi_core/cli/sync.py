@@ -1,0 +1,147 @@
+"""``tpi sync SRC DST``: copy a tree between a local path and a storage URL."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import click
+
+from tpi_core.cli._app import Application, pass_app
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tpi_core.storage.sync import SyncResult
+
+MANIFEST_KEY = ".tpi/manifest.json"
+"""Where an upload keeps its manifest, under the destination (``.tpi/`` never syncs)."""
+
+
+@click.command("sync", short_help="Copy a tree between a local path and a storage URL.")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--delete", is_flag=True,
+              help="Mirror: delete files at DST that SRC does not have (excluded ones stay).")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Leave out paths matching this gitignore-style glob (any depth unless it "
+                   "starts with /); '+ GLOB' re-includes, the first matching rule wins. "
+                   "Repeatable.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 512), default=16, show_default=True,
+              help="Files transferred at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[str, ...],
+            jobs: int, as_json: bool) -> None:
+    """Copy SRC to DST, sending only what changed.
+
+    Each side is a local directory or a storage URL (file:///path, s3://bucket/prefix, ...).
+    A local SRC is uploaded to DST; a URL SRC is downloaded into a local DST. An upload keeps
+    its manifest at DST/.tpi/manifest.json, so a second sync of an unchanged tree sends
+    nothing; .tpi/ itself is never copied.
+    """
+    rules = [_rule(pattern) for pattern in excludes]
+    result = app.run(_sync, app, src, dst, delete, rules, jobs)
+    if as_json:
+        app.out_json(asdict(result))
+    else:
+        _summary(app, result)
+
+
+def _rule(pattern: str) -> str:
+    return pattern if pattern.startswith(("- ", "+ ")) else "- " + pattern
+
+
+def _is_url(side: str) -> bool:
+    return "://" in side
+
+
+async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[str],
+                jobs: int) -> SyncResult:
+    from tpi_core.errors import UsageError
+    from tpi_core.storage import open_storage
+    from tpi_core.storage.sync import download_tree, upload_tree
+
+    if _is_url(src) and _is_url(dst):
+        raise UsageError("sync between two storage URLs is not supported yet; "
+                         "sync through a local directory")
+    with _progress_bar(app) as progress:
+        if _is_url(src):
+            async with open_storage(src) as remote:
+                return await download_tree(remote, _local(dst, must_exist=False),
+                                           exclude=rules, delete=delete, jobs=jobs,
+                                           manifest=(remote, MANIFEST_KEY), progress=progress)
+        async with open_storage(dst) as remote:
+            return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
+                                     delete=delete, jobs=jobs,
+                                     manifest=(remote, MANIFEST_KEY), progress=progress)
+
+
+def _local(side: str, *, must_exist: bool):
+    from pathlib import Path
+
+    from tpi_core.errors import UsageError
+
+    path = Path(side).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{side}: not a directory")
+    if must_exist and not path.is_dir():
+        raise UsageError(f"{side}: no such directory")
+    return path
+
+
+def _progress_bar(app: Application):
+    import contextlib
+
+    if app.quiet or not app.console.is_terminal:
+        return contextlib.nullcontext(None)
+    return RichProgress(app.console)
+
+
+class RichProgress:
+    """A rich progress bar on stderr (files, bytes, bytes/s, ETA): a SyncProgress."""
+
+    def __init__(self, console: Console):
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+        self._task = self._bar.add_task("planning", total=None)
+        self._files = self._done = 0
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def start(self, total_files: int, total_bytes: int) -> None:
+        self._files = total_files
+        self._bar.update(self._task, total=total_bytes, description=self._label())
+
+    def advance(self, nbytes: int) -> None:
+        self._bar.advance(self._task, nbytes)
+
+    def file_done(self) -> None:
+        self._done += 1
+        self._bar.update(self._task, description=self._label())
+
+    def _label(self) -> str:
+        return f"{self._done}/{self._files} files"
+
+
+def _summary(app: Application, result: SyncResult) -> None:
+    for line in result.skipped:
+        app.say(f"skipped {line}")
+    app.say(f"{result.sent} sent ({_size(result.bytes_sent)}), {result.unchanged} unchanged, "
+            f"{result.deleted} deleted, {len(result.skipped)} skipped")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes} B"

@@ -1,0 +1,214 @@
+"""Download a storage prefix into a local directory, safely and atomically.
+
+Every file is written to a temporary file beside its target and renamed over it only once
+complete and checked (size, and md5 when the etag is one), so a reader never sees half a
+file and a failed download leaves the old file untouched. A mismatch is fetched again; only
+the same bytes twice are accepted (the object changed after the listing). Keys are checked
+before anything is written: ``..``, absolute or backslashed keys and paths through a symlinked
+directory inside the destination raise :class:`~tpi_core.errors.UnsafePathError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import itertools
+import stat
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError
+from tpi_core.storage import Storage
+from tpi_core.storage.local import checked_key
+from tpi_core.sync import manifest as mf
+from tpi_core.sync.excludes import Excludes
+from tpi_core.sync.execute import SyncRun
+from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
+from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.retry import RetryPolicy, retrying
+from tpi_core.sync.upload import list_remote, load_manifest, local_root
+from tpi_core.sync.walk import PART_MARK, walk
+
+IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
+_TEMP_ID = uuid.uuid4().hex[:8]  # per process; a counter makes each temporary name unique
+_TEMPS = itertools.count()
+
+
+async def download(remote: Storage, local: str | Path, *, prefix: str = "",
+                   exclude: Excludes | Sequence[str] = (), delete: bool = False,
+                   manifest: tuple[Storage, str] | None = None, jobs: int = 16,
+                   progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
+                   fsync: bool = False) -> SyncResult:
+    """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
+    root = local_root(local)
+    excludes = Excludes.coerce(exclude)
+    top = checked_key(prefix.strip("/")) if prefix.strip("/") else ""
+    run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry)
+    old = await load_manifest(manifest, run.retry) if manifest is not None else None
+    listing = await list_remote(remote, prefix, run.retry, lambda key: _wanted(key, top, excludes))
+    for key in listing:
+        checked_key(key)  # refuse a hostile listing before a single byte is written
+    await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
+    await run.run(plan_download(listing, old, stat_local=run.tree.stat, hash_file=run.tree.md5))
+    if delete:
+        await run.delete_local(walk(root, excludes, top), listing)
+    return run.result
+
+
+def _wanted(key: str, top: str, excludes: Excludes) -> bool:
+    if key.endswith("/"):
+        return False  # a "folder" marker (S3 consoles make them): no file to write
+    under = not top or key == top or key.startswith(top + "/")
+    return under and not excludes.excluded(key)
+
+
+class LocalTree:
+    """The destination directory: paths for keys, never through a symlinked directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._dirs: set[str] = set()  # parent directories already checked (or made)
+
+    def stat(self, key: str) -> tuple[int, int] | None:
+        """``(size, mtime_ns)`` of the regular file at ``key``, or None."""
+        parent = self.parent(key, create=False)
+        if parent is None:
+            return None
+        try:
+            st = os.lstat(parent / key.rsplit("/", 1)[-1])
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+    def md5(self, key: str) -> str | None:
+        """Hex md5 of the local file at ``key``; None when it cannot be read."""
+        try:
+            return mf.md5_file(self.root / key)
+        except OSError:
+            return None
+
+    def known_target(self, key: str) -> Path | None:
+        """The path for ``key`` when its parents were checked already (no system call)."""
+        parent = key.rpartition("/")[0]
+        if parent and parent not in self._dirs:
+            return None
+        return self.root / key
+
+    def target(self, key: str) -> Path:
+        """The path to write ``key`` to, its parent directories made."""
+        parent = self.parent(key, create=True)
+        assert parent is not None
+        return parent / key.rsplit("/", 1)[-1]
+
+    def parent(self, key: str, *, create: bool) -> Path | None:
+        """The directory holding ``key``; None when missing and ``create`` is false.
+
+        Raises UnsafePathError for a symlink on the way, NotADirectoryError for a file.
+        """
+        path, done = self.root, ""
+        for part in checked_key(key).split("/")[:-1]:
+            path, done = path / part, f"{done}/{part}" if done else part
+            if done not in self._dirs and not self._check_dir(key, path, done, create):
+                return None
+        return path
+
+    def _check_dir(self, key: str, path: Path, done: str, create: bool) -> bool:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(mode):
+            raise UnsafePathError(
+                f"refusing to write {key!r}: {done!r} is a symlink inside the destination")
+        if not stat.S_ISDIR(mode):
+            if create:
+                raise NotADirectoryError(f"{done!r} is a file")
+            return False
+        self._dirs.add(done)
+        return True
+
+
+class _Download(SyncRun):
+    def __init__(self, remote: Storage, tree: LocalTree, fsync: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.remote, self.tree, self.fsync = remote, tree, fsync
+        self.mismatches: dict[str, tuple[int, str | None]] = {}
+
+    async def transfer(self, action: Action) -> None:
+        assert isinstance(action, Fetch)
+        try:
+            target = self.tree.known_target(action.key)
+            if target is None:
+                target = await anyio.to_thread.run_sync(self.tree.target, action.key)
+            size = await retrying(self.retry, lambda moved: self._fetch(action, target, moved),
+                                  self.advance)
+        except IN_THE_WAY:
+            self.skip(action.key, "a local file or directory is in the way")
+            return
+        except ObjectNotFound:
+            self.skip(action.key, "vanished from the storage before it could be fetched")
+            return
+        self.done(size)
+
+    async def _fetch(self, action: Fetch, target: Path, moved) -> int:
+        temp = target.with_name(f".{target.name[:180]}{PART_MARK}{_TEMP_ID}-{next(_TEMPS)}")
+        try:
+            await self.remote.download(action.key, temp, moved)
+            return await anyio.to_thread.run_sync(_place, temp, target, action, self.fsync,
+                                                  self.mismatches)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    async def delete_local(self, files, listing) -> None:
+        """Remove local files under the prefix that the listing does not have."""
+        doomed = plan_local_deletions(files, listing)
+        while batch := await anyio.to_thread.run_sync(_delete_some, self.tree.root, doomed):
+            self.result.deleted += batch
+
+
+def _place(temp: Path, target: Path, action: Fetch, fsync: bool,
+           mismatches: dict[str, tuple[int, str | None]]) -> int:
+    size = _verify(temp, action, mismatches)
+    if fsync:
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(temp, target)
+    if action.mtime is not None:
+        ns = round(action.mtime * 1e9)
+        os.utime(target, ns=(ns, ns))
+    return size
+
+
+def _verify(temp: Path, action: Fetch, mismatches: dict[str, tuple[int, str | None]]) -> int:
+    got = (os.stat(temp).st_size, mf.md5_file(temp) if action.md5 is not None else None)
+    if got == (action.size, action.md5):
+        return got[0]
+    if mismatches.get(action.key) == got:
+        # the same bytes twice: the object changed after the listing (or its etag is not an
+        # md5, as with S3 KMS encryption), while damage in transit would not repeat itself
+        return got[0]
+    mismatches[action.key] = got
+    raise IntegrityError(f"{action.key}: downloaded bytes do not match the listing "
+                         f"(size {got[0]}, expected {action.size})")
+
+
+def _delete_some(root: Path, doomed, limit: int = 500) -> int:
+    count = 0
+    for delete in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / delete.key)
+        count += 1
+        if count >= limit:
+            break
+    return count

@@ -1,0 +1,169 @@
+"""The executor: runs a plan's transfers on a bounded pool of workers, keeping the tally.
+
+The plan (a generator that walks, stats and hashes local files) is advanced in a worker
+thread a batch at a time; its transfer actions go through a memory stream with room for
+``jobs`` items to ``jobs`` workers. So at any moment at most one batch plus about ``2 * jobs``
+actions exist, whatever the size of the tree. The first error cancels the rest and is
+raised as is (not wrapped in an exception group).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from itertools import islice
+from typing import Any, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tpi_core.sync.plan import Action, Delete, Fetch, Send, Unchanged
+from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.retry import RetryPolicy
+from tpi_core.sync.walk import Skipped
+
+T = TypeVar("T")
+
+BATCH = 256
+"""Most actions planned per trip to the planning thread."""
+BATCH_SECONDS = 0.05
+"""A batch also ends after this long, so hashing big files never starves the workers."""
+
+
+class SyncRun:
+    """One sync in progress: the result so far, progress, and the transfer workers.
+
+    Subclasses (upload, download) implement :meth:`transfer` and may hook :meth:`keep`.
+    """
+
+    def __init__(self, *, jobs: int, progress: SyncProgress | None, retry: RetryPolicy | None):
+        self.jobs = max(1, int(jobs))
+        self.progress = progress
+        self.retry = retry or RetryPolicy()
+        self.result = SyncResult()
+        self.deletions: list[str] = []
+        self._planned = [0, 0]
+        self._reported: tuple[int, int] | None = None
+
+    @property
+    def advance(self) -> Callable[[int], None] | None:
+        """The progress callback storages get (None when silent)."""
+        return self.progress.advance if self.progress is not None else None
+
+    async def run(self, plan: Iterator[Action]) -> None:
+        """Carry out every action of ``plan``; transfers run ``jobs`` at a time."""
+        send, receive = anyio.create_memory_object_stream[Action](self.jobs)
+        errors: list[Exception] = []
+        try:
+            async with anyio.create_task_group() as group:
+                for _ in range(self.jobs):
+                    group.start_soon(_guarded, errors, group.cancel_scope,
+                                     self._work, receive.clone())
+                receive.close()
+                group.start_soon(_guarded, errors, group.cancel_scope, self._feed, plan, send)
+        finally:
+            plan.close()
+        if errors:
+            raise errors[0]
+
+    async def transfer(self, action: Action) -> None:
+        """Move one file (a :class:`Send` or :class:`Fetch`)."""
+        raise NotImplementedError
+
+    def keep(self, action: Unchanged) -> None:
+        """Called for every unchanged file."""
+
+    def done(self, nbytes: int) -> None:
+        """Count one transferred file."""
+        self.result.sent += 1
+        self.result.bytes_sent += nbytes
+        if self.progress is not None:
+            self.progress.file_done()
+
+    def skip(self, key: str, reason: str) -> None:
+        """Report something left out."""
+        self.result.skipped.append(f"{key}: {reason}")
+
+    def _handle(self, action: Action) -> bool:
+        if isinstance(action, Skipped):
+            self.result.skipped.append(str(action))
+        elif isinstance(action, Unchanged):
+            self.result.unchanged += 1
+            self.keep(action)
+        elif isinstance(action, Delete):
+            self.deletions.append(action.key)
+        else:
+            self._planned[0] += 1
+            self._planned[1] += size_of(action)
+            return True
+        return False
+
+    def _report_plan(self) -> None:
+        totals = (self._planned[0], self._planned[1])
+        if self.progress is not None and totals != self._reported:
+            self._reported = totals
+            self.progress.start(*totals)
+
+    async def _feed(self, plan: Iterator[Action], send: MemoryObjectSendStream[Action]) -> None:
+        async with send:
+            while batch := await anyio.to_thread.run_sync(_take, plan):
+                todo = [action for action in batch if self._handle(action)]
+                self._report_plan()
+                for action in todo:
+                    await send.send(action)
+            self._report_plan()  # at least once, even for an empty plan
+
+    async def _work(self, receive: MemoryObjectReceiveStream[Action]) -> None:
+        async with receive:
+            async for action in receive:
+                await self.transfer(action)
+
+
+async def _guarded(errors: list[Exception], scope: anyio.CancelScope,
+                   fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:
+        errors.append(exc)
+        scope.cancel()
+
+
+def _take(plan: Iterator[Action]) -> list[Action]:
+    batch: list[Action] = []
+    deadline = time.monotonic() + BATCH_SECONDS
+    while len(batch) < BATCH and time.monotonic() < deadline:
+        chunk = list(islice(plan, 16))
+        batch.extend(chunk)
+        if len(chunk) < 16:
+            break
+    return batch
+
+
+async def alongside(main: Awaitable[None], side: Callable[[], T]) -> T:
+    """Await ``main`` while ``side()`` runs in a worker thread; return what ``side`` returned.
+
+    An error of either is raised as is.
+    """
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    async def run_side() -> None:
+        try:
+            outcome.append(await anyio.to_thread.run_sync(side))
+        except Exception as exc:
+            failure.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_side)
+        try:
+            await main
+        except Exception as exc:
+            failure.insert(0, exc)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def size_of(action: Send | Fetch) -> int:
+    """Bytes an action moves."""
+    return action.file.size if isinstance(action, Send) else action.size

@@ -1,0 +1,167 @@
+"""The sync planner: pure functions from (local files, one remote listing, manifest) to actions.
+
+Nothing here touches storage. Local reads happen only through the ``hash_file`` (None when
+the file cannot be read) and ``stat_local`` callables the caller passes, and hashing only
+when size and modification time cannot decide (a file touched but the same size). Plans
+are generators: a 100,000-file tree is planned one file at a time.
+
+Upload, for each local file: no remote object or another size -> :class:`Send`; a manifest
+entry with the same size and mtime -> :class:`Unchanged`; same size but another mtime -> hash
+and compare with the manifest's md5. With no manifest entry, an md5 etag is compared with
+the file's hash; failing that, a file whose mtime is the object's (a download set it) is
+unchanged, and an equal size means unchanged only when the caller keeps no manifest at all.
+Remote objects no local file claimed are deleted only with ``delete=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+
+from tpi_core.storage.local import checked_key
+from tpi_core.sync.excludes import Excludes
+from tpi_core.sync.manifest import Entry, Manifest, md5_etag
+from tpi_core.sync.walk import LocalFile, Skipped
+
+RemoteObject = tuple[int, str | None, float | None]
+"""A listed object: size, etag, modification time (seconds)."""
+
+MTIME_SLACK_NS = 1_000_000
+"""A local file whose mtime is this close to the object's is what a download left there."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Upload a local file; ``md5`` is its hash when planning already computed it."""
+
+    file: LocalFile
+    md5: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Download an object; ``md5`` (from the storage's etag) verifies the bytes when known."""
+
+    key: str
+    size: int
+    md5: str | None = None
+    mtime: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Nothing to move; ``entry`` is the manifest entry to keep for an upload."""
+
+    key: str
+    entry: Entry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete ``key`` on the destination side (remote object or local file)."""
+
+    key: str
+
+
+Action = Send | Fetch | Unchanged | Delete | Skipped
+
+
+def plan_upload(files: Iterable[LocalFile | Skipped], remote: MutableMapping[str, RemoteObject],
+                manifest: Manifest | None, *, excludes: Excludes, delete: bool,
+                hash_file: Callable[[LocalFile], str | None]) -> Iterator[Action]:
+    """Actions that make the remote side match ``files``.
+
+    ``remote`` is the one listing of the destination; the plan consumes it (pops every key a
+    local file claims), so what is left at the end is what ``delete`` removes, unless part of
+    the tree could not be read (rclone's rule: no deletions after a read error). ``manifest``
+    is None when the caller keeps none.
+    """
+    complete = True
+    for item in files:
+        if isinstance(item, Skipped):
+            complete = complete and not item.unread
+            yield item
+            continue
+        yield _upload_decision(item, remote.pop(item.key, None), manifest, hash_file)
+    if delete and not complete:
+        yield Skipped("*", "nothing deleted: part of the tree could not be read")
+    elif delete:
+        yield from (Delete(key) for key in remote if not excludes.excluded(key))
+
+
+def _upload_decision(file: LocalFile, obj: RemoteObject | None, manifest: Manifest | None,
+                     hash_file: Callable[[LocalFile], str | None]) -> Action:
+    if obj is None or obj[0] != file.size:
+        return Send(file)
+    entry = manifest.get(file.key) if manifest is not None else None
+    # the manifest is ours and trusted over etags: an S3 object encrypted with KMS has an
+    # etag that looks like an md5 but is not one
+    if entry is not None and entry.size == file.size:
+        if entry.mtime_ns == file.mtime_ns:
+            return Unchanged(file.key, entry)
+        return _by_hash(file, entry.md5, hash_file)
+    etag = md5_etag(obj[1])
+    if etag is not None:
+        return _by_hash(file, etag, hash_file)
+    if _same_time(file.mtime_ns, obj[2]):
+        # the file is the object as a download left it (downloads set the object's mtime):
+        # an agent's first push after restoring the workdir sends nothing
+        if manifest is None:
+            return Unchanged(file.key)
+        return _by_hash(file, None, hash_file, trusted=True)  # hashed for the manifest only
+    # same size, nothing to compare with: trust it only when no manifest is kept at all
+    return Unchanged(file.key) if manifest is None else Send(file)
+
+
+def _same_time(mtime_ns: int, mtime: float | None) -> bool:
+    return mtime is not None and abs(mtime_ns - round(mtime * 1e9)) <= MTIME_SLACK_NS
+
+
+def _by_hash(file: LocalFile, expected: str | None,
+             hash_file: Callable[[LocalFile], str | None], *, trusted: bool = False) -> Action:
+    md5 = hash_file(file)
+    if md5 is not None and (trusted or md5 == expected):
+        return Unchanged(file.key, Entry(file.size, file.mtime_ns, md5))
+    return Send(file, md5)
+
+
+def plan_download(remote: Mapping[str, RemoteObject], manifest: Manifest | None, *,
+                  stat_local: Callable[[str], tuple[int, int] | None],
+                  hash_file: Callable[[str], str | None]) -> Iterator[Action]:
+    """Actions that make local files match the ``remote`` listing (already filtered).
+
+    ``stat_local(key)`` gives ``(size, mtime_ns)`` of the local regular file or None. A local
+    file of the right size is kept when its md5 equals the object's (etag, else the
+    manifest's), or, with no checksum known, when its mtime is the object's (set by the last
+    download). Keys are checked first: an unsafe key raises UnsafePathError.
+    """
+    for key, obj in remote.items():
+        checked_key(key)
+        yield _download_decision(key, obj, stat_local(key), manifest, hash_file)
+
+
+def _download_decision(key: str, obj: RemoteObject, local: tuple[int, int] | None,
+                       manifest: Manifest | None, hash_file: Callable[[str], str | None]) -> Action:
+    size, etag, mtime = obj
+    fetch = Fetch(key, size, md5_etag(etag), mtime)
+    if local is None or local[0] != size:
+        return fetch
+    expected = fetch.md5 or _manifest_md5(manifest, key, size)
+    if expected is not None:
+        return Unchanged(key) if hash_file(key) == expected else fetch
+    if _same_time(local[1], mtime):
+        return Unchanged(key)
+    return fetch
+
+
+def _manifest_md5(manifest: Manifest | None, key: str, size: int) -> str | None:
+    entry = manifest.get(key) if manifest else None
+    return entry.md5 if entry is not None and entry.size == size else None
+
+
+def plan_local_deletions(files: Iterable[LocalFile | Skipped],
+                         remote: Mapping[str, RemoteObject]) -> Iterator[Delete]:
+    """Local files (from a walk) that the remote listing no longer has."""
+    for item in files:
+        if isinstance(item, LocalFile) and item.key not in remote:
+            yield Delete(item.key)

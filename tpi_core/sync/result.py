@@ -1,0 +1,39 @@
+"""What a sync reports: its result, and the progress callback shape it drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class SyncResult:
+    """What a sync did: files and bytes moved, files left alone, deletions, and skips.
+
+    ``skipped`` holds one ``"key: reason"`` line per thing that was not transferred
+    (a symlink out of the tree, a vanished file, a directory in the way).
+    """
+
+    sent: int = 0
+    bytes_sent: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class SyncProgress(Protocol):
+    """Receives progress from a sync (a progress bar, a log line); None means silent.
+
+    Planning streams, so the totals grow while transfers already run: ``start`` is called
+    again whenever they grow, and its last call carries the final totals. ``advance`` may be
+    called from worker threads, and with a negative count when a failed attempt is retried.
+    """
+
+    def start(self, total_files: int, total_bytes: int) -> None:
+        """Files and bytes planned for transfer so far."""
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more bytes moved (negative: taken back for a retry)."""
+
+    def file_done(self) -> None:
+        """One more file transferred."""
