@@ -7,6 +7,7 @@ an anyio task group.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import time
@@ -52,7 +53,7 @@ class Engine:
     def __init__(self, report: Report | None = None, progress_factory=None,
                  backends: dict[str, Backend] | None = None):
         self._report = report or (lambda message: None)
-        self._progress = progress_factory
+        self._progress = progress_factory or (lambda label: contextlib.nullcontext(None))
         self._backends: dict[str, Backend] = dict(backends or {})
 
     async def __aenter__(self) -> Engine:
@@ -132,10 +133,10 @@ class Engine:
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:
         """Upload the workdir into ``data/`` (changed files only)."""
-        return await upload_tree(
-            task.workdir, storage.child(layout.DATA), exclude=task.storage.exclude,
-            delete=True, manifest=(storage, layout.UPLOAD_MANIFEST),
-            progress=self._progress("upload " + task.name) if self._progress else None)
+        with self._progress(f"{task.name} upload") as progress:
+            return await upload_tree(
+                task.workdir, storage.child(layout.DATA), exclude=task.storage.exclude,
+                delete=True, manifest=(storage, layout.UPLOAD_MANIFEST), progress=progress)
 
     @staticmethod
     async def _write_spec(storage: Storage, task: Task, deadline: float, created: float) -> None:
@@ -184,9 +185,9 @@ class Engine:
             raise TaskNotFound(f"task {ref.name or ref.task_id} has no storage (not applied?)")
         exclude = spec.get("exclude", [])
         prefix = output.strip("/") + "/"
-        return await download_tree(
-            storage.child(layout.DATA), workdir, prefix=prefix, exclude=exclude, delete=False,
-            progress=self._progress("pull " + ref.name) if self._progress else None)
+        with self._progress(f"{ref.name or ref.task_id} pull") as progress:
+            return await download_tree(storage.child(layout.DATA), workdir, prefix=prefix,
+                                       exclude=exclude, delete=False, progress=progress)
 
     async def stop(self, ref: TaskRef) -> None:
         """Scale to zero machines, keeping storage."""

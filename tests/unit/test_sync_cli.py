@@ -83,14 +83,14 @@ def test_rich_progress_shows_files_bytes_and_rate(tmp_path: Path) -> None:
     import anyio
     from rich.console import Console
 
-    from tpi_core.cli.sync import RichProgress
+    from tpi_core.cli._progress import Bars
     from tpi_core.storage.sync import upload_tree
     from tpi_core.testing.memory import MemoryStorage
 
     src = make_tree(tmp_path / "src", {f"f{i}": "x" * 2000 for i in range(5)})
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
-    with RichProgress(console) as bar:
+    with Bars(console).row("sync") as bar:
         result = anyio.run(lambda: upload_tree(src, MemoryStorage(), progress=bar))
     assert result.sent == 5
     text = out.getvalue()

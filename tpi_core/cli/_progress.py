@@ -1,41 +1,66 @@
-"""Progress bars (rich) for uploads and downloads, shown only on a terminal."""
+"""Progress bars (rich) for uploads and downloads, shown only on a terminal.
+
+One live display per command, one row per transfer, so concurrent task uploads share it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 
-class RichProgress:
-    """Adapts the sync engine's progress calls to one rich bar with bytes/s and ETA."""
 
-    def __init__(self, app, label: str):
-        self._app, self._label = app, label
-        self._bar = None
-        self._id = None
+class Row:
+    """One transfer's row: a SyncProgress (files, bytes, bytes/s, ETA)."""
 
-    def start(self, files: int, total_bytes: int) -> None:
+    def __init__(self, bar, label: str):
+        self._bar, self._label = bar, label
+        self._task = bar.add_task(f"{label}: planning", total=None)
+        self._files = self._done = 0
+
+    def start(self, total_files: int, total_bytes: int) -> None:
+        self._files = total_files
+        self._bar.update(self._task, total=total_bytes, description=self._describe())
+
+    def advance(self, nbytes: int) -> None:
+        self._bar.advance(self._task, nbytes)
+
+    def file_done(self) -> None:
+        self._done += 1
+        self._bar.update(self._task, description=self._describe())
+
+    def _describe(self) -> str:
+        return f"{self._label}: {self._done}/{self._files} files"
+
+
+class Bars:
+    """A rich Progress started with its first row and stopped with its last."""
+
+    def __init__(self, console):
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TimeRemainingColumn, TransferSpeedColumn)
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                             TransferSpeedColumn(), TimeRemainingColumn(),
-                             console=self._app.console, transient=True)
-        self._bar.start()
-        self._id = self._bar.add_task(f"{self._label} ({files} files)", total=total_bytes)
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+        self._rows = 0
 
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._id, nbytes)
-
-    def file_done(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+    @contextlib.contextmanager
+    def row(self, label: str) -> Iterator[Row]:
+        """A row for one transfer, removed when it ends."""
+        if self._rows == 0:
+            self._bar.start()
+        self._rows += 1
+        row = Row(self._bar, label)
+        try:
+            yield row
+        finally:
+            self._rows -= 1
+            self._bar.remove_task(row._task)
+            if self._rows == 0:
+                self._bar.stop()
 
 
 def progress_factory(app):
-    """A factory of progress objects for the engine, or None when not on a terminal."""
+    """``label -> context manager yielding a progress``; None when not on a terminal."""
     if app.quiet or not app.console.is_terminal:
         return None
-    return lambda label: RichProgress(app, label)
+    return Bars(app.console).row

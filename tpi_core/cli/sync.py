@@ -10,8 +10,6 @@ import click
 from tpi_core.cli._app import Application, pass_app
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from tpi_core.storage.sync import SyncResult
 
 MANIFEST_KEY = ".tpi/manifest.json"
@@ -93,43 +91,10 @@ def _local(side: str, *, must_exist: bool):
 def _progress_bar(app: Application):
     import contextlib
 
-    if app.quiet or not app.console.is_terminal:
-        return contextlib.nullcontext(None)
-    return RichProgress(app.console)
+    from tpi_core.cli._progress import progress_factory
 
-
-class RichProgress:
-    """A rich progress bar on stderr (files, bytes, bytes/s, ETA): a SyncProgress."""
-
-    def __init__(self, console: Console):
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                             TransferSpeedColumn(), TimeRemainingColumn(), console=console)
-        self._task = self._bar.add_task("planning", total=None)
-        self._files = self._done = 0
-
-    def __enter__(self) -> RichProgress:
-        self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
-
-    def start(self, total_files: int, total_bytes: int) -> None:
-        self._files = total_files
-        self._bar.update(self._task, total=total_bytes, description=self._label())
-
-    def advance(self, nbytes: int) -> None:
-        self._bar.advance(self._task, nbytes)
-
-    def file_done(self) -> None:
-        self._done += 1
-        self._bar.update(self._task, description=self._label())
-
-    def _label(self) -> str:
-        return f"{self._done}/{self._files} files"
+    rows = progress_factory(app)
+    return rows("sync") if rows else contextlib.nullcontext(None)
 
 
 def _summary(app: Application, result: SyncResult) -> None:
