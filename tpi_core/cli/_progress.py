@@ -54,6 +54,7 @@ class Bars:
             yield row
         finally:
             self._rows -= 1
+            self._bar.refresh()
             self._bar.remove_task(row._task)
             if self._rows == 0:
                 self._bar.stop()
