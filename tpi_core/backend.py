@@ -101,6 +101,11 @@ class Backend(ABC):
     NAME: ClassVar[str]
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset()
 
+    def validate(self, task: Task) -> None:
+        """Raise :class:`~tpi_core.errors.UsageError` for settings this backend cannot use
+        (an unknown size alias, a malformed ``permission_set``), before anything is created.
+        Pure: no request is made."""
+
     @abstractmethod
     async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
         """The storage rooted at the task's prefix; with ``create``, make its container."""

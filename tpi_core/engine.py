@@ -86,6 +86,7 @@ class Engine:
         return await _gather([lambda t=t: self._plan_one(t) for t in tasks])
 
     async def _plan_one(self, task: Task) -> Planned:
+        self.backend(task.cloud).validate(task)
         spec = await read_spec(await self.storage(TaskRef.of(task)))
         if spec is None:
             return Planned(task, Action.CREATE, "new task")
@@ -124,11 +125,17 @@ class Engine:
         created = time.time()
         deadline = created + task.timeout
         await self._write_spec(storage, task, deadline, created)
-        if task.workdir is not None:
-            result = await self.upload(task, storage)
-            self.say(task, f"uploaded {result.sent} files ({result.bytes_sent} bytes)")
-        await run_steps(backend.create_steps(task, Launch(storage.url, deadline)),
-                        lambda m: self.say(task, m))
+        try:
+            if task.workdir is not None:
+                result = await self.upload(task, storage)
+                self.say(task, f"uploaded {result.sent} files ({result.bytes_sent} bytes)")
+            await run_steps(backend.create_steps(task, Launch(storage.url, deadline)),
+                            lambda m: self.say(task, m))
+        except BaseException:
+            # without spec.json the next apply plans a create again instead of "unchanged"
+            with anyio.CancelScope(shield=True):
+                await storage.delete([layout.SPEC])
+            raise
         self.say(task, "launched")
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:

@@ -160,3 +160,41 @@ async def test_many_tasks_apply_concurrently_and_one_failure_spares_the_others(t
             await engine.plan([*tasks, broken])
         await engine.apply(planned)
     assert sorted(fake.groups) == sorted(t.id for t in tasks)
+
+
+class FailingBackend(FakeBackend):
+    """A fake whose group step fails, and which refuses machine "huge"."""
+
+    def validate(self, task):
+        from tpi_core.errors import UsageError
+
+        if task.machine == "huge":
+            raise UsageError("machine 'huge' is not a size alias")
+
+    def create_steps(self, task, launch):
+        from tpi_core.steps import Step
+
+        async def boom():
+            raise RuntimeError("capacity")
+
+        return [Step("group", boom)]
+
+
+async def test_failed_create_leaves_no_spec_so_the_next_apply_creates_again(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path))
+    async with Engine(backends={"fake": FailingBackend()}) as engine:
+        with pytest.raises(RuntimeError, match="capacity"):
+            await engine.apply(await engine.plan(tasks))
+        assert [p.action for p in await engine.plan(tasks)] == [Action.CREATE]
+
+
+async def test_backend_validation_runs_before_anything_is_created(tmp_path, fake):
+    from dataclasses import replace
+
+    from tpi_core.errors import UsageError
+
+    tasks = [replace(t, machine="huge") for t in fake_tasks(write_tasks(tmp_path))]
+    async with Engine(backends={"fake": FailingBackend()}) as engine:
+        with pytest.raises(UsageError, match="huge"):
+            await engine.plan(tasks)
+    assert fake.storages == {}

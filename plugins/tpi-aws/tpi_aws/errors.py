@@ -46,6 +46,22 @@ ERROR_CODES: dict[str, type[errors.TpiError]] = {
     "ResourceInUse": errors.TransientError,
     "ScalingActivityInProgress": errors.TransientError,
     "DependencyViolation": errors.TransientError,
+    # added with the AWS backend (compute side)
+    "ParameterNotFound": errors.ResourceNotFound,
+    "InvalidInstanceID.NotFound": errors.ResourceNotFound,
+    "InvalidAMIID.NotFound": errors.ResourceNotFound,
+    "InvalidGroupId.NotFound": errors.ResourceNotFound,
+    "InvalidVpcID.NotFound": errors.ResourceNotFound,
+    "NoSuchTagSet": errors.ResourceNotFound,
+    "OptInRequired": errors.PermissionDenied,
+    "UnrecognizedClientException": errors.PermissionDenied,
+    "InvalidClientTokenId": errors.PermissionDenied,
+    "ExpiredToken": errors.PermissionDenied,
+    "ExpiredTokenException": errors.PermissionDenied,
+    "ParameterLimitExceeded": errors.QuotaExceeded,
+    "TooManyUpdates": errors.TransientError,
+    "ConcurrentModification": errors.TransientError,
+    "IncorrectInstanceState": errors.TransientError,
 }
 
 

@@ -1,0 +1,355 @@
+"""The AWS backend: an Auto Scaling group of task machines and an S3 prefix per task.
+
+``create_steps`` lists the task's resources in TPI's order (``task/aws/task.go``), each
+tagged ``tpi:task``/``tpi:managed`` plus the task's tags, and ``delete_steps`` the same list
+for deletion in reverse::
+
+    security group          default VPC, no inbound rule
+    IAM role + profile      only the task's prefix, its parameter, leaving its own group
+                            (skipped with ``permission_set``: the user's profile is used)
+    environment parameter   SSM SecureString /tpi/<id>/environment (only with values)
+    launch template         image, disk, user-data that starts the agent (nothing secret)
+    Auto Scaling group      default subnets, spot mix, capacity = parallelism, and a
+                            scheduled action to zero at the deadline
+
+Storage is one tpi bucket per account and region (``tpi-<account>-<region>``) with a prefix
+per task, or ``storage.container`` (``bucket[/path]``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+import anyio
+
+from tpi_aws import machines, resources, userdata
+from tpi_aws.client import AwsClient
+from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
+from tpi_core.errors import ResourceNotFound, UsageError
+from tpi_core.identifier import is_task_id
+from tpi_core.model import Event, Task
+from tpi_core.steps import Step
+from tpi_core.storage import Storage
+
+_PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
+
+
+def task_tags(task_id: str, tags: Mapping[str, str], name: str = "",
+              container: str = "") -> dict[str, str]:
+    """The tags of every resource of a task; tpi's own keys win over the task's."""
+    own = {resources.TAG_TASK: task_id, resources.TAG_MANAGED: "true"}
+    if name:
+        own[resources.TAG_NAME] = name
+    if container:
+        own[resources.TAG_CONTAINER] = container
+    return {**tags, **own}
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> ``("bucket", "prefix")``."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return bucket, prefix.strip("/")
+
+
+def template_data(*, image: resources.Image, instance_type: str, security_group: str,
+                  profile_arn: str, disk_size: int, user_data: str,
+                  tags: Mapping[str, str]) -> dict:
+    """The launch template: IMDSv2 only, terminate on shutdown, tags on instance and disk."""
+    data = {
+        "ImageId": image.id, "InstanceType": instance_type,
+        "SecurityGroupIds": [security_group], "IamInstanceProfile": {"Arn": profile_arn},
+        "UserData": user_data, "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                            "HttpPutResponseHopLimit": 1},
+        "TagSpecifications": [{"ResourceType": kind, "Tags": resources.tag_list(tags)}
+                              for kind in ("instance", "volume")],
+    }
+    if disk_size > 0:
+        data["BlockDeviceMappings"] = [{"DeviceName": image.root_device, "Ebs": {
+            "VolumeSize": disk_size, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+    return data
+
+
+def group_params(*, name: str, subnets: Sequence[str], types: Sequence[str], spot: float,
+                 capacity: int, tags: Mapping[str, str]) -> dict:
+    """The Auto Scaling group: on-demand for ``spot < 0``, else a spot mix over ``types``."""
+    params = {
+        "AutoScalingGroupName": name, "MinSize": 0, "MaxSize": capacity,
+        "DesiredCapacity": capacity, "VPCZoneIdentifier": ",".join(subnets),
+        "Tags": [{"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": name,
+                  "ResourceType": "auto-scaling-group"} for k, v in tags.items()],
+    }
+    template = {"LaunchTemplateName": name, "Version": "$Latest"}
+    if spot < 0:
+        return {**params, "LaunchTemplate": template}
+    distribution = {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0,
+                    "SpotAllocationStrategy": "price-capacity-optimized"}
+    if spot > 0:
+        distribution["SpotMaxPrice"] = f"{spot:.5f}"
+    return {**params, "CapacityRebalance": True, "MixedInstancesPolicy": {
+        "LaunchTemplate": {"LaunchTemplateSpecification": template,
+                           "Overrides": [{"InstanceType": t} for t in types]},
+        "InstancesDistribution": distribution}}
+
+
+_LIVE = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+_STAMP = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+async def observation(c: AwsClient, name: str) -> Observation:
+    """What EC2 and Auto Scaling show of a task's group."""
+    group = await resources.describe_group(c, name)
+    if group is None:
+        return Observation(False)
+    instances = await resources.group_instances(c, name)
+    activities = await resources.scaling_activities(c, name)
+    live = sum(1 for i in group.get("Instances", []) if i.get("LifecycleState") in _LIVE)
+    events = [*map(activity_event, activities),
+              *(e for i in instances for e in instance_events(i))]
+    return Observation(True, live, group.get("DesiredCapacity", 0),
+                       tuple(sorted(events, key=lambda e: e.time)))
+
+
+def activity_event(activity: dict) -> Event:
+    """A scaling activity as an event (``scaling-successful``, ``scaling-failed``...)."""
+    message = activity.get("Description", "")
+    if activity.get("StatusMessage"):
+        message += f": {activity['StatusMessage']}"
+    return Event(_seconds(activity.get("StartTime")),
+                 "scaling-" + str(activity.get("StatusCode", "unknown")).lower(),
+                 message, source="aws")
+
+
+def instance_events(instance: dict) -> list[Event]:
+    """Launch and, when it happened, termination of an instance (moto keeps no activities)."""
+    ident = f"{instance['InstanceId']} ({instance.get('InstanceType', '?')}, " \
+            f"{instance.get('Placement', {}).get('AvailabilityZone', '?')})"
+    launched = _seconds(instance.get("LaunchTime"))
+    events = [Event(launched, "instance-launched", ident, source="aws")]
+    state = instance.get("State", {}).get("Name", "")
+    if state in ("shutting-down", "terminated"):
+        reason = instance.get("StateReason", {}).get("Message", "")
+        stamp = _STAMP.search(instance.get("StateTransitionReason", ""))
+        when = _seconds(stamp.group(1) + "+00:00") if stamp else launched
+        events.append(Event(when, "instance-terminated", f"{ident}: {reason}".rstrip(": "),
+                            source="aws"))
+    return events
+
+
+def _seconds(value) -> float:
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+async def find_tasks(c: AwsClient, bucket: str) -> list[TaskRef]:
+    """Tasks of a region: tagged groups, then task prefixes of the tpi bucket."""
+    refs: dict[str, TaskRef] = {}
+    for group in await resources.tagged_groups(c):
+        tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+        task_id = tags.get(resources.TAG_TASK, "")
+        if is_task_id(task_id):
+            refs[task_id] = TaskRef(task_id, "aws", c.region, tags.get(resources.TAG_NAME, ""),
+                                    tags.get(resources.TAG_CONTAINER, ""))
+    if await resources.bucket_exists(c, bucket):
+        for prefix in await resources.task_prefixes(c, bucket):
+            if is_task_id(prefix) and prefix not in refs:
+                refs[prefix] = TaskRef(prefix, "aws", c.region)
+    return list(refs.values())
+
+
+class AWSBackend(Backend):
+    """Tasks on EC2 Auto Scaling groups, storage in S3."""
+
+    NAME = "aws"
+    CAPABILITIES = frozenset({Capability.STOP_START, Capability.SPOT, Capability.GPU,
+                              Capability.FIND})
+
+    def __init__(self, session=None):
+        self._session = session
+        self._clients: dict[str, AwsClient] = {}
+        self._accounts: dict[str, str] = {}
+        self._storages: dict[tuple[str, str], Storage] = {}
+
+    def client(self, region: str) -> AwsClient:
+        """The clients of a region (alias or native), shared by every task there."""
+        native = machines.region(region)
+        if native not in self._clients:
+            self._clients[native] = AwsClient(native, self._session)
+        return self._clients[native]
+
+    async def account(self, c: AwsClient) -> str:
+        """The account id (asked once)."""
+        if "id" not in self._accounts:
+            self._accounts["id"] = await resources.account_id(c)
+        return self._accounts["id"]
+
+    # storage -----------------------------------------------------------------------------
+
+    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+        """The task's prefix: in the tpi bucket of the account and region, or the container."""
+        from tpi_aws.storage import S3Storage
+
+        c = self.client(ref.region)
+        bucket, prefix = await self._location(c, ref)
+        region = ref.container_opts.get("region") or c.region
+        if create:
+            await self._ensure_bucket(c, bucket, ref)
+        url = f"s3://{bucket}/{prefix}"
+        if (url, region) not in self._storages:
+            # kept and closed with the backend: callers ask again and again (status, logs)
+            self._storages[url, region] = S3Storage.from_url(url, region=region)
+        return self._storages[url, region]
+
+    async def _location(self, c: AwsClient, ref: TaskRef) -> tuple[str, str]:
+        if not ref.container:
+            return f"tpi-{await self.account(c)}-{c.region}", ref.task_id
+        bucket, _, path = ref.container.partition("/")
+        if ref.container.endswith("/") and not path.strip("/"):
+            raise UsageError(f"storage.container {ref.container!r} names a bucket root; "
+                             "destroy deletes the task's prefix, so give a path")
+        return bucket, path.strip("/") or ref.task_id
+
+    async def _ensure_bucket(self, c: AwsClient, bucket: str, ref: TaskRef) -> None:
+        if not ref.container:
+            await resources.create_bucket(c, bucket, {resources.TAG_MANAGED: "true"})
+        elif not await resources.bucket_exists(c, bucket):
+            raise ResourceNotFound(f"storage.container: bucket {bucket!r} does not exist "
+                                   f"or is not readable in {c.region}")
+
+    # create and delete -------------------------------------------------------------------
+
+    def validate(self, task: Task) -> None:
+        """Size, image and region aliases and ``permission_set`` are usable (no request)."""
+        machines.region(task.region)
+        machines.instance_types(task.machine)
+        machines.image(task.image)
+        _check_permission_set(task.permission_set)
+
+    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
+        """Security group, role, environment, template, group (see the module docstring)."""
+        plan = _Creation(self, task, launch)
+        deletes = self.delete_steps(TaskRef.of(task))
+        creates = [plan.security_group, plan.role, plan.environment, plan.template,
+                   plan.group]
+        return [Step(d.description, create, d.delete) for d, create in zip(deletes, creates)]
+
+    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
+        """The same resources, found from the task id alone."""
+        c, name = self.client(ref.region), ref.task_id
+        parameter = resources.parameter_name(name)
+        return [
+            Step(f"security group {name}", delete=lambda: resources.delete_security_group(c, name)),
+            Step(f"IAM role and instance profile {name}",
+                 delete=lambda: resources.delete_role(c, name)),
+            Step(f"environment parameter {parameter}",
+                 delete=lambda: resources.delete_environment(c, parameter)),
+            Step(f"launch template {name}",
+                 delete=lambda: resources.delete_launch_template(c, name)),
+            Step(f"Auto Scaling group {name}", delete=lambda: resources.delete_group(c, name)),
+        ]
+
+    # read back ---------------------------------------------------------------------------
+
+    async def observe(self, ref: TaskRef) -> Observation:
+        """Machines running and desired, and events from scaling activities and EC2."""
+        return await observation(self.client(ref.region), ref.task_id)
+
+    async def set_capacity(self, ref: TaskRef, machines: int) -> None:
+        """Scale the task's group (stop: 0, start: parallelism)."""
+        await resources.set_capacity(self.client(ref.region), ref.task_id, machines)
+
+    async def find(self, region: str | None = None) -> list[TaskRef]:
+        """Tasks of a region (default: every region alias) from group tags and bucket prefixes."""
+        regions = [region] if region else sorted(set(machines.REGIONS.values()))
+        found: list[TaskRef] = []
+
+        async def one(name: str) -> None:
+            c = self.client(name)
+            found.extend(await find_tasks(c, f"tpi-{await self.account(c)}-{c.region}"))
+
+        async with anyio.create_task_group() as tg:
+            for name in regions:
+                tg.start_soon(one, name)
+        return sorted(found, key=lambda r: (r.region, r.task_id))
+
+    @classmethod
+    def machine_types(cls) -> list[MachineType]:
+        """The size aliases and their instance types (the first is the preferred one)."""
+        return [MachineType(alias, ", ".join(types), machines.DETAILS.get(alias, ""))
+                for alias, types in machines.SIZES.items()]
+
+    async def aclose(self) -> None:
+        """Close every region's clients and every storage handed out."""
+        for storage in self._storages.values():
+            await storage.aclose()
+        for c in self._clients.values():
+            await c.aclose()
+
+
+def _check_permission_set(value: str) -> None:
+    if value and not _PROFILE_ARN.match(value):
+        raise UsageError(f"permission_set {value!r} is not an instance profile ARN "
+                         "(arn:aws:iam::<account>:instance-profile/<name>)")
+
+
+class _Creation:
+    """The create side of one task's steps; each step looks up what it needs again, so a
+    second run (apply twice, ``tpi start``) gives the same resources."""
+
+    def __init__(self, backend: AWSBackend, task: Task, launch: Launch):
+        self.backend, self.task, self.launch = backend, task, launch
+        self.c = backend.client(task.region)
+        self.name = task.id
+        self.tags = task_tags(task.id, task.tags, task.name, task.storage.container)
+        self.types = machines.instance_types(task.machine)
+        self.image_query = machines.image(task.image)
+        _check_permission_set(task.permission_set)
+
+    async def security_group(self) -> None:
+        vpc = await resources.default_vpc(self.c)
+        self.group_id = await resources.create_security_group(self.c, self.name, vpc, self.tags)
+
+    async def role(self) -> None:
+        if self.task.permission_set:
+            if not await resources.instance_profile_exists(self.c, self.task.permission_set):
+                raise ResourceNotFound(f"permission_set: instance profile "
+                                       f"{self.task.permission_set} does not exist")
+            self.profile = self.task.permission_set
+            return
+        bucket, prefix = split_url(self.launch.storage_url)
+        policy = resources.task_policy(
+            bucket=bucket, prefix=prefix, region=self.c.region, group=self.name,
+            account=await self.backend.account(self.c),
+            parameter=resources.parameter_name(self.name))
+        self.profile = await resources.create_role(self.c, self.name, policy, self.tags)
+
+    async def environment(self) -> None:
+        if self.task.environment:
+            await resources.put_environment(self.c, resources.parameter_name(self.name),
+                                            self.task.environment, self.tags)
+
+    async def template(self) -> None:
+        image = await resources.find_image(self.c, self.image_query)
+        script = userdata.render(userdata.AgentLaunch(
+            self.launch.storage_url, self.name, self.c.region, userdata.package()))
+        data = template_data(image=image, instance_type=self.types[0],
+                             security_group=self.group_id, profile_arn=self.profile,
+                             disk_size=self.task.disk_size, user_data=userdata.encode(script),
+                             tags=self.tags)
+        await resources.create_launch_template(self.c, self.name, data, self.tags)
+
+    async def group(self) -> None:
+        vpc = await resources.default_vpc(self.c)
+        params = group_params(name=self.name, subnets=await resources.default_subnets(self.c, vpc),
+                              types=self.types, spot=self.task.spot,
+                              capacity=self.task.parallelism, tags=self.tags)
+        await resources.create_group(self.c, params, self.launch.deadline)
