@@ -1,0 +1,55 @@
+"""``python -m tpi_core.agent``: the agent's command line (its own process edge)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+from tpi_core.agent.hooks import load_hooks
+from tpi_core.agent.runner import Agent, AgentConfig
+from tpi_core.errors import TpiError, UsageError
+
+EXIT_ERROR = 1
+"""The agent could not do its job (storage unreachable...): its replica is not final."""
+
+
+def _interval(variable: str, default: str) -> str:
+    # argparse converts a string default with ``type`` and reports a bad value in one line
+    return os.environ.get(variable) or default
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tpi_core.agent",
+                                     description="Run one replica of a tpi task.")
+    parser.add_argument("--storage", required=True, help="URL of the task's storage prefix")
+    parser.add_argument("--replica", type=int, default=None,
+                        help="replica index (default: the hooks claim one)")
+    parser.add_argument("--workdir", type=Path, required=True, help="where the script runs")
+    parser.add_argument("--hooks", default="", help="module:Class, an AgentHooks subclass")
+    parser.add_argument("--log-interval", type=float,
+                        default=_interval("TPI_AGENT_LOG_INTERVAL", "5"))
+    parser.add_argument("--sync-interval", type=float,
+                        default=_interval("TPI_AGENT_SYNC_INTERVAL", "10"))
+    parser.add_argument("--stop-grace", type=float,
+                        default=_interval("TPI_AGENT_STOP_GRACE", "5"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one boot; the exit code (0 final, 143 preempted)."""
+    args = _parser().parse_args(argv)
+    config = AgentConfig(args.storage, args.replica, args.workdir.absolute(),
+                         args.log_interval, args.sync_interval, args.stop_grace)
+    try:
+        return anyio.run(Agent(config, load_hooks(args.hooks)).run)
+    except TpiError as exc:
+        print(f"tpi-agent: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

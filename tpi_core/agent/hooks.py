@@ -1,0 +1,69 @@
+"""What a cloud adds to the agent: which replica, the secrets, the notice and the goodbye.
+
+A cloud plugin subclasses :class:`AgentHooks` and names it on the agent's command line
+(``--hooks tpi_aws.agent:AwsHooks``); the class is built with no arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+import anyio
+
+from tpi_core.errors import UsageError
+from tpi_core.model import ReplicaStatus
+from tpi_core.storage import Storage
+
+
+class AgentHooks:
+    """The default hooks (the local backend): the replica comes from ``--replica``, the
+    environment values from the agent's own environment, the notice is SIGTERM alone, and
+    there is nothing to do at exit."""
+
+    async def replica_index(self, storage: Storage, spec: Mapping) -> int | None:
+        """Claim the replica this machine runs when ``--replica`` was not given; None when
+        there is nothing left to run (the agent then exits at once).
+
+        A cloud whose group hands out no index (AWS) claims one through the task's storage.
+        """
+        raise UsageError("--replica is required: these agent hooks cannot claim a replica")
+
+    async def environment(self, spec: Mapping) -> Mapping[str, str]:
+        """Environment values to add to the agent's own (a cloud reads its secret store).
+
+        They stay in memory: the agent hands the script the task's ``environment_keys``.
+        """
+        return {}
+
+    async def wait_for_preemption(self) -> None:
+        """Return when the cloud announces that this machine is going away.
+
+        AWS polls the instance metadata for a spot instance action, GCP the ``preempted``
+        metadata key, Azure its scheduled events. The default never returns.
+        """
+        await anyio.sleep_forever()
+
+    async def on_exit(self, status: ReplicaStatus) -> None:
+        """Called once the replica's final status is written (never on a preemption).
+
+        A cloud removes only this machine from its group here, so a finished replica
+        never stops its siblings.
+        """
+
+    async def aclose(self) -> None:
+        """Release clients; called once as the agent ends."""
+
+
+def load_hooks(spec: str | None) -> AgentHooks:
+    """The hooks named ``module:Class``, or the default hooks when ``spec`` is empty."""
+    if not spec:
+        return AgentHooks()
+    module_name, _, name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), name) if name else None
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"agent hooks {spec!r} cannot be loaded: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, AgentHooks)):
+        raise UsageError(f"agent hooks {spec!r} is not an AgentHooks subclass (module:Class)")
+    return cls()
