@@ -198,3 +198,23 @@ async def test_backend_validation_runs_before_anything_is_created(tmp_path, fake
         with pytest.raises(UsageError, match="huge"):
             await engine.plan(tasks)
     assert fake.storages == {}
+
+
+@pytest.mark.parametrize("key", ["data/results/../../escape.txt", "data/results/../../../x",
+                                 "data//etc/x", "data/results/a\\..\\..\\x"])
+async def test_pull_refuses_hostile_keys_and_writes_nothing_outside(tmp_path, fake, key):
+    from tpi_core.errors import UnsafePathError
+
+    tasks = fake_tasks(write_tasks(tmp_path))
+    task = tasks[0]
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        storage = fake.storages[task.id]
+        await storage.write(key, b"evil")
+        before = {p for p in tmp_path.rglob("*")}
+        output = "" if key.startswith("data//") else "results"
+        with pytest.raises(UnsafePathError):
+            await engine.pull(TaskRef.of(task), task.workdir, output or "/")
+    after = {p for p in tmp_path.rglob("*")}
+    assert not [p for p in after - before if p.is_file()]
+    assert not (tmp_path / "escape.txt").exists()

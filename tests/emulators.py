@@ -1,0 +1,189 @@
+"""Emulators on 127.0.0.1 for tests and benchmarks: start, wait until ready, reset, stop.
+
+Every emulator runs as a subprocess (an in-process moto server would share the GIL with the
+code under test and slow both). Fixtures use :func:`missing` when an emulator cannot run: a
+skip on a developer's machine, a failure when ``CI`` is set, never a silent skip in CI.
+``TPI_MOTO_URL`` points the fixtures at a moto server that is already running.
+
+Test modules import the fixtures they use::
+
+    from tests.emulators import moto_server, s3_env  # noqa: F401 (pytest fixtures)
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id",
+                    "AWS_SECRET_ACCESS_KEY": "testing-secret-key"}
+S3RVER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER"}
+REGION = "us-east-1"
+
+
+def missing(what: str) -> NoReturn:
+    """An emulator cannot run: skip here, fail in CI (``CI`` set)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"emulator unavailable in CI: {what}")
+    pytest.skip(f"emulator unavailable: {what}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Emulator:
+    """A running emulator: its base URL and, when we started it, its process."""
+
+    name: str
+    url: str
+    process: subprocess.Popen | None = None
+    workdir: Path | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the process we started (never one found through an env var)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_http(emulator: Emulator, path: str = "/", timeout: float = 60) -> Emulator:
+    """Return once ``url + path`` answers HTTP (any status); fail if the process dies."""
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        if emulator.process is not None and emulator.process.poll() is not None:
+            raise RuntimeError(f"{emulator.name} exited with {emulator.process.returncode}")
+        try:
+            urllib.request.urlopen(emulator.url + path, timeout=2).close()
+            return emulator
+        except urllib.error.HTTPError:
+            return emulator
+        except OSError:
+            time.sleep(0.1)
+    emulator.stop()
+    raise RuntimeError(f"{emulator.name} at {emulator.url} did not start in {timeout:.0f} s")
+
+
+def start_moto(port: int | None = None, env: dict[str, str] | None = None) -> Emulator:
+    """``moto_server`` as a subprocess on 127.0.0.1 (moto[server] must be installed)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_http(Emulator("moto", f"http://127.0.0.1:{port}", process),
+                     "/moto-api/data.json")
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource moto holds (``POST /moto-api/reset``)."""
+    request = urllib.request.Request(f"{url}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def s3rver_command(node_modules: Path) -> list[str] | None:
+    """How to run s3rver from ``node_modules`` (``npm install s3rver@3.7.1``), if installed."""
+    script = node_modules / "s3rver" / "bin" / "s3rver.js"
+    node = shutil.which("node")
+    return [node, str(script)] if node and script.exists() else None
+
+
+def start_s3rver(node_modules: Path, directory: Path, buckets: Sequence[str] = (),
+                 port: int | None = None) -> Emulator:
+    """s3rver on 127.0.0.1 storing in ``directory``; credentials must be S3RVER/S3RVER."""
+    command = s3rver_command(node_modules)
+    if command is None:
+        raise FileNotFoundError(f"s3rver is not installed under {node_modules}")
+    port = port or free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    command += ["-a", "127.0.0.1", "-p", str(port), "-d", str(directory), "--silent"]
+    for bucket in buckets:
+        command += ["--configure-bucket", bucket]
+    # s3rver's continuation tokens use a cipher OpenSSL 3 only has in its legacy provider:
+    # without it, listing past one page is a 500
+    env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    return wait_http(Emulator("s3rver", f"http://127.0.0.1:{port}", process, directory))
+
+
+def aws_env(endpoint: str, credentials: dict[str, str] | None = None,
+            home: Path | None = None) -> dict[str, str]:
+    """Environment for an AWS client that talks to ``endpoint`` only, with fake credentials."""
+    env = {**(credentials or FAKE_CREDENTIALS), "AWS_ENDPOINT_URL": endpoint,
+           "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    if home is not None:
+        env |= {"AWS_CONFIG_FILE": str(home / "aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials")}
+    return env
+
+
+def unique_bucket(stem: str = "tpi") -> str:
+    """A valid, unused bucket name (3-63 lowercase characters)."""
+    return f"{stem}-{uuid.uuid4().hex[:16]}"
+
+
+_SHARED: dict[str, Emulator] = {}
+
+
+def shared_moto() -> Emulator:
+    """The moto server of this test process, started on first use, stopped at exit.
+
+    Every module that imports the ``moto_server`` fixture gets its own copy of it; this
+    keeps them on one server.
+    """
+    if os.environ.get("TPI_MOTO_URL"):
+        return Emulator("moto", os.environ["TPI_MOTO_URL"].rstrip("/"))
+    if "moto" not in _SHARED:
+        _SHARED["moto"] = start_moto()
+        atexit.register(_SHARED["moto"].stop)
+    return _SHARED["moto"]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Emulator:
+    """A moto server on 127.0.0.1 (or the one ``TPI_MOTO_URL`` names)."""
+    try:
+        return shared_moto()
+    except (OSError, RuntimeError) as exc:
+        missing(f"moto server: {exc}")
+
+
+@pytest.fixture
+def s3_env(moto_server: Emulator, monkeypatch: pytest.MonkeyPatch,
+           tmp_path: Path) -> dict[str, str]:
+    """moto emptied, every ``AWS_*`` variable replaced: fake credentials, moto as endpoint."""
+    reset_moto(moto_server.url)
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    env = aws_env(moto_server.url, home=tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
