@@ -52,7 +52,10 @@ def _table(app: Application, statuses, events: bool) -> None:
                       str(s.count(ReplicaState.RUNNING)), str(s.count(ReplicaState.SUCCEEDED)),
                       str(s.count(ReplicaState.FAILED) + s.count(ReplicaState.TIMED_OUT)),
                       str(s.recoveries), _duration(elapsed(s)) if s.created else "-")
-    Console(highlight=False, soft_wrap=True).print(table)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 200  # a pipe or a file: never cut an id short
+    console.print(table)
     if events:
         for s in statuses:
             for e in s.events:
