@@ -218,3 +218,24 @@ async def test_a_manifest_inside_the_mirror_is_never_deleted(tmp_path: Path) -> 
     await upload_tree(src, remote, delete=True, manifest=(remote, "sync-manifest.json"))
     again = await upload_tree(src, remote, delete=True, manifest=(remote, "sync-manifest.json"))
     assert again.deleted == 0 and set(remote.objects) == {"a", "sync-manifest.json"}
+
+
+@pytest.mark.anyio
+async def test_a_restored_replica_never_pushes_a_stale_copy_over_a_siblings_file(tmp_path):
+    """Replica A restores data/, sibling B then writes a newer file: A's push keeps B's."""
+    from tpi_core.storage.sync import download_tree, upload_tree
+    from tpi_core.testing.memory import MemoryStorage
+
+    data, reports = MemoryStorage(), MemoryStorage()
+    await data.write("results/epoch-1.txt", b"3")
+    await data.write("results/own.txt", b"old")
+    workdir = tmp_path / "a"
+    manifest = (reports, "replica-0/manifest.json")
+    await download_tree(data, workdir, record=manifest)
+    await data.write("results/epoch-1.txt", b"10")  # the sibling's newer checkpoint
+    (workdir / "results" / "own.txt").write_text("new and longer")
+    result = await upload_tree(workdir, data, manifest=manifest)
+    assert await data.read("results/epoch-1.txt") == b"10"
+    assert await data.read("results/own.txt") == b"new and longer"
+    assert result.sent == 1
+    assert (await upload_tree(workdir, data, manifest=manifest)).sent == 0

@@ -131,7 +131,10 @@ class Agent:
     async def _restore(self) -> None:
         workdir = self.config.workdir
         await anyio.Path(workdir).mkdir(parents=True, exist_ok=True)
-        result = await retry(download_tree, self.storage.child(layout.DATA), workdir)
+        # the manifest records the files as restored: pushes then send only what this
+        # replica changed, never a stale copy over a sibling's newer file
+        result = await retry(download_tree, self.storage.child(layout.DATA), workdir,
+                             record=(self.storage, layout.manifest_key(self.reports.index)))
         self._synced = await anyio.to_thread.run_sync(fingerprint, workdir, self._excludes)
         await self.reports.event("restore", f"{result.sent} files, {result.bytes_sent} bytes")
 

@@ -44,7 +44,8 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         exclude: Sequence[str] = (), delete: bool = False,
                         manifest: tuple[Storage, str] | None = None,
                         jobs: int = 16, progress: SyncProgress | None = None,
-                        retry: RetryPolicy | None = None, fsync: bool = False) -> SyncResult:
+                        retry: RetryPolicy | None = None, fsync: bool = False,
+                        record: tuple[Storage, str] | None = None) -> SyncResult:
     """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.
 
     A key ``k`` lands at ``local/k`` (the prefix is kept); ``prefix`` names a directory or a
@@ -55,9 +56,12 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
     that would leave ``local`` (``..``, absolute, backslashes, a symlinked directory on the
     way) raise UnsafePathError. ``delete=True`` removes local files under ``prefix`` that
     the storage does not have; ``exclude`` and the ``.tpi/`` rule apply both ways.
+    ``record=(storage, key)`` writes an upload manifest of the files as restored, so a later
+    ``upload_tree`` with that manifest sends only what changed locally after the restore
+    (and never overwrites a newer object another writer made meanwhile).
     """
     from tpi_core.sync.download import download
 
     return await download(remote, local, prefix=prefix, exclude=exclude, delete=delete,
                           manifest=manifest, jobs=jobs, progress=progress, retry=retry,
-                          fsync=fsync)
+                          fsync=fsync, record=record)

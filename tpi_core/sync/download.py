@@ -41,7 +41,7 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                    exclude: Excludes | Sequence[str] = (), delete: bool = False,
                    manifest: tuple[Storage, str] | None = None, jobs: int = 16,
                    progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
-                   fsync: bool = False) -> SyncResult:
+                   fsync: bool = False, record: tuple[Storage, str] | None = None) -> SyncResult:
     """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
     root = local_root(local)
     excludes = Excludes.coerce(exclude)
@@ -55,7 +55,29 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
     await run.run(plan_download(listing, old, stat_local=run.tree.stat, hash_file=run.tree.md5))
     if delete:
         await run.delete_local(walk(root, excludes, top), listing)
+    if record is not None:
+        await _record(record, listing, run, old)
     return run.result
+
+
+async def _record(record: tuple[Storage, str], listing, run: _Download,
+                  old: mf.Manifest | None) -> None:
+    """Write an upload manifest of every listed object as it now is on disk."""
+    entries = await anyio.to_thread.run_sync(_restored_entries, listing, run.tree, old or {})
+    storage, key = record
+    data = mf.dump(entries)
+    await retrying(run.retry, lambda _moved: storage.write(key, data))
+
+
+def _restored_entries(listing, tree: LocalTree, old: mf.Manifest) -> mf.Manifest:
+    entries: mf.Manifest = {}
+    for key, (size, etag, _mtime) in listing.items():
+        local = tree.stat(key)
+        if local is not None and local[0] == size:
+            known = old.get(key)
+            md5 = mf.md5_etag(etag) or (known.md5 if known and known.size == size else None)
+            entries[key] = mf.Entry(size, local[1], md5)
+    return entries
 
 
 def _wanted(key: str, top: str, excludes: Excludes) -> bool:

@@ -91,14 +91,18 @@ def plan_upload(files: Iterable[LocalFile | Skipped], remote: MutableMapping[str
 
 def _upload_decision(file: LocalFile, obj: RemoteObject | None, manifest: Manifest | None,
                      hash_file: Callable[[LocalFile], str | None]) -> Action:
-    if obj is None or obj[0] != file.size:
+    if obj is None:
         return Send(file)
     entry = manifest.get(file.key) if manifest is not None else None
+    if entry is not None and (entry.size, entry.mtime_ns) == (file.size, file.mtime_ns):
+        # untouched since this side last synced it: a different object there now was
+        # written by another writer (a sibling replica) and is theirs to keep
+        return Unchanged(file.key, entry)
+    if obj[0] != file.size:
+        return Send(file)
     # the manifest is ours and trusted over etags: an S3 object encrypted with KMS has an
     # etag that looks like an md5 but is not one
     if entry is not None and entry.size == file.size:
-        if entry.mtime_ns == file.mtime_ns:
-            return Unchanged(file.key, entry)
         return _by_hash(file, entry.md5, hash_file)
     etag = md5_etag(obj[1])
     if etag is not None:

@@ -1,0 +1,311 @@
+"""The Kubernetes backend: an indexed Job per task, its workdir on a claim, in one namespace.
+
+Objects of a task, in the kubeconfig's current namespace, in creation order (``delete_steps``
+lists them for deletion in reverse); every one is labelled ``tpi.dev/task=<id>`` and
+``tpi.dev/managed=true``::
+
+    PersistentVolumeClaim <id>          the task's storage (or storage.container's claim)
+    Secret <id>-storage                 the storage server's token
+    Deployment <id>-storage             the storage server: the claim, to the pod proxy
+    (task prefix)                       on a claim tpi does not own, emptied on destroy
+    Secret <id>                         the environment values, and nothing else
+    Job <id>                            Indexed, parallelism = completions = N, the agent
+
+Storage is ``k8s://<namespace>/<id>``: the claim at sub-path ``<id>`` (or the path of
+``storage.container = "claim/path"``), which agents mount and use as ``file://``, and the
+CLI reaches through the storage server (:mod:`tpi_k8s.storage`). A ``storage.container``
+that is an ``s3://``, ``gs://`` or ``az://`` URL is used instead, through that backend's
+storage, and no claim or server is made. ``container_opts`` of a claim: ``storage_class``,
+``size`` (GB; default ``disk_size``, else 1), ``access_mode`` (default ReadWriteOnce for one
+replica, ReadWriteMany for more).
+
+The claim and its server are made by :meth:`K8sBackend.storage` (the workdir is uploaded
+before the Job exists); they take the image, parallelism and disk size of the task last
+seen by :meth:`K8sBackend.validate`, which the engine calls first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from functools import partial
+
+from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
+from tpi_core.errors import TaskNotFound, UnsafePathError, UsageError
+from tpi_core.identifier import is_task_id
+from tpi_core.model import Task
+from tpi_core.steps import Step
+from tpi_core.storage import Storage, join, open_storage
+from tpi_core.storage.local import checked_key
+from tpi_k8s import launch, machines, manifests, observe, resources
+from tpi_k8s.client import K8sClient
+from tpi_k8s.storage import Endpoint, K8sStorage
+
+BUCKET_SCHEMES = ("s3", "gs", "az")
+CLAIM_OPTIONS = ("storage_class", "size", "access_mode")
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
+DEFAULT_STORAGE_IMAGE = "python:3.12-slim"
+"""The storage server's image when the task is not known (it needs only Python)."""
+READY_TIMEOUT_ENV = "TPI_K8S_READY_TIMEOUT"
+"""Seconds apply waits for the storage server to be ready (default 600: an image pull and a
+pip install)."""
+DRAIN_TIMEOUT = 120.0
+"""How long destroy waits for the Job's pods to stop before deleting their claim."""
+
+
+def bucket_url(ref: TaskRef) -> str:
+    """The task's prefix in ``storage.container``'s bucket, or "" for a claim."""
+    if "://" not in ref.container:
+        return ""
+    scheme, _, rest = ref.container.partition("://")
+    if scheme not in BUCKET_SCHEMES or not rest.strip("/"):
+        raise UsageError(f"storage.container {ref.container!r}: a URL must be s3://, gs:// or "
+                         "az://BUCKET[/PATH]; a plain name is a PersistentVolumeClaim")
+    bucket, _, path = rest.partition("/")
+    return f"{scheme}://{join(bucket, path.strip('/') or ref.task_id)}"
+
+
+def claim_of(ref: TaskRef, task: Task | None = None) -> manifests.Claim:
+    """The claim (and sub-path) holding a task's storage."""
+    opts = ref.container_opts
+    parallelism, disk = (task.parallelism, task.disk_size) if task else (1, -1)
+    mode = opts.get("access_mode") or ("ReadWriteMany" if parallelism > 1 else "ReadWriteOnce")
+    if mode not in ACCESS_MODES:
+        raise UsageError(f"container_opts.access_mode {mode!r}: use {' or '.join(ACCESS_MODES)}")
+    size = opts.get("size") or (str(disk) if disk > 0 else "1")
+    if not size.isdigit() or int(size) < 1:
+        raise UsageError(f"container_opts.size {size!r}: a size in GB >= 1")
+    if not ref.container:
+        return manifests.Claim(ref.task_id, ref.task_id, True, mode, int(size),
+                               opts.get("storage_class", ""))
+    name, slash, path = ref.container.partition("/")
+    if slash and not path.strip("/"):
+        raise UsageError(f"storage.container {ref.container!r} names a claim's root; destroy "
+                         "deletes the task's prefix, so give a path")
+    try:
+        sub_path = checked_key(path.strip("/") or ref.task_id)
+    except UnsafePathError as exc:
+        raise UsageError(f"storage.container {ref.container!r}: {exc}") from None
+    return manifests.Claim(machines.object_name(name, "storage.container"), sub_path,
+                           False, mode, int(size))
+
+
+def owner_of(ref: TaskRef, task: Task | None = None) -> manifests.Owner:
+    """The metadata every object of a task carries."""
+    tags = task.tags if task else {}
+    return manifests.Owner(ref.task_id, ref.name, ref.region, ref.container, tags)
+
+
+class K8sBackend(Backend):
+    """Tasks as indexed Jobs in the kubeconfig's namespace (see the module docstring)."""
+
+    NAME = "k8s"
+    CAPABILITIES = frozenset({Capability.STOP_START, Capability.GPU, Capability.FIND})
+
+    def __init__(self, client: K8sClient | None = None):
+        self._client = client
+        self._tasks: dict[str, Task] = {}
+        self._storages: dict[str, Storage] = {}
+
+    def client(self) -> K8sClient:
+        """The cluster client (configured on first request)."""
+        if self._client is None:
+            self._client = K8sClient()
+        return self._client
+
+    # storage -----------------------------------------------------------------------------
+
+    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+        """The task's storage; with ``create``, its claim and a ready storage server."""
+        url = bucket_url(ref)
+        if url:
+            if url not in self._storages:
+                self._storages[url] = open_storage(url, **ref.container_opts)
+            return self._storages[url]
+        namespace = await self.client().namespace()
+        if create:
+            await self._provide_storage(ref, namespace)
+        if ref.task_id not in self._storages:
+            endpoint = Endpoint(self.client(), namespace, ref.task_id)
+            self._storages[ref.task_id] = K8sStorage(endpoint)
+        return self._storages[ref.task_id]
+
+    async def _provide_storage(self, ref: TaskRef, namespace: str) -> None:
+        for step in self._storage_steps(ref, self._tasks.get(ref.task_id)):
+            await step.create()
+        endpoint = Endpoint(self.client(), namespace, ref.task_id)
+        await endpoint.wait_ready(float(os.environ.get(READY_TIMEOUT_ENV) or 600))
+        self._storages[ref.task_id] = K8sStorage(endpoint)  # a task made again: a new token
+
+    def _storage_steps(self, ref: TaskRef, task: Task | None) -> list[Step]:
+        c, spec, owner = self.client(), claim_of(ref, task), owner_of(ref, task)
+
+        async def claim() -> None:
+            namespace = await c.namespace()
+            if spec.owned:
+                await resources.ensure_claim(c, namespace, manifests.claim(owner, spec))
+            else:
+                await resources.check_claim(c, namespace, spec.name)
+
+        async def server() -> None:
+            namespace = await c.namespace()
+            token = manifests.token_secret(owner, secrets.token_urlsafe(32))
+            await resources.ensure_token(c, namespace, token)
+            image = launch.storage_image(machines.image(task.image) if task
+                                         else DEFAULT_STORAGE_IMAGE)
+            body = manifests.storage_server(owner, spec, image, launch.package(),
+                                            machines.node_selector(ref.region))
+            await resources.create(c, namespace, "deployments", body)
+
+        return [Step(f"PersistentVolumeClaim {spec.name}", claim, partial(
+                    self._delete, "persistentvolumeclaims", spec.name) if spec.owned else _noop),
+                Step(f"storage server {manifests.server_name(ref.task_id)}", server,
+                     partial(self._delete_server, ref.task_id))]
+
+    # create and delete -------------------------------------------------------------------
+
+    def validate(self, task: Task) -> None:
+        """Machine, region, image, ``permission_set``, tags and storage settings are usable
+        (no request). Remembers the task for :meth:`storage`."""
+        machines.size(task.machine)
+        machines.node_selector(task.region)
+        machines.image(task.image)
+        machines.service_account(task.permission_set)
+        for key in task.tags:
+            if not machines.is_label_key(key):
+                raise UsageError(f"tags: {key!r} is not a Kubernetes label or annotation key")
+        ref = TaskRef.of(task)
+        if not bucket_url(ref):
+            claim_of(ref, task)
+            unknown = sorted(set(ref.container_opts) - set(CLAIM_OPTIONS))
+            if unknown:
+                raise UsageError(f"container_opts {', '.join(unknown)}: a claim takes "
+                                 f"{', '.join(CLAIM_OPTIONS)}")
+        self._tasks[task.id] = task
+
+    def create_steps(self, task: Task, launch_: Launch) -> Sequence[Step]:
+        """Claim, storage server, (prefix), environment Secret, Job."""
+        self.validate(task)
+        return self._steps(TaskRef.of(task), task, launch_)
+
+    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
+        """The same objects, found from the task id alone."""
+        return self._steps(ref)
+
+    def _steps(self, ref: TaskRef, task: Task | None = None,
+               launch_: Launch | None = None) -> list[Step]:
+        secret = manifests.secret_name(ref.task_id)
+        tail = [Step(f"environment Secret {secret}",
+                     partial(self._create_secret, task) if task else _noop,
+                     partial(self._delete, "secrets", secret)),
+                Step(f"Job {ref.task_id}",
+                     partial(self._create_job, task, launch_) if task and launch_ else _noop,
+                     partial(self._delete_job, ref.task_id))]
+        if bucket_url(ref):
+            return tail
+        head = self._storage_steps(ref, task)
+        if not claim_of(ref, task).owned:
+            head.append(Step(f"task prefix on claim {ref.container}",
+                             delete=partial(self._empty_prefix, ref)))
+        return head + tail
+
+    async def _create_secret(self, task: Task) -> None:
+        owner, namespace = owner_of(TaskRef.of(task), task), await self.client().namespace()
+        body = manifests.environment_secret(owner, task.environment)
+        await resources.ensure_secret(self.client(), namespace, body)
+
+    async def _create_job(self, task: Task, launch_: Launch) -> None:
+        c, ref = self.client(), TaskRef.of(task)
+        namespace = await c.namespace()
+        await resources.check_service_account(c, namespace, task.permission_set)
+        claim = None if bucket_url(ref) else claim_of(ref, task)
+        url = f"file://{launch.STORAGE_MOUNT}" if claim else launch_.storage_url
+        spec = manifests.JobSpec(
+            parallelism=task.parallelism, image=machines.image(task.image),
+            size=machines.size(task.machine), storage_url=url, deadline=launch_.deadline,
+            environment_keys=sorted(task.environment), claim=claim, disk_size=task.disk_size,
+            node_selector=machines.node_selector(task.region),
+            service_account=task.permission_set, package=launch.package(launch_.storage_url))
+        body = manifests.job(owner_of(ref, task), spec, time.time())
+        await resources.ensure_job(c, namespace, body)
+
+    async def _delete(self, plural: str, name: str) -> None:
+        await resources.delete(self.client(), await self.client().namespace(), plural, name)
+
+    async def _delete_server(self, task_id: str) -> None:
+        await self._delete("deployments", manifests.server_name(task_id))
+        await self._delete("secrets", manifests.token_name(task_id))
+
+    async def _delete_job(self, task_id: str) -> None:
+        c = self.client()
+        namespace = await c.namespace()
+        await resources.delete(c, namespace, "jobs", task_id)
+        labels = {manifests.LABEL_TASK: task_id, manifests.LABEL_ROLE: manifests.ROLE_AGENT}
+        # agents flush on SIGTERM: their claim goes only after they stopped writing to it
+        await resources.wait_gone(c, namespace, labels, DRAIN_TIMEOUT)
+
+    async def _empty_prefix(self, ref: TaskRef) -> None:
+        await (await self.storage(ref)).delete_prefix("")
+
+    # read back ---------------------------------------------------------------------------
+
+    async def observe(self, ref: TaskRef) -> Observation:
+        """Pods running and wanted, and events of the Job and its pods."""
+        c = self.client()
+        return await observe.observation(c, await c.namespace(), ref.task_id)
+
+    async def set_capacity(self, ref: TaskRef, machines_: int) -> None:
+        """Suspend the Job (``tpi stop``: pods get SIGTERM and flush) or resume it."""
+        c = self.client()
+        namespace = await c.namespace()
+        if await resources.read(c, namespace, "jobs", ref.task_id) is None:
+            raise TaskNotFound(f"no Job {ref.task_id} in namespace {namespace}")
+        await resources.set_suspended(c, namespace, ref.task_id, machines_ == 0)
+
+    async def find(self, region: str | None = None) -> list[TaskRef]:
+        """Tasks of the namespace, from the labels of their Jobs and storage servers."""
+        c = self.client()
+        namespace, found = await c.namespace(), {}
+        for plural in ("jobs", "deployments"):
+            for item in await resources.labelled(c, namespace, plural,
+                                                 {manifests.LABEL_MANAGED: "true"}):
+                ref = _ref_of(item)
+                if ref is not None:
+                    found.setdefault(ref.task_id, ref)
+        return sorted(found.values(), key=lambda r: r.task_id)
+
+    @classmethod
+    def machine_types(cls) -> list[MachineType]:
+        """The size aliases and the requests they make (cpu-memMB[+accelerator*count])."""
+        return [MachineType(alias, native, _detail(native))
+                for alias, native in machines.SIZES.items()]
+
+    async def aclose(self) -> None:
+        """Close every storage handed out and the cluster client."""
+        for storage in self._storages.values():
+            await storage.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+async def _noop() -> None:
+    return None
+
+
+def _ref_of(item: dict) -> TaskRef | None:
+    meta = item.get("metadata") or {}
+    task_id = (meta.get("labels") or {}).get(manifests.LABEL_TASK, "")
+    if not is_task_id(task_id):
+        return None
+    notes = meta.get("annotations") or {}
+    return TaskRef(task_id, K8sBackend.NAME, notes.get(manifests.ANNOTATION_REGION, ""),
+                   notes.get(manifests.ANNOTATION_NAME, ""),
+                   notes.get(manifests.ANNOTATION_CONTAINER, ""))
+
+
+def _detail(native: str) -> str:
+    size = machines.size(native)
+    gpus = f", {size.gpus}x {size.accelerator} GPU" if size.gpus else ""
+    return f"{size.cpu} CPU, {size.memory_mb} MB{gpus} (requests = limits)"

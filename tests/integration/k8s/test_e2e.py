@@ -1,0 +1,184 @@
+"""A whole task on the emulated API server through the CLI: apply, run, lose a pod, resume,
+succeed, logs of both pods, destroy with the output back and nothing left in the API.
+
+kmock holds the objects, :mod:`.fakes` is the API front (selectors, pod proxy, logs) and
+:mod:`.harness` plays the Job and Deployment controllers and the kubelet, which runs the real
+storage server and the real agent for every pod. The script counts epochs per replica into
+results/ and resumes from there, so a replacement that starts from the claim is visible.
+Replica 0 is the slow one, and loses its first pod mid-run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tpi_k8s import manifests
+
+from .conftest import NAMESPACE, agent_env, objects
+from .harness import FakeCluster, fake_cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
+
+SECRET = "e2e-k8s-secret-value-0451"
+TASKS = f'''
+[task.train]
+cloud = "kubernetes"
+machine = "1-512"
+region = "pool=batch"
+parallelism = 2
+timeout = "10m"
+tags = {{ project = "e2e", team = "ml ops" }}
+script = """
+#!/bin/bash
+mkdir -p results
+f=results/epoch-$TPI_REPLICA_INDEX.txt
+epoch=$(cat $f 2>/dev/null || echo 0)
+token=${{TOKEN:+present}}
+echo "replica $TPI_REPLICA_INDEX resuming at $epoch, attempt $TPI_ATTEMPT, token $token"
+pause=0.15
+[ "$TPI_REPLICA_INDEX" = 0 ] && pause=0.5
+for ((; epoch < 10; epoch++)); do
+  echo "epoch $epoch"
+  echo "$((epoch + 1))" > $f
+  sleep $pause
+done
+echo scratch > scratch.txt
+echo done
+"""
+
+[task.train.environment]
+TOKEN = "{SECRET}"
+
+[task.train.storage]
+workdir = "."
+output = "results"
+'''
+
+
+async def tpi(workdir: Path, *args: str, check: bool = True):
+    env = {**os.environ, "TPI_POLL_INTERVAL": "0.3"}
+    run = await anyio.run_process([sys.executable, "-m", "tpi_core", *args], cwd=workdir,
+                                  env=env, check=False)
+    if check and run.returncode != 0:
+        raise AssertionError(f"tpi {' '.join(args)} exited {run.returncode}:\n"
+                             f"{run.stderr.decode()}")
+    return run
+
+
+async def wait_for(predicate, what: str, cluster: FakeCluster, timeout: float = 40):
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        if value := predicate():
+            return value
+        await anyio.sleep(0.1)
+    logs = {c.pod: c.log.read_text(errors="replace")[-1500:] for c in cluster.containers.values()}
+    raise AssertionError(f"timed out waiting for {what}; harness errors: {cluster.errors}; "
+                         f"container logs: {logs}")
+
+
+async def test_task_lifecycle_on_the_emulated_api(api, kmock_url, kubeconfig, tmp_path):
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    (workdir / "tasks.toml").write_text(TASKS)
+    (workdir / "input.txt").write_text("data\n")
+    async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env()) as cluster:
+        await tpi(workdir, "apply", "tasks.toml")
+        task_id = json.loads((await tpi(workdir, "status", "--json")).stdout)[0]["task_id"]
+        await _check_objects(kmock_url, task_id)
+        storage = cluster.claim_dir(NAMESPACE, task_id) / task_id
+        assert (storage / "data" / "input.txt").read_text() == "data\n"  # uploaded
+
+        log0 = storage / "reports" / "replica-0" / "boot-0001.log"
+        # replica 1 ends first: a replacement restores what its siblings synced and the agent
+        # pushes such files back when their size changed since (a core agent issue)
+        await wait_for(lambda: _final(storage, 1) and log0.exists()
+                       and "epoch 2" in log0.read_text(), "replica 1 done, replica 0 at 2",
+                       cluster)
+        first = next(n for n in cluster.created if n.startswith(f"{task_id}-0-"))
+        await cluster.delete_pod(NAMESPACE, first)
+        await wait_for(lambda: [n for n in cluster.created if n.startswith(f"{task_id}-0-")
+                                and n != first], "a replacement pod", cluster)
+        await wait_for(lambda: all(_final(storage, i) for i in (0, 1)), "both replicas",
+                       cluster)
+
+        done = json.loads((await tpi(workdir, "status", "--json")).stdout)[0]
+        assert done["state"] == "succeeded", (done, cluster.errors)
+        assert done["recoveries"] == 1 and done["counts"]["succeeded"] == 2
+        cloud = [(e["code"], e["replica"], e["message"].split(":")[0])
+                 for e in done["events"] if e["source"] == "k8s"]
+        created = [c for c in cloud if c[0] == "successful-create" and c[2] == f"job/{task_id}"]
+        assert len(created) == 3  # two pods, then the replacement
+        assert ("killing", 0, f"pod/{first}") in cloud  # the deleted pod's events stay
+        assert ("pod-succeeded", 1) in [c[:2] for c in cloud]
+        assert "job-complete" in [c[0] for c in cloud]
+        text = (await tpi(workdir, "logs")).stdout.decode()
+        assert "train[0.1] " in text and "train[0.2] " in text and "train[1.1] " in text
+        assert "replica 0 resuming at 0, attempt 1, token present" in text
+        resumed = [line for line in text.splitlines() if "replica 0 resuming" in line][1]
+        assert "attempt 2" in resumed and "resuming at 0," not in resumed, text
+        assert text.count("epoch 0\n") == 2 and SECRET not in text  # once per replica
+        again = (await tpi(workdir, "apply", "tasks.toml")).stderr.decode()
+        assert "unchanged" in again
+        assert not cluster.errors
+
+        await tpi(workdir, "destroy", "--yes")
+        assert (workdir / "results" / "epoch-0.txt").read_text() == "10\n"
+        assert (workdir / "results" / "epoch-1.txt").read_text() == "10\n"
+        assert not (workdir / "scratch.txt").exists()  # only `output` comes back
+        await wait_for(lambda: not cluster.claim_dir(NAMESPACE, task_id).exists(),
+                       "the claim's volume to go", cluster, timeout=10)
+        for path in ("/api/v1/pods", "/api/v1/secrets", "/api/v1/persistentvolumeclaims",
+                     "/apis/apps/v1/deployments", "/apis/batch/v1/jobs"):
+            left = [o["metadata"]["name"] for o in await objects(kmock_url, path)
+                    if (o["metadata"].get("labels") or {}).get(manifests.LABEL_TASK)]
+            assert left == [], path
+        gone = json.loads((await tpi(workdir, "status", "--json")).stdout)[0]
+        assert gone["state"] == "destroyed"
+
+
+def _final(storage: Path, index: int) -> bool:
+    path = storage / "reports" / f"replica-{index}" / "status.json"
+    return path.exists() and json.loads(path.read_text())["state"] == "succeeded"
+
+
+async def _check_objects(kmock_url: str, task_id: str) -> None:
+    found = {path.rsplit("/", 1)[1]: {o["metadata"]["name"]: o for o in await objects(
+        kmock_url, path)} for path in ("/api/v1/secrets", "/api/v1/persistentvolumeclaims",
+                                       "/apis/apps/v1/deployments", "/apis/batch/v1/jobs")}
+    assert set(found["secrets"]) == {task_id, f"{task_id}-storage"}
+    assert set(found["persistentvolumeclaims"]) == {task_id}
+    assert set(found["deployments"]) == {f"{task_id}-storage"}
+    job = found["jobs"][task_id]
+    for kind in found.values():
+        for obj in kind.values():
+            labels, notes = obj["metadata"]["labels"], obj["metadata"]["annotations"]
+            assert labels[manifests.LABEL_TASK] == task_id and labels["tpi.dev/managed"] == "true"
+            assert labels["project"] == "e2e" and "team" not in labels  # "ml ops": no label
+            assert notes["team"] == "ml ops" and notes["tpi.dev/name"] == "train"
+    spec = job["spec"]
+    assert (spec["parallelism"], spec["completions"], spec["completionMode"]) == (
+        2, 2, "Indexed")
+    assert 600 < spec["activeDeadlineSeconds"] <= 600 + manifests.DEADLINE_GRACE
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "512M"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert pod["nodeSelector"] == {"pool": "batch"}
+    token = next(e for e in container["env"] if e["name"] == "TOKEN")
+    assert token == {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": task_id,
+                                                                     "key": "TOKEN"}}}
+    env_secret = found["secrets"][task_id]["data"]
+    assert base64.b64decode(env_secret["TOKEN"]).decode() == SECRET
+    for name, obj in [*found["jobs"].items(), *found["deployments"].items(),
+                      *found["persistentvolumeclaims"].items()]:
+        assert SECRET not in json.dumps(obj), name
+    claim = found["persistentvolumeclaims"][task_id]["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]  # two replicas share it
