@@ -1,0 +1,165 @@
+"""Sync through a proxy that fails a quarter of requests: every byte still arrives right.
+
+The fault proxy (tests/faultproxy.py) sits between S3Storage and moto and answers 503
+SlowDown, 500 InternalError, resets connections before answering, or cuts answers in the
+middle. The sync engine retries whole objects; S3Storage retries single parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests import emulators
+from tests.emulators import REGION, unique_bucket
+from tests.faultproxy import KINDS, FaultProxy
+from tpi_aws.storage import S3Storage
+from tpi_core.errors import UnsafePathError
+from tpi_core.storage.sync import RetryPolicy, download_tree, upload_tree
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+moto_server, s3_env = emulators.moto_server, emulators.s3_env  # the shared fixtures
+MiB = 1 << 20
+PATIENT = RetryPolicy(attempts=12, base=0.01, cap=0.2)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def s3(s3_env):
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = unique_bucket()
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def proxy(moto_server) -> Iterator[FaultProxy]:
+    with FaultProxy(moto_server.url, seed=11) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def storage(bucket, proxy) -> AsyncIterator[S3Storage]:
+    async with S3Storage.from_url(f"s3://{bucket}/task/data", endpoint_url=proxy.url) as storage:
+        yield storage
+
+
+def make_tree(root: Path) -> dict[str, str]:
+    """Many small files in nested folders and one file of three parts; key -> md5."""
+    rng = random.Random(5)
+    for index in range(60):
+        path = root / f"d{index % 4}" / f"s{index % 3}" / f"f{index:03d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randrange(0, 20_000)))
+    (root / "big.bin").write_bytes(os.urandom(2 * 8 * MiB + 54321))
+    return tree_hashes(root)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {path.relative_to(root).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
+            for path in root.rglob("*") if path.is_file()}
+
+
+async def test_sync_through_faults_ends_with_every_byte_right(storage, proxy, tmp_path):
+    source, target = tmp_path / "source", tmp_path / "target"
+    expected = make_tree(source)
+    proxy.rate = 0.25
+    await upload_tree(source, storage, jobs=8, retry=PATIENT)
+    faults_up = proxy.stats
+
+    proxy.rate = 0.0  # check what S3 holds with a clean line
+    stored = {info.key async for info in storage.list()}
+    assert stored == set(expected)
+    for key in stored:
+        if key != "big.bin":
+            assert hashlib.md5(await storage.read(key)).hexdigest() == expected[key], key
+
+    proxy.clear()
+    proxy.rate = 0.25
+    await download_tree(storage, target, jobs=8, retry=PATIENT)
+    faults_down = proxy.stats
+
+    assert tree_hashes(target) == expected
+    for stats in (faults_up, faults_down):
+        assert all(stats[kind] > 0 for kind in KINDS), stats
+        assert sum(stats[k] for k in KINDS) >= 0.15 * sum(stats.values()), stats
+
+
+async def test_failed_parts_and_ranges_are_retried_without_restarting_the_file(
+        storage, proxy, tmp_path):
+    data = os.urandom(3 * 8 * MiB + 1)  # four parts; the download: one GET and three ranges
+    (tmp_path / "big").write_bytes(data)
+    proxy.rate, proxy.kinds, proxy.when = 1.0, ("reset", "cut", "slowdown"), first_try_fails()
+    await storage.upload("big", tmp_path / "big")  # no retry around it: parts retry alone
+    await storage.download("big", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+    assert sum(proxy.stats[kind] for kind in proxy.kinds) == 4 + 3, proxy.stats
+    assert sum(1 for m, t, _o in proxy.log if m == "POST" and "?uploads" in t) == 1
+
+
+async def test_a_lost_answer_to_complete_multipart_upload_is_recognised(storage, proxy,
+                                                                     tmp_path):
+    data = os.urandom(8 * MiB + 1)
+    (tmp_path / "big").write_bytes(data)
+    proxy.rate, proxy.kinds = 1.0, ("cut",)  # moto completes it, the answer never arrives
+    proxy.when = once(lambda method, target, _h: method == "POST" and "uploadId=" in target)
+    await storage.upload("big", tmp_path / "big")
+    completes = [o for m, t, o in proxy.log if m == "POST" and "uploadId=" in t]
+    assert completes[0] == "cut" and len(completes) >= 2
+    proxy.rate = 0.0
+    await storage.download("big", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def once(predicate):
+    """A fault selector true for the first request ``predicate`` accepts, and no other."""
+    fired: list[bool] = []
+
+    def when(method: str, target: str, headers: dict[str, str]) -> bool:
+        if fired or not predicate(method, target, headers):
+            return False
+        fired.append(True)
+        return True
+
+    return when
+
+
+def first_try_fails():
+    """A fault selector: the first attempt at each part and each range fails, no other."""
+    seen: set[tuple[str, str]] = set()
+
+    def when(method: str, target: str, headers: dict[str, str]) -> bool:
+        attempt = (target, headers.get("range", ""))
+        if ("partNumber=" not in target and "range" not in headers) or attempt in seen:
+            return False
+        seen.add(attempt)
+        return True
+
+    return when
+
+
+async def test_hostile_keys_are_refused_and_nothing_lands_outside(s3, bucket, storage,
+                                                                 tmp_path):
+    for key in ("task/data/../x", "task/data//etc/tpi-hostile", "task/data/ok"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"planted")
+    outside = Path("/etc/tpi-hostile")
+    assert not outside.exists()
+    destination = tmp_path / "inner" / "dest"
+    with pytest.raises(UnsafePathError):
+        await download_tree(storage, destination, retry=PATIENT)
+    assert not outside.exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

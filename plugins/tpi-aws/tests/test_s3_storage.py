@@ -1,0 +1,386 @@
+"""S3Storage against moto server on 127.0.0.1: the storage contract, then what is S3's own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+
+import anyio
+import boto3
+import pytest
+
+from tests import emulators
+from tests.emulators import REGION, unique_bucket
+from tests.faultproxy import FaultProxy
+from tpi_aws.storage import S3Storage
+from tpi_core.errors import (IntegrityError, PermissionDenied, ResourceNotFound, TpiError,
+                             TransientError, UnsafePathError, UsageError)
+from tpi_core.storage import open_storage
+from tpi_core.sync.retry import RetryPolicy, retrying
+from tpi_core.testing.contract import StorageContract
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+moto_server, s3_env = emulators.moto_server, emulators.s3_env  # the shared fixtures
+MiB = 1 << 20
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def s3(s3_env):
+    """A plain boto3 client on moto, to arrange and inspect what the storage should see."""
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = unique_bucket()
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def proxy(moto_server) -> Iterator[FaultProxy]:
+    with FaultProxy(moto_server.url, seed=3) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def via_proxy(bucket, proxy) -> AsyncIterator[S3Storage]:
+    async with S3Storage.from_url(f"s3://{bucket}/root", endpoint_url=proxy.url) as storage:
+        yield storage
+
+
+class _Contract(StorageContract):
+    async def test_url_opens_the_same_root(self, storage) -> None:
+        # the contract's version leaves the second storage open: its aiohttp pool warns
+        child = storage.child("via-url")
+        await child.write("k", b"same")
+        async with type(storage).from_url(child.url) as again:
+            assert await again.read("k") == b"same"
+
+    async def test_concurrent_writes_to_one_key_never_mix(self, storage) -> None:
+        # moto 5.2.5 answers 500 now and then when PUTs of one key overlap (it closes the
+        # replaced object's buffer while the other answer still reads its md5): retried here
+        versions = [bytes([i]) * (10_000 + i) for i in range(10)]
+        policy = RetryPolicy(attempts=5, base=0.01)
+        async with anyio.create_task_group() as group:
+            for data in versions:
+                group.start_soon(retrying, policy, partial(_write, storage, "same", data))
+        assert await storage.read("same") in versions
+        assert [info.key async for info in storage.list()] == ["same"]
+
+
+async def _write(storage: S3Storage, key: str, data: bytes, _moved: object) -> None:
+    await storage.write(key, data)
+
+
+class TestS3Contract(_Contract):
+    @pytest.fixture
+    async def storage(self, bucket) -> AsyncIterator[S3Storage]:
+        async with S3Storage.from_url(f"s3://{bucket}/task/prefix") as storage:
+            yield storage
+
+
+class TestS3ContractAtBucketRoot(_Contract):
+    @pytest.fixture
+    async def storage(self, bucket) -> AsyncIterator[S3Storage]:
+        async with S3Storage.from_url(f"s3://{bucket}") as storage:
+            yield storage
+
+
+# signing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "session-token"])
+@pytest.mark.parametrize(("method", "path", "query", "headers"), [
+    ("PUT", "/bucket/dir/a%20b%2Bc.txt", "", {"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg=="}),
+    ("GET", "/bucket/k", "", {"Range": "bytes=0-9", "If-Match": '"abc"'}),
+    ("PUT", "/bucket/big", "partNumber=3&uploadId=a%2Fb~c", {}),
+    ("GET", "/bucket", "continuation-token=x%3D&encoding-type=url&list-type=2&prefix=p%2F", {}),
+])
+def test_signature_matches_botocore(method, path, query, headers, token) -> None:
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from tpi_aws._sigv4 import Signer
+
+    now = 1_790_000_000.0
+    ours = Signer("AKIDEXAMPLE", "secret/key", token, "eu-west-3").sign(
+        method, "127.0.0.1:9000", path, query, headers, now=now)
+    url = f"http://127.0.0.1:9000{path}" + (f"?{query}" if query else "")
+    request = AWSRequest(method=method, url=url, headers={
+        **headers, "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD",
+        "X-Amz-Date": ours["x-amz-date"], **({"X-Amz-Security-Token": token} if token else {})})
+    request.context["timestamp"] = ours["x-amz-date"]
+    signer = S3SigV4Auth(Credentials("AKIDEXAMPLE", "secret/key", token), "s3", "eu-west-3")
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    assert ours["authorization"].endswith(f"Signature={expected}")
+    assert f"SignedHeaders={signer.signed_headers(signer.headers_to_sign(request))}," in \
+        ours["authorization"]
+
+
+@pytest.mark.parametrize(("endpoint", "style", "path_style"), [
+    ("http://127.0.0.1:9000", None, True),
+    ("https://minio.example.org", None, True),
+    ("https://s3.eu-west-1.amazonaws.com", None, False),  # AWS: botocore's endpoint rules
+    ("http://127.0.0.1:9000", "virtual", False),  # the user asked for virtual hosts
+])
+def test_configured_endpoints_are_addressed_path_style(endpoint, style, path_style, tmp_path,
+                                                       monkeypatch) -> None:
+    from tpi_aws import _session
+    from tpi_aws._connection import _use_path_style
+
+    config = tmp_path / "config"
+    config.write_text("[default]\n" + (f"s3 =\n  addressing_style = {style}\n" if style else ""))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert _use_path_style(_session.new_core_session(), endpoint) is path_style
+
+
+# URLs and options -----------------------------------------------------------------------
+
+
+def test_url_round_trip_and_children() -> None:
+    storage = S3Storage.from_url("s3://my-bucket/a/b/", region="eu-west-1")
+    assert (storage.bucket, storage.prefix) == ("my-bucket", "a/b")
+    assert storage.url == "s3://my-bucket/a/b"
+    assert storage.child("c/d").url == "s3://my-bucket/a/b/c/d"
+    assert S3Storage.from_url("s3://my-bucket").child("x").url == "s3://my-bucket/x"
+    assert isinstance(open_storage("s3://my-bucket/p"), S3Storage)  # through the entry point
+
+
+@pytest.mark.parametrize("url", ["s3://", "gs://bucket/x", "s3:///path"])
+def test_bad_urls_are_usage_errors(url: str) -> None:
+    with pytest.raises(UsageError):
+        S3Storage.from_url(url)
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="allowed: region, endpoint_url"):
+        S3Storage.from_url("s3://b/p", bogus="1")
+
+
+def test_child_refuses_escaping_prefix() -> None:
+    with pytest.raises(UnsafePathError):
+        S3Storage.from_url("s3://b/p").child("../q")
+
+
+async def test_endpoint_comes_from_the_service_specific_variable(bucket, proxy,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    async with S3Storage.from_url(f"s3://{bucket}/p") as storage:
+        await storage.write("k", b"v")
+        assert await storage.read("k") == b"v"
+    assert proxy.stats["forwarded"] == 2
+
+
+async def test_missing_credentials_are_permission_denied(bucket, monkeypatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    async with S3Storage.from_url(f"s3://{bucket}/p") as storage:
+        with pytest.raises(PermissionDenied, match="credentials"):
+            await storage.read("k")
+
+
+async def test_a_connection_that_fails_to_open_says_why_each_time(bucket, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    async with S3Storage.from_url(f"s3://{bucket}/p") as storage:
+        for _ in range(2):
+            with pytest.raises(TpiError, match="no-such-profile"):
+                await storage.read("k")
+        assert not storage._conn.is_open
+
+
+async def test_missing_bucket_is_resource_not_found(s3_env) -> None:
+    async with S3Storage.from_url(f"s3://{unique_bucket('absent')}/p") as storage:
+        with pytest.raises(ResourceNotFound, match="NoSuchBucket"):
+            await storage.write("k", b"v")
+        with pytest.raises(ResourceNotFound):
+            [info async for info in storage.list()]
+
+
+# transfers ------------------------------------------------------------------------------
+
+
+async def test_small_files_move_in_one_request_each(via_proxy, proxy, tmp_path) -> None:
+    source = tmp_path / "small"
+    source.write_bytes(os.urandom(4096))
+    await via_proxy.upload("s", source)
+    await via_proxy.download("s", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == source.read_bytes()
+    assert [(m, t.split("?")[0]) for m, t, _ in proxy.log] == [
+        ("PUT", f"/{via_proxy.bucket}/root/s"), ("GET", f"/{via_proxy.bucket}/root/s")]
+
+
+async def test_empty_file_round_trip(via_proxy, tmp_path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    await via_proxy.upload("e", tmp_path / "empty")
+    await via_proxy.download("e", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == b""
+
+
+async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, proxy,
+                                                                  tmp_path) -> None:
+    data = os.urandom(17 * MiB + 12345)  # three parts of 8 MiB at most
+    (tmp_path / "big").write_bytes(data)
+    sent: list[int] = []
+    await via_proxy.upload("dir/big", tmp_path / "big", sent.append)
+    got: list[int] = []
+    await via_proxy.download("dir/big", tmp_path / "back", got.append)
+    assert (tmp_path / "back").read_bytes() == data
+    assert sum(sent) == sum(got) == len(data)
+    [info] = [info async for info in via_proxy.list()]
+    assert info.key == "dir/big" and info.size == len(data)
+    from tpi_aws._transfer import multipart_etag
+
+    parts = [hashlib.md5(data[i:i + 8 * MiB]).hexdigest() for i in range(0, len(data), 8 * MiB)]
+    assert info.etag == multipart_etag(parts)  # S3's rule: md5 of the part md5s, "-3"
+    methods = [m for m, t, _ in proxy.log if "partNumber=" in t]
+    assert methods == ["PUT"] * 3
+    gets = [t for m, t, _o in proxy.log if m == "GET" and "list-type" not in t]
+    assert len(gets) == 3  # the first GET, then two ranges
+
+
+class _CompletedEarlier:
+    """A botocore client double: the upload was completed by an attempt whose answer was
+    lost, so completing again says NoSuchUpload; head_object shows what is stored."""
+
+    def __init__(self, stored_etag: str):
+        self.stored_etag = stored_etag
+
+    async def complete_multipart_upload(self, **params):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"},
+                           "ResponseMetadata": {"HTTPStatusCode": 404}}, "Complete")
+
+    async def head_object(self, **params):
+        return {"ETag": f'"{self.stored_etag}"'}
+
+
+@pytest.mark.parametrize("same", [True, False])
+async def test_complete_after_a_lost_answer_checks_what_is_stored(same) -> None:
+    from tpi_aws import _transfer
+
+    etags = ['"' + hashlib.md5(bytes([i])).hexdigest() + '"' for i in range(3)]
+    expected = _transfer.multipart_etag(etags)
+    assert expected.endswith("-3")
+    client = _CompletedEarlier(expected if same else "0" * 32 + "-3")
+    target = _transfer.Target(client, None, "b", "k", anyio.CapacityLimiter(1))
+    if same:
+        await _transfer._complete(target, "upload-id", etags)
+    else:
+        with pytest.raises(TransientError, match="the object is not it"):
+            await _transfer._complete(target, "upload-id", etags)
+
+
+async def test_large_single_part_object_is_checked_after_ranged_download(
+        s3, via_proxy, proxy, tmp_path) -> None:
+    data = os.urandom(9 * MiB)
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/one", Body=data)  # ETag is the md5
+    await via_proxy.download("one", tmp_path / "ok")
+    assert (tmp_path / "ok").read_bytes() == data
+    proxy.rate, proxy.kinds = 1.0, ("corrupt",)
+    with pytest.raises(IntegrityError, match="does not match"):
+        await via_proxy.download("one", tmp_path / "bad")
+
+
+async def test_damaged_bodies_are_integrity_errors(via_proxy, proxy) -> None:
+    await via_proxy.write("k", b"original bytes")
+    proxy.rate, proxy.kinds = 1.0, ("corrupt",)
+    with pytest.raises(IntegrityError):
+        await via_proxy.read("k")
+    with pytest.raises(IntegrityError):  # moto ignores Content-MD5; the ETag gives it away
+        await via_proxy.write("k2", b"sent bytes")
+
+
+@pytest.mark.parametrize("kind", ["slowdown", "internal", "reset", "cut"])
+async def test_faults_are_transient_errors(via_proxy, proxy, kind, tmp_path) -> None:
+    await via_proxy.write("k", b"v" * 1000)
+    proxy.rate, proxy.kinds = 1.0, (kind,)
+    with pytest.raises(TransientError):
+        await via_proxy.read("k")
+    with pytest.raises(TransientError):
+        await via_proxy.download("k", tmp_path / "k")
+    with pytest.raises(TransientError):  # after a cut the PUT was stored, the answer lost
+        await via_proxy.write("k", b"w")
+
+
+async def test_list_is_one_request_per_page_with_relative_keys_and_plain_etags(
+        s3, bucket) -> None:
+    s3.put_object(Bucket=bucket, Key="root/a/b", Body=b"hello")
+    s3.put_object(Bucket=bucket, Key="root/folder/", Body=b"")  # console folder marker
+    s3.put_object(Bucket=bucket, Key="rootless", Body=b"x")
+    async with S3Storage.from_url(f"s3://{bucket}/root") as storage:
+        listed = [info async for info in storage.list()]
+    assert [(i.key, i.size) for i in listed] == [("a/b", 5)]
+    assert listed[0].etag == hashlib.md5(b"hello").hexdigest()
+    assert listed[0].mtime and listed[0].mtime > 1e9
+
+
+async def test_keys_with_spaces_plus_percent_and_unicode_round_trip(via_proxy, tmp_path):
+    keys = ["a b+c%20d/ü é.txt", "sym/~!$&'()*,;=@.bin", "x/%2F.txt"]
+    for key in keys:
+        await via_proxy.write(key, key.encode())
+    assert sorted([info.key async for info in via_proxy.list()]) == sorted(keys)
+    for key in keys:
+        assert await via_proxy.read(key) == key.encode()
+        await via_proxy.download(key, tmp_path / "k")
+        assert (tmp_path / "k").read_bytes() == key.encode()
+
+
+async def test_hostile_keys_are_listed_refused_for_transfer_and_deletable(
+        s3, bucket, tmp_path) -> None:
+    for key in ("root/../x", "root//etc/x", "root/ok"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"1")
+    async with S3Storage.from_url(f"s3://{bucket}/root") as storage:
+        keys = sorted([info.key async for info in storage.list()])
+        assert keys == ["../x", "/etc/x", "ok"]
+        for key in ("../x", "/etc/x"):
+            with pytest.raises(UnsafePathError):
+                await storage.download(key, tmp_path / "x")
+            with pytest.raises(UnsafePathError):
+                await storage.read(key)
+        assert await storage.delete_prefix() == 3
+    assert not (tmp_path / "x").exists()
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+async def test_delete_goes_in_batches_of_1000(via_proxy, proxy) -> None:
+    await via_proxy.write("kept", b"1")
+    await via_proxy.write("gone", b"1")
+    await via_proxy.delete(["gone"] + [f"missing-{i}" for i in range(2500)])
+    assert [info.key async for info in via_proxy.list()] == ["kept"]
+    assert sum(1 for m, t, _o in proxy.log if m == "POST" and "delete" in t) == 3
+
+
+async def test_children_share_one_connection_that_only_the_parent_closes(bucket) -> None:
+    parent = S3Storage.from_url(f"s3://{bucket}/p")
+    child = parent.child("c")
+    await child.write("k", b"v")
+    assert child._conn is parent._conn and parent._conn.is_open
+    await child.aclose()
+    assert parent._conn.is_open and await parent.read("c/k") == b"v"
+    await parent.aclose()
+    assert not parent._conn.is_open
+    assert await child.read("k") == b"v"  # reopened on use
+    await parent.aclose()
+    assert not parent._conn.is_open
+
+
+async def test_small_files_need_no_botocore_client(via_proxy, tmp_path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    await via_proxy.upload("f", tmp_path / "f")
+    await via_proxy.download("f", tmp_path / "g")
+    assert [info.key async for info in via_proxy.list()] == ["f"]
+    assert via_proxy._conn._client is None  # made only for multipart and batch deletes
+    await via_proxy.delete(["f"])
+    assert via_proxy._conn._client is not None

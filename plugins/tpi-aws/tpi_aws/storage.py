@@ -1,0 +1,179 @@
+"""S3 storage: ``s3://bucket/prefix`` on aiobotocore, with a fast path for listings and bodies.
+
+A storage and its children share one :class:`~tpi_aws._connection.Connection`, opened on
+first use and closed by ``aclose()`` of the storage that opened it: the fast path
+(:mod:`tpi_aws._wire`, see there why) and a botocore client for multipart control and batch
+deletes. Objects up to 8 MiB move in one request; larger ones in parallel parts (upload) or ranges
+(download). Every body sent carries Content-MD5, so the service refuses a damaged one, and
+the ETag it answers is compared too (emulators ignore Content-MD5); a body received is checked
+against its ETag when the ETag is an md5 (single part, no KMS).
+
+Keys that would be unsafe as local paths (``..``, ``.``, empty parts, a leading ``/``) are
+refused for transfers; they can still be listed and deleted, so a hostile object never
+blocks clean-up. Keys ending in ``/`` (folder markers of consoles) are not listed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import anyio
+
+from tpi_aws import _transfer
+from tpi_aws._connection import Connection
+from tpi_aws._transfer import (SINGLE_MAX, Target, check_md5, check_stored, content_md5,
+                              is_md5_etag, md5_digest)
+from tpi_aws.errors import aws_errors, translate
+from tpi_core.errors import UsageError
+from tpi_core.storage import ObjectInfo, Progress, Storage, join
+from tpi_core.storage.local import checked_key
+
+_OPTIONS = ("region", "endpoint_url")
+
+
+class S3Storage(Storage):
+    """Objects under one prefix of an S3 bucket (any S3-compatible service)."""
+
+    SCHEME = "s3"
+
+    def __init__(self, bucket: str, prefix: str = "", *, region: str | None = None,
+                 endpoint_url: str | None = None, _connection: Connection | None = None):
+        if not bucket or "/" in bucket or any(c.isspace() for c in bucket):
+            raise UsageError(f"invalid S3 bucket name {bucket!r}")
+        self.bucket, self.prefix = bucket, join(prefix)
+        self._owner = _connection is None
+        self._conn = _connection or Connection(bucket, region or None, endpoint_url or None)
+
+    @classmethod
+    def from_url(cls, url: str, **options: str) -> S3Storage:
+        """``s3://bucket/prefix``; options: ``region``, ``endpoint_url``."""
+        parsed = urlparse(url)
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise UsageError(f"not an s3://bucket/prefix URL: {url!r}")
+        if unknown:
+            raise UsageError(f"unknown S3 storage option(s) {', '.join(unknown)} "
+                             f"(allowed: {', '.join(_OPTIONS)})")
+        return cls(parsed.netloc, parsed.path, **options)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def child(self, prefix: str) -> S3Storage:
+        sub = checked_key(prefix.strip("/"))
+        return S3Storage(self.bucket, join(self.prefix, sub), _connection=self._conn)
+
+    def _full(self, key: str) -> str:
+        """The bucket key of a storage key, exactly (no stripping: S3 keys are not paths)."""
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        wire = await self._conn.wire()
+        full = self._full(prefix) if self.prefix else prefix
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        async for page in wire.list_pages(full, f"list {self.url}"):
+            for key, size, etag, mtime in page:
+                key = key[cut:]
+                if key and not key.endswith("/"):
+                    yield ObjectInfo(key, size, etag or None, mtime)
+
+    async def read(self, key: str) -> bytes:
+        wire = await self._conn.wire()
+        full = self._full(checked_key(key))
+        async with wire.request("GET", full, what=f"read {full}") as resp:
+            data = await resp.read()
+            etag = resp.headers.get("ETag", "").strip('"')
+            if is_md5_etag(etag, resp.headers):
+                check_md5(f"read {full}", _transfer.md5_hex(data), etag)
+        return data
+
+    async def write(self, key: str, data: bytes) -> None:
+        await self._put(self._full(checked_key(key)), data, md5_digest(data))
+
+    async def _put(self, full: str, data: bytes, digest: bytes) -> None:
+        wire = await self._conn.wire()
+        async with wire.request("PUT", full, data=data, headers=content_md5(digest),
+                                what=f"upload {full}") as resp:
+            check_stored(f"upload {full}", resp.headers, digest)
+
+    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        full = self._full(checked_key(key))
+        size, data, digest = await anyio.to_thread.run_sync(_read_small, Path(path))
+        if data is None:
+            await _transfer.upload_multipart(await self._target(full), Path(path), size,
+                                             progress)
+            return
+        await self._put(full, data, digest)
+        if progress:
+            progress(len(data))
+
+    async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        full = self._full(checked_key(key))
+        async with (await self._conn.wire()).request("GET", full,
+                                                     what=f"download {full}") as resp:
+            etag = resp.headers.get("ETag", "").strip('"')
+            expected = etag if is_md5_etag(etag, resp.headers) else None
+            total = resp.content_length or 0
+            # a large object: this request becomes the first range, the rest go in parallel
+            large = total > SINGLE_MAX
+            data = await (resp.content.readexactly(_transfer.part_size(total)) if large
+                          else resp.read())
+        if progress:
+            progress(len(data))
+        if large:
+            await _transfer.download_ranges(await self._target(full, client=False), Path(path),
+                                            data, total, etag, expected, progress)
+        else:
+            await anyio.to_thread.run_sync(_write_checked, Path(path), data, expected, full)
+
+    async def _target(self, full: str, client: bool = True) -> Target:
+        """What a large transfer needs; ranged downloads need no botocore client."""
+        return Target(await self._conn.client() if client else None, await self._conn.wire(),
+                      self.bucket, full, self._conn.slots)
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        batch: list[str] = []
+        for key in keys:
+            batch.append(self._full(key))
+            if len(batch) == 1000:
+                await self._delete_batch(batch)
+                batch = []
+        if batch:
+            await self._delete_batch(batch)
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        what = f"delete from {self.url}"
+        client = await self._conn.client()
+        with aws_errors(what):
+            result = await client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        failed = [e for e in result.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+        if failed:
+            from botocore.exceptions import ClientError
+
+            raise translate(ClientError({"Error": failed[0]}, "DeleteObjects"), what)
+
+    async def aclose(self) -> None:
+        if self._owner:
+            await self._conn.aclose()
+
+
+def _read_small(path: Path) -> tuple[int, bytes | None, bytes | None]:
+    """Size, and for a small file its bytes and md5 (one thread hop per file)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > SINGLE_MAX:
+            return size, None, None
+        data = handle.read()
+    return size, data, md5_digest(data)
+
+
+def _write_checked(path: Path, data: bytes, expected: str | None, what: str) -> None:
+    if expected:
+        check_md5(f"download {what}", _transfer.md5_hex(data), expected)
+    with open(path, "wb") as handle:
+        handle.write(data)
