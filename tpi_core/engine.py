@@ -83,7 +83,7 @@ class Engine:
 
     async def plan(self, tasks: Sequence[Task]) -> list[Planned]:
         """What apply would do to each task, read from the tasks' storage."""
-        return await _gather([lambda t=t: self._plan_one(t) for t in tasks])
+        return await gather([lambda t=t: self._plan_one(t) for t in tasks])
 
     async def _plan_one(self, task: Task) -> Planned:
         self.backend(task.cloud).validate(task)
@@ -99,7 +99,7 @@ class Engine:
 
     async def apply(self, planned: Sequence[Planned]) -> list[Planned]:
         """Carry out a plan, every task concurrently. REPLACE items must be approved already."""
-        await _gather([lambda p=p: self._apply_one(p) for p in planned])
+        await gather([lambda p=p: self._apply_one(p) for p in planned])
         return list(planned)
 
     async def _apply_one(self, item: Planned) -> None:
@@ -228,11 +228,11 @@ class Engine:
 
     async def find(self, clouds: Sequence[str], region: str | None = None) -> list[TaskRef]:
         """Every task the named backends find without a local index."""
-        found = await _gather([lambda c=c: self.backend(c).find(region) for c in clouds])
+        found = await gather([lambda c=c: self.backend(c).find(region) for c in clouds])
         return [ref for refs in found for ref in refs]
 
 
-async def _gather(calls):
+async def gather(calls):
     """Run coroutine factories concurrently; results in call order.
 
     One failure does not cancel the others (a broken task must not abandon its siblings
@@ -259,7 +259,7 @@ async def _gather(calls):
 
 
 async def _both(first, second) -> tuple:
-    return tuple(await _gather([first, second]))
+    return tuple(await gather([first, second]))
 
 
-__all__ = ["Action", "Engine", "Observation", "Planned"]
+__all__ = ["Action", "Engine", "Observation", "Planned", "gather"]

@@ -39,7 +39,7 @@ async def _destroy(app: Application, tasks_file: str, targets) -> None:
     from pathlib import Path
 
     from tpi_core.cli._progress import progress_factory
-    from tpi_core.engine import Engine, _gather
+    from tpi_core.engine import Engine, gather
     from tpi_core.index import Index
 
     index = Index(Path(tasks_file).parent)
@@ -49,4 +49,4 @@ async def _destroy(app: Application, tasks_file: str, targets) -> None:
         index.remove(target.ref.name)
 
     async with Engine(app.say, progress_factory(app)) as engine:
-        await _gather([lambda t=t: one(t) for t in targets])
+        await gather([lambda t=t: one(t) for t in targets])

@@ -30,10 +30,10 @@ def _has_output(app: Application, target) -> bool:
 
 async def _pull(app: Application, targets) -> None:
     from tpi_core.cli._progress import progress_factory
-    from tpi_core.engine import Engine, _gather
+    from tpi_core.engine import Engine, gather
 
     async with Engine(app.say, progress_factory(app)) as engine:
-        results = await _gather([lambda t=t: engine.pull(t.ref, t.workdir, t.output)
+        results = await gather([lambda t=t: engine.pull(t.ref, t.workdir, t.output)
                                  for t in targets])
     for target, result in zip(targets, results, strict=True):
         app.say(f"{target.label}: {result.sent} files ({result.bytes_sent} bytes) "

@@ -22,9 +22,9 @@ def command(app: Application, names, tasks_file) -> int:
 
 
 async def _start(app: Application, tasks) -> None:
-    from tpi_core.engine import Engine, _gather
+    from tpi_core.engine import Engine, gather
 
     async with Engine(app.say) as engine:
-        await _gather([lambda t=t: engine.start(t) for t in tasks])
+        await gather([lambda t=t: engine.start(t) for t in tasks])
     for task in tasks:
         app.say(f"{task.name}: started")

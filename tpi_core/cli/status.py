@@ -30,10 +30,10 @@ def command(app: Application, names, tasks_file, cloud, region, as_json, events)
 
 
 async def _statuses(targets):
-    from tpi_core.engine import Engine, _gather
+    from tpi_core.engine import Engine, gather
 
     async with Engine() as engine:
-        return await _gather([lambda t=t: engine.status(t.ref) for t in targets])
+        return await gather([lambda t=t: engine.status(t.ref) for t in targets])
 
 
 def _table(app: Application, statuses, events: bool) -> None:

@@ -24,9 +24,9 @@ def command(app: Application, names, tasks_file, cloud, region) -> int:
 
 
 async def _stop(app: Application, targets) -> None:
-    from tpi_core.engine import Engine, _gather
+    from tpi_core.engine import Engine, gather
 
     async with Engine(app.say) as engine:
-        await _gather([lambda t=t: engine.stop(t.ref) for t in targets])
+        await gather([lambda t=t: engine.stop(t.ref) for t in targets])
     for target in targets:
         app.say(f"{target.label}: stopped")
