@@ -55,12 +55,14 @@ class TaskRef:
     name: str = ""
     container: str = ""
     container_opts: Mapping[str, str] = field(default_factory=frozen_map)
+    tags: Mapping[str, str] = field(default_factory=frozen_map)
+    """The task's own tags, when the ref comes from a tasks file (for what it creates)."""
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
         """The reference of a loaded task."""
         return cls(task.id, task.cloud, task.region, task.name, task.storage.container,
-                   task.storage.container_opts)
+                   task.storage.container_opts, task.tags)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 
@@ -384,3 +387,34 @@ async def test_small_files_need_no_botocore_client(via_proxy, tmp_path) -> None:
     assert via_proxy._conn._client is None  # made only for multipart and batch deletes
     await via_proxy.delete(["f"])
     assert via_proxy._conn._client is not None
+
+
+# the tpi command ------------------------------------------------------------------------
+
+
+def _tpi(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tpi_core", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_tpi_sync_to_s3_and_back_then_nothing_to_send(bucket, s3, tmp_path) -> None:
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    (source / "d" / "a.txt").write_text("alpha")
+    (source / "b.bin").write_bytes(os.urandom(9 * MiB))  # multipart
+    first = _tpi("sync", "--json", str(source), f"s3://{bucket}/w")
+    assert first.returncode == 0, first.stderr
+    again = _tpi("sync", "--json", str(source), f"s3://{bucket}/w")
+    assert again.returncode == 0 and json.loads(again.stdout)["sent"] == 0
+    back = _tpi("sync", f"s3://{bucket}/w", str(tmp_path / "back"))
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "back" / "d" / "a.txt").read_text() == "alpha"
+    assert (tmp_path / "back" / "b.bin").read_bytes() == (source / "b.bin").read_bytes()
+
+
+def test_tpi_sync_to_a_missing_bucket_is_one_line_not_a_traceback(s3_env, tmp_path) -> None:
+    (tmp_path / "f").write_text("x")
+    done = _tpi("sync", str(tmp_path), f"s3://{unique_bucket('absent')}/p")
+    assert done.returncode == 1
+    assert done.stderr.startswith("tpi: error: ") and "NoSuchBucket" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

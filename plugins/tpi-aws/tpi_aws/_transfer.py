@@ -91,6 +91,7 @@ class Target:
     bucket: str
     key: str
     slots: anyio.CapacityLimiter
+    tagging: str = ""
 
 
 async def upload_multipart(target: Target, path: Path, size: int,
@@ -99,8 +100,9 @@ async def upload_multipart(target: Target, path: Path, size: int,
     step = part_size(size)
     count = -(-size // step)
     with aws_errors(f"create multipart upload {target.key}"):
+        tags = {"Tagging": target.tagging} if target.tagging else {}
         created = await target.client.create_multipart_upload(Bucket=target.bucket,
-                                                               Key=target.key)
+                                                               Key=target.key, **tags)
     upload_id = created["UploadId"]
     try:
         etags = await _upload_parts(target, path, upload_id, step, count, progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import re
 import time
+from urllib.parse import urlencode
 from collections.abc import Mapping, Sequence
 
 import anyio
@@ -48,9 +49,20 @@ def task_tags(task_id: str, tags: Mapping[str, str], name: str = "",
     return {**tags, **own}
 
 
+OBJECT_TAG_LIMIT = 10
+"""S3 allows at most ten tags on an object."""
+
+
+def object_tagging(ref: TaskRef) -> str:
+    """The x-amz-tagging of the task's objects: tpi's two tags, then the task's own."""
+    own = {resources.TAG_TASK: ref.task_id, resources.TAG_MANAGED: "true"}
+    extra = [(k, v) for k, v in ref.tags.items() if k not in own]
+    return urlencode([*own.items(), *extra][:OBJECT_TAG_LIMIT])
+
+
 def split_url(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> ``("bucket", "prefix")``."""
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    bucket, _, prefix = url.removeprefix("s3://").partition("?")[0].partition("/")
     return bucket, prefix.strip("/")
 
 
@@ -177,7 +189,7 @@ class AWSBackend(Backend):
         self._session = session
         self._clients: dict[str, AwsClient] = {}
         self._accounts: dict[str, str] = {}
-        self._storages: dict[tuple[str, str], Storage] = {}
+        self._storages: dict[tuple[str, str, str], Storage] = {}
 
     def client(self, region: str) -> AwsClient:
         """The clients of a region (alias or native), shared by every task there."""
@@ -204,10 +216,12 @@ class AWSBackend(Backend):
         if create:
             await self._ensure_bucket(c, bucket, ref)
         url = f"s3://{bucket}/{prefix}"
-        if (url, region) not in self._storages:
+        tagging = object_tagging(ref)
+        if (url, region, tagging) not in self._storages:
             # kept and closed with the backend: callers ask again and again (status, logs)
-            self._storages[url, region] = S3Storage.from_url(url, region=region)
-        return self._storages[url, region]
+            self._storages[url, region, tagging] = S3Storage.from_url(
+                url, region=region, tagging=tagging)
+        return self._storages[url, region, tagging]
 
     async def _location(self, c: AwsClient, ref: TaskRef) -> tuple[str, str]:
         if not ref.container:

@@ -33,7 +33,11 @@ ERROR_CODES: dict[str, type[errors.TpiError]] = {
     "VcpuLimitExceeded": errors.QuotaExceeded,
     "MaxSpotInstanceCountExceeded": errors.QuotaExceeded,
     "InsufficientInstanceCapacity": errors.QuotaExceeded,
+    # damaged in transit: the sync engine fetches or sends it again
+    "BadDigest": errors.IntegrityError,
+    "XAmzContentSHA256Mismatch": errors.IntegrityError,
     # try again
+    "PreconditionFailed": errors.TransientError,  # replaced between ranged reads
     "SlowDown": errors.TransientError,
     "Throttling": errors.TransientError,
     "ThrottlingException": errors.TransientError,

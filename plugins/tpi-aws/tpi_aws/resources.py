@@ -176,7 +176,7 @@ def task_policy(*, bucket: str, prefix: str, region: str, account: str, group: s
     listed = [f"{prefix}/*", prefix] if prefix else ["*"]
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "TaskObjects", "Effect": "Allow", "Resource": objects,
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject",
                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]},
         {"Sid": "TaskListing", "Effect": "Allow", "Resource": f"arn:aws:s3:::{bucket}",
          "Action": "s3:ListBucket", "Condition": {"StringLike": {"s3:prefix": listed}}},

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import anyio
 
@@ -31,7 +31,7 @@ from tpi_core.errors import UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key
 
-_OPTIONS = ("region", "endpoint_url")
+_OPTIONS = ("region", "endpoint_url", "tagging")
 
 
 class S3Storage(Storage):
@@ -40,17 +40,24 @@ class S3Storage(Storage):
     SCHEME = "s3"
 
     def __init__(self, bucket: str, prefix: str = "", *, region: str | None = None,
-                 endpoint_url: str | None = None, _connection: Connection | None = None):
+                 endpoint_url: str | None = None, tagging: str = "",
+                 _connection: Connection | None = None):
         if not bucket or "/" in bucket or any(c.isspace() for c in bucket):
             raise UsageError(f"invalid S3 bucket name {bucket!r}")
         self.bucket, self.prefix = bucket, join(prefix)
+        # URL-encoded object tags (``k=v&k2=v2``) put on every object written
+        self.tagging = tagging
         self._owner = _connection is None
         self._conn = _connection or Connection(bucket, region or None, endpoint_url or None)
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> S3Storage:
-        """``s3://bucket/prefix``; options: ``region``, ``endpoint_url``."""
+        """``s3://bucket/prefix[?tagging=...]``; options: ``region``, ``endpoint_url``,
+        ``tagging`` (URL-encoded tags for every object written, as S3's x-amz-tagging)."""
         parsed = urlparse(url)
+        query = parse_qs(parsed.query)
+        if "tagging" in query:
+            options = {"tagging": query["tagging"][0], **options}
         unknown = sorted(set(options) - set(_OPTIONS))
         if parsed.scheme != "s3" or not parsed.netloc:
             raise UsageError(f"not an s3://bucket/prefix URL: {url!r}")
@@ -61,11 +68,16 @@ class S3Storage(Storage):
 
     @property
     def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"{url}?{urlencode({'tagging': self.tagging})}" if self.tagging else url
 
     def child(self, prefix: str) -> S3Storage:
         sub = checked_key(prefix.strip("/"))
-        return S3Storage(self.bucket, join(self.prefix, sub), _connection=self._conn)
+        return S3Storage(self.bucket, join(self.prefix, sub), tagging=self.tagging,
+                         _connection=self._conn)
+
+    def _tag_headers(self) -> dict[str, str]:
+        return {"x-amz-tagging": self.tagging} if self.tagging else {}
 
     def _full(self, key: str) -> str:
         """The bucket key of a storage key, exactly (no stripping: S3 keys are not paths)."""
@@ -96,7 +108,8 @@ class S3Storage(Storage):
 
     async def _put(self, full: str, data: bytes, digest: bytes) -> None:
         wire = await self._conn.wire()
-        async with wire.request("PUT", full, data=data, headers=content_md5(digest),
+        async with wire.request("PUT", full, data=data,
+                                headers={**content_md5(digest), **self._tag_headers()},
                                 what=f"upload {full}") as resp:
             check_stored(f"upload {full}", resp.headers, digest)
 
@@ -133,7 +146,7 @@ class S3Storage(Storage):
     async def _target(self, full: str, client: bool = True) -> Target:
         """What a large transfer needs; ranged downloads need no botocore client."""
         return Target(await self._conn.client() if client else None, await self._conn.wire(),
-                      self.bucket, full, self._conn.slots)
+                      self.bucket, full, self._conn.slots, self.tagging)
 
     async def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []

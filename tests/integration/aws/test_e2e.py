@@ -107,6 +107,7 @@ def test_task_lifecycle_on_moto(aws_env, tmp_path):
         group = clients(REGION)["autoscaling"].describe_auto_scaling_groups(
             AutoScalingGroupNames=[task_id])["AutoScalingGroups"][0]
         assert group["DesiredCapacity"] == 0 and not ec2.errors
+        _check_object_tags(task_id)
 
     tpi(workdir, "destroy", "--yes")
     assert (workdir / "results" / "epoch.txt").read_text() == "8\n"
@@ -133,3 +134,14 @@ def _check_resources(task_id: str) -> None:
     script = base64.b64decode(data["UserData"]).decode()
     for secret in (SECRET, FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in script
+
+
+def _check_object_tags(task_id: str) -> None:
+    """Every object of the task, the CLI's and the agents' alike, carries the task's tags."""
+    s3, bucket = clients(REGION)["s3"], f"tpi-123456789012-{REGION}"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=task_id + "/")["Contents"]]
+    assert any("/reports/" in k for k in keys) and any("/data/" in k for k in keys)
+    for key in keys:
+        tags = {t["Key"]: t["Value"]
+                for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+        assert tags == {"tpi:task": task_id, "tpi:managed": "true", "project": "e2e"}, key
