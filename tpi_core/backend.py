@@ -109,8 +109,12 @@ class Backend(ABC):
         Pure: no request is made."""
 
     @abstractmethod
-    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
-        """The storage rooted at the task's prefix; with ``create``, make its container."""
+    async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
+        """The storage rooted at the task's prefix.
+
+        ``create`` is the task being applied: make its container first (idempotent), with
+        whatever of the task that takes (a claim's size, a bucket's tags, a server's image).
+        """
 
     @abstractmethod
     def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:

@@ -71,9 +71,9 @@ class Engine:
             self._backends[name] = registry.backend_class(name)()
         return self._backends[name]
 
-    async def storage(self, ref: TaskRef, create: bool = False) -> Storage:
+    async def storage(self, ref: TaskRef) -> Storage:
         """The task's storage prefix."""
-        return await self.backend(ref.cloud).storage(ref, create=create)
+        return await self.backend(ref.cloud).storage(ref)
 
     def say(self, ref: TaskRef | Task, message: str) -> None:
         """Report progress about one task."""
@@ -121,7 +121,7 @@ class Engine:
         ref = TaskRef.of(task)
         backend = self.backend(task.cloud)
         self.say(task, f"creating {task.id} on {backend.NAME}")
-        storage = await backend.storage(ref, create=True)
+        storage = await backend.storage(ref, create=task)
         created = time.time()
         deadline = created + task.timeout
         await self._write_spec(storage, task, deadline, created)

@@ -76,14 +76,14 @@ class LocalBackend(Backend):
         base = Path(ref.container).expanduser() if ref.container else self.root / "storage"
         return base.absolute() / _checked_id(ref.task_id)
 
-    async def storage(self, ref: TaskRef, *, create: bool = False) -> LocalStorage:
+    async def storage(self, ref: TaskRef, *, create: Task | None = None) -> LocalStorage:
         path = self.storage_dir(ref)
         if create:
             await anyio.Path(path).mkdir(parents=True, exist_ok=True)
         return LocalStorage(path)
 
     def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        return [Step("storage directory", partial(self.storage, TaskRef.of(task), create=True)),
+        return [Step("storage directory", partial(self.storage, TaskRef.of(task), create=task)),
                 Step("supervisor", partial(self.start, task, launch),
                      partial(self._remove, task.id))]
 

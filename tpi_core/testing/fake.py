@@ -38,7 +38,7 @@ class FakeBackend(Backend):
         cls.groups.clear()
         cls.calls.clear()
 
-    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+    async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
         self.calls.append(("storage", ref.task_id))
         if ref.task_id not in self.storages:
             self.storages[ref.task_id] = MemoryStorage()

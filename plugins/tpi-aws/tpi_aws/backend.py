@@ -206,7 +206,7 @@ class AWSBackend(Backend):
 
     # storage -----------------------------------------------------------------------------
 
-    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+    async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
         """The task's prefix: in the tpi bucket of the account and region, or the container."""
         from tpi_aws.storage import S3Storage
 

@@ -19,9 +19,9 @@ storage, and no claim or server is made. ``container_opts`` of a claim: ``storag
 ``size`` (GB; default ``disk_size``, else 1), ``access_mode`` (default ReadWriteOnce for one
 replica, ReadWriteMany for more).
 
-The claim and its server are made by :meth:`K8sBackend.storage` (the workdir is uploaded
-before the Job exists); they take the image, parallelism and disk size of the task last
-seen by :meth:`K8sBackend.validate`, which the engine calls first.
+The claim and its server are made by :meth:`K8sBackend.storage` with the task being applied
+(the workdir is uploaded before the Job exists); they take its image, parallelism and disk
+size.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ class K8sBackend(Backend):
 
     def __init__(self, client: K8sClient | None = None):
         self._client = client
-        self._tasks: dict[str, Task] = {}
         self._storages: dict[str, Storage] = {}
 
     def client(self) -> K8sClient:
@@ -117,7 +116,7 @@ class K8sBackend(Backend):
 
     # storage -----------------------------------------------------------------------------
 
-    async def storage(self, ref: TaskRef, *, create: bool = False) -> Storage:
+    async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
         """The task's storage; with ``create``, its claim and a ready storage server."""
         url = bucket_url(ref)
         if url:
@@ -126,14 +125,14 @@ class K8sBackend(Backend):
             return self._storages[url]
         namespace = await self.client().namespace()
         if create:
-            await self._provide_storage(ref, namespace)
+            await self._provide_storage(ref, namespace, create)
         if ref.task_id not in self._storages:
             endpoint = Endpoint(self.client(), namespace, ref.task_id)
             self._storages[ref.task_id] = K8sStorage(endpoint)
         return self._storages[ref.task_id]
 
-    async def _provide_storage(self, ref: TaskRef, namespace: str) -> None:
-        for step in self._storage_steps(ref, self._tasks.get(ref.task_id)):
+    async def _provide_storage(self, ref: TaskRef, namespace: str, task: Task) -> None:
+        for step in self._storage_steps(ref, task):
             await step.create()
         endpoint = Endpoint(self.client(), namespace, ref.task_id)
         await endpoint.wait_ready(float(os.environ.get(READY_TIMEOUT_ENV) or 600))
@@ -168,7 +167,7 @@ class K8sBackend(Backend):
 
     def validate(self, task: Task) -> None:
         """Machine, region, image, ``permission_set``, tags and storage settings are usable
-        (no request). Remembers the task for :meth:`storage`."""
+        (no request)."""
         machines.size(task.machine)
         machines.node_selector(task.region)
         machines.image(task.image)
@@ -183,7 +182,6 @@ class K8sBackend(Backend):
             if unknown:
                 raise UsageError(f"container_opts {', '.join(unknown)}: a claim takes "
                                  f"{', '.join(CLAIM_OPTIONS)}")
-        self._tasks[task.id] = task
 
     def create_steps(self, task: Task, launch_: Launch) -> Sequence[Step]:
         """Claim, storage server, (prefix), environment Secret, Job."""

@@ -31,7 +31,7 @@ def make_task(**changes) -> Task:
 
 
 async def apply(backend: AWSBackend, task: Task) -> str:
-    storage = await backend.storage(TaskRef.of(task), create=True)
+    storage = await backend.storage(TaskRef.of(task), create=task)
     await storage.write("spec.json", json.dumps({"id": task.id}).encode())
     await run_steps(backend.create_steps(task, Launch(storage.url, time.time() + 3600)))
     await storage.aclose()
@@ -140,7 +140,7 @@ async def test_container_bucket_must_exist(aws_env):
     task = make_task(storage=StorageSpec(container="no-such-bucket/runs"))
     async with _backend() as backend:
         with pytest.raises(ResourceNotFound, match="no-such-bucket"):
-            await backend.storage(TaskRef.of(task), create=True)
+            await backend.storage(TaskRef.of(task), create=task)
 
 
 class _backend:

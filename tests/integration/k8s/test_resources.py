@@ -195,13 +195,13 @@ async def test_storage_on_a_claim_the_user_owns(api, kmock_url, kubeconfig, tmp_
         async with _backend() as backend:
             backend.validate(owned)
             with pytest.raises(ResourceNotFound, match="no PersistentVolumeClaim 'shared'"):
-                await backend.storage(TaskRef.of(owned), create=True)
+                await backend.storage(TaskRef.of(owned), create=owned)
             await seed(kmock_url, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims",
                        {"metadata": {"name": "shared"}, "spec": {}})
             keep = cluster.claim_dir(NAMESPACE, "shared") / "keep.txt"
             keep.parent.mkdir(parents=True, exist_ok=True)
             keep.write_text("not tpi's")
-            storage = await backend.storage(TaskRef.of(owned), create=True)
+            storage = await backend.storage(TaskRef.of(owned), create=owned)
             await storage.write("data/x.txt", b"on the user's claim")
             landed = cluster.claim_dir(NAMESPACE, "shared") / "runs" / "a" / "data" / "x.txt"
             assert landed.read_bytes() == b"on the user's claim"
@@ -244,7 +244,7 @@ async def test_a_bucket_container_replaces_the_claim(api, kmock_url, kubeconfig,
                               "container_opts": frozen_map({"region": "eu-west-1"})})
     async with _backend() as backend:
         backend.validate(in_bucket)
-        storage = await backend.storage(TaskRef.of(in_bucket), create=True)
+        storage = await backend.storage(TaskRef.of(in_bucket), create=in_bucket)
         assert storage.url == "s3://team-bucket/runs"
         await run_steps(backend.create_steps(in_bucket, Launch(storage.url, time.time() + 60)))
         assert await tpi_objects(kmock_url) == {

@@ -53,7 +53,7 @@ def make_task(tmp_path: Path, script: str, name: str = "demo", **fields) -> Task
 
 async def prepare(backend: LocalBackend, task: Task, timeout: float = 60) -> Launch:
     """The engine's part of apply before the create steps."""
-    storage = await backend.storage(TaskRef.of(task), create=True)
+    storage = await backend.storage(TaskRef.of(task), create=task)
     spec = {"id": task.id, "name": task.name, "cloud": "local", "region": task.region,
             "parallelism": task.parallelism, "deadline": time.time() + timeout,
             "created": time.time(), "script": task.script,
