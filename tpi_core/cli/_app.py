@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,13 +33,30 @@ class Application:
         return self._console
 
     @property
+    def plain_stderr(self) -> bool:
+        """True when stderr is surely no terminal (a pipe, a file): known without importing
+        rich, which then is not needed for messages (rich's own test when it is loaded)."""
+        if self._console is not None:
+            return not self._console.is_terminal
+        if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR"):
+            return False
+        try:
+            return not sys.stderr.isatty()
+        except ValueError:  # closed
+            return True
+
+    @property
     def interactive(self) -> bool:
         """True when a person is at a terminal (prompts and live progress make sense)."""
         return sys.stdin.isatty() and sys.stderr.isatty()
 
     def say(self, message: str) -> None:
         """A progress or status message on stderr."""
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.plain_stderr:  # what rich would print there, without its import cost
+            click.echo(message, err=True)
+        else:
             self.console.print(message, markup=False, highlight=False)
 
     def out(self, text: str) -> None:

@@ -93,6 +93,8 @@ def _progress_bar(app: Application):
 
     from tpi_core.cli._progress import progress_factory
 
+    if app.quiet or app.plain_stderr:  # no bar: spare the import of rich
+        return contextlib.nullcontext(None)
     rows = progress_factory(app)
     return rows("sync") if rows else contextlib.nullcontext(None)
 

@@ -43,6 +43,9 @@ class Storage(ABC):
     """
 
     SCHEME: ClassVar[str]
+    VERIFIES_MD5: ClassVar[bool] = False
+    """True when ``download`` itself checks the bytes against the object's md5 whenever the
+    service gives one (raising IntegrityError), so callers need not hash the file again."""
 
     @classmethod
     @abstractmethod

@@ -35,6 +35,8 @@ from tpi_core.sync.walk import PART_MARK, walk
 IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
 _TEMP_ID = uuid.uuid4().hex[:8]  # per process; a counter makes each temporary name unique
 _TEMPS = itertools.count()
+INLINE_PLACE = 64 << 10
+"""Files up to this size are checked and renamed on the event loop when no hash is due."""
 
 
 async def download(remote: Storage, local: str | Path, *, prefix: str = "",
@@ -182,8 +184,13 @@ class _Download(SyncRun):
         temp = target.with_name(f".{target.name[:180]}{PART_MARK}{_TEMP_ID}-{next(_TEMPS)}")
         try:
             await self.remote.download(action.key, temp, moved)
+            verified = self.remote.VERIFIES_MD5
+            if action.size <= INLINE_PLACE and not self.fsync:
+                # no hash to compute and a few system calls: cheaper than a thread hop
+                if verified or action.md5 is None:
+                    return _place(temp, target, action, False, self.mismatches, verified)
             return await anyio.to_thread.run_sync(_place, temp, target, action, self.fsync,
-                                                  self.mismatches)
+                                                  self.mismatches, verified)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -197,8 +204,8 @@ class _Download(SyncRun):
 
 
 def _place(temp: Path, target: Path, action: Fetch, fsync: bool,
-           mismatches: dict[str, tuple[int, str | None]]) -> int:
-    size = _verify(temp, action, mismatches)
+           mismatches: dict[str, tuple[int, str | None]], verified: bool = False) -> int:
+    size = _verify(temp, action, mismatches, verified)
     if fsync:
         fd = os.open(temp, os.O_RDONLY)
         try:
@@ -212,8 +219,16 @@ def _place(temp: Path, target: Path, action: Fetch, fsync: bool,
     return size
 
 
-def _verify(temp: Path, action: Fetch, mismatches: dict[str, tuple[int, str | None]]) -> int:
-    got = (os.stat(temp).st_size, mf.md5_file(temp) if action.md5 is not None else None)
+def _verify(temp: Path, action: Fetch, mismatches: dict[str, tuple[int, str | None]],
+            verified: bool = False) -> int:
+    """The size of a downloaded file that matches the listing. ``verified``: the storage
+    checked the bytes against the object's md5 already, so only the size is checked here
+    (the file is not read a second time)."""
+    if action.md5 is None or verified:
+        md5 = action.md5
+    else:
+        md5 = mf.md5_file(temp)
+    got = (os.stat(temp).st_size, md5)
     if got == (action.size, action.md5):
         return got[0]
     if mismatches.get(action.key) == got:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import pathspec
-
 ALWAYS_EXCLUDED = (".tpi/",)
 _INDEX = ".tpi"
 
@@ -29,7 +27,7 @@ class Excludes:
 
     def __init__(self, gitignore_lines: Iterable[str] = ()):
         self.lines = tuple(line for line in gitignore_lines if line.strip())
-        self._spec = pathspec.GitIgnoreSpec.from_lines(self.lines) if self.lines else None
+        self._spec = _compile(self.lines) if self.lines else None
         self._reincludes = any(line.lstrip().startswith("!") for line in self.lines)
 
     @classmethod
@@ -67,6 +65,12 @@ class Excludes:
 
     def __repr__(self) -> str:
         return f"Excludes({list(self.lines)!r})"
+
+
+def _compile(lines: tuple[str, ...]):
+    import pathspec  # only when there are rules: a sync without any spares the import
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def tpi_to_gitignore(entries: Sequence[str]) -> list[str]:

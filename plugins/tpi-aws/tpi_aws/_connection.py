@@ -68,6 +68,8 @@ class Connection:
     async def _open(self) -> None:
         self._stack = AsyncExitStack()
         try:
+            if await self._open_from_env():
+                return
             self._session = _session.new_core_session(self.region)
             endpoint = self.endpoint_url or _session.configured_endpoint(self._session, "s3")
             if endpoint and _use_path_style(self._session, endpoint):
@@ -79,6 +81,20 @@ class Connection:
         except BaseException:
             await self.aclose()
             raise
+
+    async def _open_from_env(self) -> bool:
+        """The fast path to an endpoint the environment names, without botocore (the
+        client, if ever needed, still comes from botocore's own session)."""
+        env = _session.env_settings(self.region)
+        endpoint = self.endpoint_url or (env.endpoint if env else None)
+        if env is None or not endpoint or not _use_path_style(None, endpoint):
+            return False
+        self._path_style, self.endpoint_url = True, endpoint
+        bucket_url = f"{endpoint.rstrip('/')}/{quote(self.bucket, safe='')}"
+        self._wire = Wire(bucket_url, env.region, env.credentials, pool=POOL,
+                          ca_bundle=env.ca_bundle)
+        self._stack.push_async_callback(self._wire.aclose)
+        return True
 
     async def _open_aws(self) -> None:
         self._client = await self._new_client()
@@ -100,6 +116,8 @@ class Connection:
         return wire
 
     async def _new_client(self) -> Any:
+        if self._session is None:  # opened from the environment: botocore only now
+            self._session = _session.new_core_session(self.region)
         s3 = {"payload_signing_enabled": False}
         if self._path_style:
             s3["addressing_style"] = "path"
@@ -117,7 +135,8 @@ class Connection:
 def _use_path_style(session: Any, endpoint: str) -> bool:
     host = urlsplit(endpoint).hostname or ""
     aws = host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
-    return not aws and _session.s3_addressing(session) != "virtual"
+    # no session: the environment alone decided, with no config file to ask for a style
+    return not aws and (session is None or _session.s3_addressing(session) != "virtual")
 
 
 async def _aws_bucket_region(client: Any, bucket: str, region: str | None) -> str | None:

@@ -32,12 +32,15 @@ from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key
 
 _OPTIONS = ("region", "endpoint_url", "tagging")
+INLINE_IO = 64 << 10
+"""Files up to this size are read and written without a thread hop."""
 
 
 class S3Storage(Storage):
     """Objects under one prefix of an S3 bucket (any S3-compatible service)."""
 
     SCHEME = "s3"
+    VERIFIES_MD5 = True  # every body is checked against an md5 ETag (see _write_checked)
 
     def __init__(self, bucket: str, prefix: str = "", *, region: str | None = None,
                  endpoint_url: str | None = None, tagging: str = "",
@@ -115,7 +118,7 @@ class S3Storage(Storage):
 
     async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
         full = self._full(checked_key(key))
-        size, data, digest = await anyio.to_thread.run_sync(_read_small, Path(path))
+        size, data, digest = await _read_upload(Path(path))
         if data is None:
             await _transfer.upload_multipart(await self._target(full), Path(path), size,
                                              progress)
@@ -140,6 +143,8 @@ class S3Storage(Storage):
         if large:
             await _transfer.download_ranges(await self._target(full, client=False), Path(path),
                                             data, total, etag, expected, progress)
+        elif len(data) <= INLINE_IO:
+            _write_checked(Path(path), data, expected, full)
         else:
             await anyio.to_thread.run_sync(_write_checked, Path(path), data, expected, full)
 
@@ -175,13 +180,26 @@ class S3Storage(Storage):
             await self._conn.aclose()
 
 
-def _read_small(path: Path) -> tuple[int, bytes | None, bytes | None]:
-    """Size, and for a small file its bytes and md5 (one thread hop per file)."""
+async def _read_upload(path: Path) -> tuple[int, bytes | None, bytes | None]:
+    """Size, and for a small file its bytes and md5: a tiny file is read on the event loop
+    (a local read of a few kB costs less than the hop to a worker thread), others in one."""
     with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > SINGLE_MAX:
-            return size, None, None
-        data = handle.read()
+        if os.fstat(handle.fileno()).st_size <= INLINE_IO:
+            return _read_small(handle)
+    return await anyio.to_thread.run_sync(_read_file, path)
+
+
+def _read_file(path: Path) -> tuple[int, bytes | None, bytes | None]:
+    with open(path, "rb") as handle:
+        return _read_small(handle)
+
+
+def _read_small(handle) -> tuple[int, bytes | None, bytes | None]:
+    """Size, and for a small file its bytes and md5."""
+    size = os.fstat(handle.fileno()).st_size
+    if size > SINGLE_MAX:
+        return size, None, None
+    data = handle.read()
     return size, data, md5_digest(data)
 
 
