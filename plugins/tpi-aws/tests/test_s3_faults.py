@@ -13,37 +13,19 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests import emulators
-from tests.emulators import REGION, unique_bucket
 from tests.faultproxy import KINDS, FaultProxy
 from tpi_aws.storage import S3Storage
 from tpi_core.errors import UnsafePathError
 from tpi_core.storage.sync import RetryPolicy, download_tree, upload_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-moto_server, s3_env = emulators.moto_server, emulators.s3_env  # the shared fixtures
 MiB = 1 << 20
 PATIENT = RetryPolicy(attempts=12, base=0.01, cap=0.2)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
-
-@pytest.fixture
-def s3(s3_env):
-    return boto3.client("s3", region_name=REGION)
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = unique_bucket()
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture

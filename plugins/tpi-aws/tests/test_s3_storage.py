@@ -11,11 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 from functools import partial
 
 import anyio
-import boto3
 import pytest
 
-from tests import emulators
-from tests.emulators import REGION, unique_bucket
+from tests.emulators import unique_bucket
 from tests.faultproxy import FaultProxy
 from tpi_aws.storage import S3Storage
 from tpi_core.errors import (IntegrityError, PermissionDenied, ResourceNotFound, TpiError,
@@ -25,26 +23,10 @@ from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.testing.contract import StorageContract
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-moto_server, s3_env = emulators.moto_server, emulators.s3_env  # the shared fixtures
 MiB = 1 << 20
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
-
-@pytest.fixture
-def s3(s3_env):
-    """A plain boto3 client on moto, to arrange and inspect what the storage should see."""
-    return boto3.client("s3", region_name=REGION)
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = unique_bucket()
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture

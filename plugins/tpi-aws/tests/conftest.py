@@ -1,0 +1,31 @@
+"""Fixtures shared by the plugin's tests that talk to moto (started by tests/emulators.py)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from tests import emulators
+from tests.emulators import REGION, unique_bucket
+
+moto_server, s3_env = emulators.moto_server, emulators.s3_env
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """tpi runs on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def s3(s3_env):
+    """A plain boto3 client on moto, to arrange and inspect what the storage should see."""
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh bucket per test."""
+    name = unique_bucket()
+    s3.create_bucket(Bucket=name)
+    return name
