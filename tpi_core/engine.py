@@ -161,14 +161,18 @@ class Engine:
 
     async def status(self, ref: TaskRef) -> TaskStatus:
         """The task's state from its reports and its backend."""
+        return (await self.status_and_logs(ref))[0]
+
+    async def status_and_logs(self, ref: TaskRef) -> tuple[TaskStatus, list[BootLog]]:
+        """The task's state and its boot logs, from one listing of its reports."""
         storage = await self.storage(ref)
         spec = await read_spec(storage)
         if spec is None:
-            return TaskStatus(ref.task_id, ref.name, ref.cloud, State.DESTROYED)
+            return TaskStatus(ref.task_id, ref.name, ref.cloud, State.DESTROYED), []
         reports, seen = await _both(lambda: read_reports(storage),
                                     lambda: self.backend(ref.cloud).observe(ref))
         events = await read_events(storage, reports.event_keys)
-        return build_status(spec, reports, seen, events)
+        return build_status(spec, reports, seen, events), reports.logs
 
     async def log_files(self, ref: TaskRef) -> list[BootLog]:
         """Every boot log of the task, in replica and boot order."""

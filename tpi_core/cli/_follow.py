@@ -10,6 +10,7 @@ import anyio
 from tpi_core.cli._tasks import Target
 from tpi_core.engine import Engine
 from tpi_core.model import State, TaskStatus
+from tpi_core.reports import BootLog
 
 Emit = Callable[[str], None]
 
@@ -25,9 +26,10 @@ def prefix(target: Target, replica: int, attempt: int) -> str:
 
 
 async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int],
-                         emit: Emit) -> None:
-    """Emit every complete log line not yet shown, in replica and boot order."""
-    for log in await engine.log_files(target.ref):
+                         emit: Emit, logs: list[BootLog] | None = None) -> None:
+    """Emit every complete log line not yet shown, in replica and boot order (``logs``: a
+    listing the caller already has)."""
+    for log in logs if logs is not None else await engine.log_files(target.ref):
         seen = offsets.get(log.key, 0)
         if log.size <= seen:
             continue
@@ -46,9 +48,11 @@ async def follow(engine: Engine, targets: Sequence[Target], emit: Emit) -> list[
         for target in targets:
             if target.ref.task_id in final:
                 continue
-            status = await engine.status(target.ref)
-            await print_new_logs(engine, target, offsets, emit)
-            if status.state.final or status.state == State.STOPPED:
+            status, logs = await engine.status_and_logs(target.ref)
+            done = status.state.final or status.state == State.STOPPED
+            # a final status can be newer than the listing it came with: list once more
+            await print_new_logs(engine, target, offsets, emit, None if done else logs)
+            if done:
                 final[target.ref.task_id] = status
         if len(final) < len(targets):
             await anyio.sleep(poll_interval())
