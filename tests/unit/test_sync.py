@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -239,3 +241,32 @@ async def test_a_restored_replica_never_pushes_a_stale_copy_over_a_siblings_file
     assert await data.read("results/own.txt") == b"new and longer"
     assert result.sent == 1
     assert (await upload_tree(workdir, data, manifest=manifest)).sent == 0
+
+
+class _HashingStorage(MemoryStorage):
+    """A storage that hashes what it sends (as S3's does) and says so."""
+
+    UPLOAD_MD5 = True
+
+    async def upload(self, key: str, path: Path, progress=None) -> str:
+        await super().upload(key, path, progress)
+        return hashlib.md5(self.objects[key]).hexdigest()
+
+
+async def test_a_storage_that_hashes_uploads_spares_reading_files_twice(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", {**FILES, "big": os.urandom(3 << 20)})
+    remote = _HashingStorage()
+
+    def no_second_read(path: str) -> str:
+        raise AssertionError(f"{path} read again to hash it")
+
+    monkeypatch.setattr("tpi_core.sync.upload._md5_or_none", no_second_read)
+    result = await upload_tree(src, remote, manifest=(remote, MANIFEST))
+    assert result.sent == 5
+    entries = json.loads(remote.objects[MANIFEST])["files"]
+    assert {k: e["md5"] for k, e in entries.items()} == {
+        k: hashlib.md5(v).hexdigest() for k, v in tree(src).items()}
+    monkeypatch.undo()  # an unchanged tree is then recognised from the manifest alone
+    remote.calls.clear()
+    again = await upload_tree(src, remote, manifest=(remote, MANIFEST))
+    assert (again.sent, again.unchanged) == (0, 5) and "upload" not in remote.calls

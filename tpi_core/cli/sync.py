@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.sync import DEFAULT_JOBS
 
 if TYPE_CHECKING:
     from tpi_core.storage.sync import SyncResult
@@ -25,8 +26,8 @@ MANIFEST_KEY = ".tpi/manifest.json"
               help="Leave out paths matching this gitignore-style glob (any depth unless it "
                    "starts with /); '+ GLOB' re-includes, the first matching rule wins. "
                    "Repeatable.")
-@click.option("--jobs", "-j", type=click.IntRange(1, 512), default=16, show_default=True,
-              help="Files transferred at once.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 512), default=DEFAULT_JOBS,
+              show_default=True, help="Files transferred at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[str, ...],

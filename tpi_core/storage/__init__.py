@@ -46,6 +46,9 @@ class Storage(ABC):
     VERIFIES_MD5: ClassVar[bool] = False
     """True when ``download`` itself checks the bytes against the object's md5 whenever the
     service gives one (raising IntegrityError), so callers need not hash the file again."""
+    UPLOAD_MD5: ClassVar[bool] = False
+    """True when ``upload`` returns the hex md5 of the bytes it sent (hashed while sending),
+    so callers that keep hashes need not read the file a second time."""
 
     @classmethod
     @abstractmethod
@@ -74,8 +77,10 @@ class Storage(ABC):
         """Create or replace an object."""
 
     @abstractmethod
-    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        """Copy a local file to ``key`` (multipart for large files where the service has it)."""
+    async def upload(self, key: str, path: Path,
+                     progress: Progress | None = None) -> str | None:
+        """Copy a local file to ``key`` (multipart for large files where the service has it);
+        with ``UPLOAD_MD5``, return the hex md5 of what was sent."""
 
     @abstractmethod
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.storage import Storage
 from tpi_core.sync.excludes import ALWAYS_EXCLUDED, Excludes
 from tpi_core.sync.result import SyncProgress, SyncResult
@@ -20,7 +21,7 @@ __all__ = ["ALWAYS_EXCLUDED", "Excludes", "RetryPolicy", "SyncProgress", "SyncRe
 
 async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = (),
                       delete: bool = False, manifest: tuple[Storage, str] | None = None,
-                      jobs: int = 16, progress: SyncProgress | None = None,
+                      jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                       retry: RetryPolicy | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local``, sending changed files only.
 
@@ -43,7 +44,7 @@ async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = 
 async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         exclude: Sequence[str] = (), delete: bool = False,
                         manifest: tuple[Storage, str] | None = None,
-                        jobs: int = 16, progress: SyncProgress | None = None,
+                        jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                         retry: RetryPolicy | None = None, fsync: bool = False,
                         record: tuple[Storage, str] | None = None) -> SyncResult:
     """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 
+from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError
 from tpi_core.storage import Storage
 from tpi_core.storage.local import checked_key
@@ -29,7 +30,7 @@ from tpi_core.sync.execute import SyncRun
 from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
 from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
-from tpi_core.sync.upload import list_remote, load_manifest, local_root
+from tpi_core.sync.upload import local_root, manifest_and_listing
 from tpi_core.sync.walk import PART_MARK, walk
 
 IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
@@ -41,7 +42,7 @@ INLINE_PLACE = 64 << 10
 
 async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                    exclude: Excludes | Sequence[str] = (), delete: bool = False,
-                   manifest: tuple[Storage, str] | None = None, jobs: int = 16,
+                   manifest: tuple[Storage, str] | None = None, jobs: int = DEFAULT_JOBS,
                    progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
                    fsync: bool = False, record: tuple[Storage, str] | None = None) -> SyncResult:
     """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
@@ -49,8 +50,8 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
     excludes = Excludes.coerce(exclude)
     top = checked_key(prefix.strip("/")) if prefix.strip("/") else ""
     run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry)
-    old = await load_manifest(manifest, run.retry) if manifest is not None else None
-    listing = await list_remote(remote, prefix, run.retry, lambda key: _wanted(key, top, excludes))
+    old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
+                                              lambda key: _wanted(key, top, excludes))
     for key in listing:
         checked_key(key)  # refuse a hostile listing before a single byte is written
     await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 
+from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import ObjectNotFound, StorageError
 from tpi_core.storage import Storage
 from tpi_core.sync import manifest as mf
@@ -26,20 +29,20 @@ MANIFEST_SAVE_SECONDS = 15
 
 async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequence[str] = (),
                  delete: bool = False, manifest: tuple[Storage, str] | None = None,
-                 jobs: int = 16, progress: SyncProgress | None = None,
+                 jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                  retry: RetryPolicy | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local`` (see ``upload_tree``)."""
     root = local_root(local, must_exist=True)
     excludes = Excludes.coerce(exclude)
     run = _Upload(remote, manifest, jobs=jobs, progress=progress, retry=retry)
-    old = await load_manifest(manifest, run.retry) if manifest is not None else None
-    listing = await list_remote(remote, "", run.retry)
+    old, listing = await manifest_and_listing(manifest, remote, "", run.retry)
     if manifest is not None and manifest[0].url == remote.url:
         listing.pop(manifest[1], None)  # the manifest is no file of the tree: never delete it
     plan = plan_upload(walk(root, excludes), listing, old, excludes=excludes, delete=delete,
                        hash_file=lambda f: _md5_or_none(f.path))
     try:
-        await run.run(_hash_small(plan) if manifest is not None else plan)
+        prehash = manifest is not None and not remote.UPLOAD_MD5
+        await run.run(_hash_small(plan) if prehash else plan)
         await run.delete_remote()
     except BaseException:
         await run.save_manifest(old, complete=False)
@@ -62,19 +65,20 @@ class _Upload(SyncRun):
         assert isinstance(action, Send)
         file, md5 = action.file, action.md5
         try:
-            if self.manifest is not None and md5 is None:
+            if self.manifest is not None and md5 is None and not self.remote.UPLOAD_MD5:
                 md5 = await alongside(self._send(file), lambda: _md5_or_none(file.path))
             else:
-                await self._send(file)
+                returned = await self._send(file)
+                md5 = md5 or returned
         except FileNotFoundError:
             self.skip(file.key, "vanished before it could be sent")
             return
         self.entries[file.key] = mf.Entry(file.size, file.mtime_ns, md5)
         self.done(file.size)
 
-    async def _send(self, file: LocalFile) -> None:
+    async def _send(self, file: LocalFile) -> str | None:
         path = Path(file.path)
-        await retrying(self.retry, lambda moved: self.remote.upload(file.key, path, moved),
+        return await retrying(self.retry, lambda moved: self.remote.upload(file.key, path, moved),
                        self.advance)
 
     async def delete_remote(self) -> None:
@@ -148,3 +152,27 @@ async def list_remote(storage: Storage, prefix: str, retry: RetryPolicy,
                 async for info in storage.list(prefix) if accept(info.key)}
 
     return await retrying(retry, attempt)
+
+
+async def manifest_and_listing(manifest: tuple[Storage, str] | None, storage: Storage,
+                               prefix: str, retry: RetryPolicy,
+                               accept: Callable[[str], bool] = lambda key: True,
+                               ) -> tuple[mf.Manifest | None, dict[str, RemoteObject]]:
+    """The manifest (None when none is kept) and the listing, fetched at the same time;
+    when both fail (a missing bucket), the listing's error is the one raised."""
+    found: dict[str, Any] = {}
+    failed: dict[str, Exception] = {}
+
+    async def fetch(name: str, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            found[name] = await call()
+        except Exception as exc:
+            failed[name] = exc
+
+    async with anyio.create_task_group() as group:
+        if manifest is not None:
+            group.start_soon(fetch, "manifest", partial(load_manifest, manifest, retry))
+        group.start_soon(fetch, "listing", partial(list_remote, storage, prefix, retry, accept))
+    if failed:
+        raise failed.get("listing") or failed["manifest"]
+    return found.get("manifest"), found["listing"]

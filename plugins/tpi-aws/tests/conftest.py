@@ -29,3 +29,12 @@ def bucket(s3) -> str:
     name = unique_bucket()
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def in_parts(monkeypatch) -> None:
+    """Files above 8 MiB go in parts (by default only those above 200 MiB do): lets tests
+    exercise multipart uploads with small files."""
+    from tpi_aws import _transfer, storage
+
+    monkeypatch.setattr(storage, "STREAM_MAX", _transfer.SINGLE_MAX)

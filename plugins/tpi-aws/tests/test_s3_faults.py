@@ -56,7 +56,11 @@ def tree_hashes(root: Path) -> dict[str, str]:
             for path in root.rglob("*") if path.is_file()}
 
 
-async def test_sync_through_faults_ends_with_every_byte_right(storage, proxy, tmp_path):
+@pytest.mark.parametrize("big_upload", ["one streamed PUT", "in parts"])
+async def test_sync_through_faults_ends_with_every_byte_right(storage, proxy, tmp_path,
+                                                              big_upload, monkeypatch):
+    if big_upload == "in parts":
+        monkeypatch.setattr("tpi_aws.storage.STREAM_MAX", 8 * MiB)
     source, target = tmp_path / "source", tmp_path / "target"
     expected = make_tree(source)
     proxy.rate = 0.25
@@ -82,7 +86,7 @@ async def test_sync_through_faults_ends_with_every_byte_right(storage, proxy, tm
 
 
 async def test_failed_parts_and_ranges_are_retried_without_restarting_the_file(
-        storage, proxy, tmp_path):
+        storage, proxy, tmp_path, in_parts):
     data = os.urandom(3 * 8 * MiB + 1)  # four parts; the download: one GET and three ranges
     (tmp_path / "big").write_bytes(data)
     proxy.rate, proxy.kinds, proxy.when = 1.0, ("reset", "cut", "slowdown"), first_try_fails()
@@ -94,7 +98,7 @@ async def test_failed_parts_and_ranges_are_retried_without_restarting_the_file(
 
 
 async def test_a_lost_answer_to_complete_multipart_upload_is_recognised(storage, proxy,
-                                                                     tmp_path):
+                                                                     tmp_path, in_parts):
     data = os.urandom(8 * MiB + 1)
     (tmp_path / "big").write_bytes(data)
     proxy.rate, proxy.kinds = 1.0, ("cut",)  # moto completes it, the answer never arrives

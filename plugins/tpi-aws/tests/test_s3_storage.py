@@ -213,7 +213,7 @@ async def test_empty_file_round_trip(via_proxy, tmp_path) -> None:
 
 
 async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, proxy,
-                                                                  tmp_path) -> None:
+                                                                  tmp_path, in_parts) -> None:
     data = os.urandom(17 * MiB + 12345)  # three parts of 8 MiB at most
     (tmp_path / "big").write_bytes(data)
     sent: list[int] = []
@@ -232,6 +232,56 @@ async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, prox
     assert methods == ["PUT"] * 3
     gets = [t for m, t, _o in proxy.log if m == "GET" and "list-type" not in t]
     assert len(gets) == 3  # the first GET, then two ranges
+
+
+async def test_files_up_to_the_cutoff_go_in_one_streamed_put(via_proxy, proxy,
+                                                             tmp_path) -> None:
+    data = os.urandom(9 * MiB + 4321)  # above one request's 8 MiB, below STREAM_MAX
+    (tmp_path / "big").write_bytes(data)
+    sent: list[int] = []
+    md5 = await via_proxy.upload("big", tmp_path / "big", sent.append)
+    assert md5 == hashlib.md5(data).hexdigest()  # hashed while sent, for the caller
+    assert sum(sent) == len(data) and len(sent) > 1  # progress as the chunks go
+    assert [(m, t) for m, t, _o in proxy.log] == [("PUT", f"/{via_proxy.bucket}/root/big")]
+    [info] = [info async for info in via_proxy.list()]
+    assert info.etag == md5
+    assert via_proxy._conn._client is None  # no multipart control: no botocore client
+
+
+async def test_a_damaged_streamed_put_is_an_integrity_error(via_proxy, proxy,
+                                                           tmp_path) -> None:
+    (tmp_path / "big").write_bytes(os.urandom(9 * MiB))
+    proxy.rate, proxy.kinds = 1.0, ("corrupt",)  # moto ignores nothing here: no Content-MD5
+    with pytest.raises(IntegrityError, match="does not match"):
+        await via_proxy.upload("big", tmp_path / "big")
+
+
+async def test_a_file_that_shrinks_while_it_streams_is_a_transient_error(
+        via_proxy, tmp_path, monkeypatch) -> None:
+    from tpi_aws import storage
+
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(9 * MiB))
+    monkeypatch.setattr(storage, "_read_upload",  # the size taken before it shrank
+                        partial(_sized, 10 * MiB))
+    with pytest.raises(TransientError, match="announced"):
+        await via_proxy.upload("big", path)
+    assert [info async for info in via_proxy.list()] == []
+
+
+async def _sized(size: int, _path) -> tuple[int, None, None]:
+    return size, None, None
+
+
+async def test_a_file_that_grows_while_it_streams_is_sent_as_it_was(tmp_path) -> None:
+    from tpi_aws import _stream
+
+    path = tmp_path / "log"
+    path.write_bytes(b"0123456789")
+    digest = hashlib.md5()
+    chunks = [chunk async for chunk in _stream.file_chunks(path, 6, digest, None)]
+    assert b"".join(chunks) == b"012345"
+    assert digest.hexdigest() == hashlib.md5(b"012345").hexdigest()
 
 
 class _CompletedEarlier:
@@ -276,6 +326,19 @@ async def test_large_single_part_object_is_checked_after_ranged_download(
     proxy.rate, proxy.kinds = 1.0, ("corrupt",)
     with pytest.raises(IntegrityError, match="does not match"):
         await via_proxy.download("one", tmp_path / "bad")
+
+
+async def test_mid_sized_objects_stream_to_the_file_and_are_checked(s3, via_proxy, proxy,
+                                                                    tmp_path) -> None:
+    data = os.urandom(5 * MiB + 7)  # above what is held in memory, below ranged downloads
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/mid", Body=data)
+    got: list[int] = []
+    await via_proxy.download("mid", tmp_path / "ok", got.append)
+    assert (tmp_path / "ok").read_bytes() == data
+    assert sum(got) == len(data) and len(got) > 1  # progress as it is written
+    proxy.rate, proxy.kinds = 1.0, ("corrupt",)
+    with pytest.raises(IntegrityError, match="does not match"):
+        await via_proxy.download("mid", tmp_path / "bad")
 
 
 async def test_damaged_bodies_are_integrity_errors(via_proxy, proxy) -> None:

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from tpi_aws._stream import WRITE_BATCH, check_md5, chunks, preallocate, write_at
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors
 from tpi_core.errors import IntegrityError, ObjectNotFound, ResourceNotFound, TransientError
@@ -31,7 +32,6 @@ SINGLE_MAX = 8 * MiB
 """Objects up to this size move in one request."""
 PART_WORKERS = 8
 PART_ATTEMPTS = 6
-_CHUNK = 1 * MiB
 
 
 def part_size(size: int) -> int:
@@ -194,7 +194,7 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
     behind the transfer, in order, as soon as each stretch from the start is complete.
     """
     step = len(first)
-    fd = await anyio.to_thread.run_sync(_preallocate, path, total)
+    fd = await anyio.to_thread.run_sync(preallocate, path, total)
     hasher = _Hasher(fd) if expected else None
     try:
         await anyio.to_thread.run_sync(os.pwrite, fd, first, 0)
@@ -260,10 +260,7 @@ def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
         start += len(chunk)
 
 
-def _preallocate(path: Path, total: int) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.ftruncate(fd, total)
-    return fd
+
 
 
 async def _get_range(target: Target, fd: int, start: int, end: int, etag: str,
@@ -274,21 +271,18 @@ async def _get_range(target: Target, fd: int, start: int, end: int, etag: str,
                                    what=f"download {target.key}") as resp:
         if resp.status != 206:
             raise TransientError(f"download {target.key}: range ignored (HTTP {resp.status})")
-        async for chunk in _chunks(resp):
-            await anyio.to_thread.run_sync(os.pwrite, fd, chunk, offset)
-            offset += len(chunk)
+        pieces: list[bytes] = []
+        batch = 0
+        async for chunk in chunks(resp):
+            pieces.append(chunk)
+            batch += len(chunk)
+            if batch >= WRITE_BATCH:  # a thread hop per few MiB, not per socket read
+                await anyio.to_thread.run_sync(write_at, fd, pieces, offset)
+                offset, pieces, batch = offset + batch, [], 0
+        if pieces:
+            await anyio.to_thread.run_sync(write_at, fd, pieces, offset)
+            offset += batch
     if offset != end + 1:
         raise TransientError(f"download {target.key}: short range {start}-{end}")
     if progress:
         progress(offset - start)
-
-
-async def _chunks(resp: Any) -> AsyncIterator[bytes]:
-    while chunk := await resp.content.read(_CHUNK):
-        yield chunk
-
-
-def check_md5(what: str, actual: str, expected: str) -> None:
-    """Raise IntegrityError when the md5 of what arrived differs from the ETag."""
-    if actual != expected:
-        raise IntegrityError(f"{what}: md5 {actual} does not match ETag {expected}")

@@ -1,21 +1,20 @@
-"""Signed S3 requests over one pooled aiohttp session: the hot path of tpi's S3 storage.
+"""Signed S3 requests over one connection pool: the hot path of tpi's S3 storage.
 
 botocore spends about a millisecond of CPU on every call (endpoint rules evaluated again for
 each key, event hooks, response parsing): more than a local server needs to store a 4 KB
 object, so a tree of small files went at half of rclone's speed, and parsing one page of a
 listing took it 90 ms. Object bodies (PutObject, GetObject, UploadPart) and listings
-(ListObjectsV2, parsed by ElementTree) therefore go through here: SigV4 with an unsigned
-payload (see _sigv4.py; integrity comes from Content-MD5, which S3 checks, and from the
-ETags), credentials from the botocore session, refreshed by botocore. Errors go through the
-same code table as botocore's (:mod:`tpi_aws.errors`). Multipart control and batch deletes
-stay on the botocore client (:mod:`tpi_aws._connection`).
+(ListObjectsV2, parsed by ElementTree) therefore go through here, on the lean HTTP/1.1
+client of :mod:`tpi_aws._http`: SigV4 with an unsigned payload (see _sigv4.py; integrity
+comes from Content-MD5, which S3 checks, and from the ETags), credentials from the botocore
+session, refreshed by botocore. Errors go through the same code table as botocore's
+(:mod:`tpi_aws.errors`). Multipart control and batch deletes stay on the botocore client
+(:mod:`tpi_aws._connection`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -23,20 +22,16 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
-import aiohttp
+import h11
 from botocore.exceptions import ClientError, NoCredentialsError
-from yarl import URL
 
+from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import translate
 from tpi_core.errors import TransientError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 Listed = tuple[str, int, str, float]
-# aiohttp sends bodies over 1 MiB given as bytes in one write (and warns); a BytesIO view
-# of the same bytes (no copy) goes out in chunks with the event loop free between them.
-_ONE_WRITE = 1 << 20
-_READ_BUFFER = 1 << 20
 # Local servers (node's default is 5 s) drop idle connections sooner than S3 does (about
 # 20 s); reusing one they already closed costs a failed request, so give them up first.
 _KEEPALIVE = 4.0
@@ -53,16 +48,8 @@ class Wire:
         self._origin, self._root = f"{parts.scheme}://{self.host}", parts.path
         self._region, self._credentials = region, credentials
         self._signer: tuple[Any, Signer] | None = None
-        # plain http needs no TLS context (loading a CA bundle costs ~20 ms)
-        https = parts.scheme == "https"
-        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle and https else None
-        connector = aiohttp.TCPConnector(limit=max(pool, 1), keepalive_timeout=_KEEPALIVE,
-                                         ssl=context if context else True)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-        # aiohttp's 64 KiB read buffer pauses the socket every 128 KiB of a large body
-        self._http = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                           auto_decompress=False, read_bufsize=_READ_BUFFER,
-                                           headers={"User-Agent": "tpi"})
+        self._http = Pool(self._origin, limit=max(pool, 1), ca_bundle=ca_bundle,
+                          keepalive=_KEEPALIVE)
 
     def target(self, key: str, query: Mapping[str, str | int] | None = None) -> tuple[str, str]:
         """The encoded path of an object (quoted as botocore quotes keys) and the sorted,
@@ -88,7 +75,7 @@ class Wire:
     async def request(self, method: str, key: str, *, what: str,
                       query: Mapping[str, str | int] | None = None,
                       headers: Mapping[str, str] | None = None,
-                      data: bytes | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+                      data: bytes | Stream | None = None) -> AsyncIterator[Response]:
         """Send one signed request; yield the response once its status says success.
 
         Every failure, while sending or while the caller reads the body, leaves as a tpi
@@ -97,21 +84,19 @@ class Wire:
         path, query_string = self.target(key, query)
         signed = (await self._current_signer()).sign(method, self.host, path, query_string,
                                                      headers or {})
-        url = self._origin + path + (f"?{query_string}" if query_string else "")
+        target = path + (f"?{query_string}" if query_string else "")
         try:
-            body = io.BytesIO(data) if data is not None and len(data) > _ONE_WRITE else data
-            async with self._http.request(method, URL(url, encoded=True), headers=signed,
-                                          data=body) as response:
+            async with self._http.request(method, target, signed, data) as response:
                 if response.status >= 300:
                     raise await _service_error(response, what)
                 yield response
-        except (aiohttp.ClientError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                OSError) as exc:
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
+                h11.ProtocolError, OSError) as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Close the pool; safe to call twice."""
-        await self._http.close()
+        await self._http.aclose()
 
     async def _current_signer(self) -> Signer:
         if self._credentials is None:
@@ -132,7 +117,7 @@ def _listed(item: ET.Element) -> Listed:
             item.findtext("{*}ETag", "").strip('"'), modified.timestamp())
 
 
-async def _service_error(response: aiohttp.ClientResponse, what: str) -> Exception:
+async def _service_error(response: Response, what: str) -> Exception:
     body = await response.read() if response.method != "HEAD" else b""
     code, message = _error_fields(body)
     error = {"Code": code or str(response.status), "Message": message or response.reason or ""}

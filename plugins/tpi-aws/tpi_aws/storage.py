@@ -15,25 +15,36 @@ blocks clean-up. Keys ending in ``/`` (folder markers of consoles) are not liste
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import anyio
 
 from tpi_aws import _transfer
 from tpi_aws._connection import Connection
-from tpi_aws._transfer import (SINGLE_MAX, Target, check_md5, check_stored, content_md5,
-                              is_md5_etag, md5_digest)
+from tpi_aws._http import Stream
+from tpi_aws._stream import check_md5, file_chunks, stream_to_file
+from tpi_aws._transfer import (SINGLE_MAX, Target, check_stored, content_md5, is_md5_etag,
+                              md5_digest)
 from tpi_aws.errors import aws_errors, translate
 from tpi_core.errors import UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
-from tpi_core.storage.local import checked_key
+from tpi_core.storage.local import checked_key, md5_file
 
 _OPTIONS = ("region", "endpoint_url", "tagging")
 INLINE_IO = 64 << 10
 """Files up to this size are read and written without a thread hop."""
+MEMORY_MAX = 1 << 20
+"""Bodies up to this size are held whole in memory (an upload then carries Content-MD5);
+larger ones stream, so memory stays bounded at any ``--jobs``."""
+STREAM_MAX = 200 << 20
+"""Files above MEMORY_MAX and up to this size go in one streamed PUT (rclone's default
+upload cutoff); larger ones in parts. A server assembles parts again after the last one
+(s3rver copies and hashes them, about 1 s per 200 MB), a single PUT it stores as it comes."""
 
 
 class S3Storage(Storage):
@@ -41,6 +52,7 @@ class S3Storage(Storage):
 
     SCHEME = "s3"
     VERIFIES_MD5 = True  # every body is checked against an md5 ETag (see _write_checked)
+    UPLOAD_MD5 = True  # every upload hashes what it sends
 
     def __init__(self, bucket: str, prefix: str = "", *, region: str | None = None,
                  endpoint_url: str | None = None, tagging: str = "",
@@ -116,16 +128,43 @@ class S3Storage(Storage):
                                 what=f"upload {full}") as resp:
             check_stored(f"upload {full}", resp.headers, digest)
 
-    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        full = self._full(checked_key(key))
-        size, data, digest = await _read_upload(Path(path))
-        if data is None:
-            await _transfer.upload_multipart(await self._target(full), Path(path), size,
-                                             progress)
-            return
-        await self._put(full, data, digest)
-        if progress:
-            progress(len(data))
+    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
+        full, path = self._full(checked_key(key)), Path(path)
+        size, data, digest = await _read_upload(path)
+        if data is not None:
+            await self._put(full, data, digest)
+            if progress:
+                progress(len(data))
+            return digest.hex()
+        if size <= STREAM_MAX:
+            return await self._put_stream(full, path, size, progress)
+        hashed: list[str] = []
+
+        async def whole_md5() -> None:  # for the caller, on a second core, beside the parts
+            hashed.append(await anyio.to_thread.run_sync(md5_file, path))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(whole_md5)
+            await _transfer.upload_multipart(await self._target(full), path, size, progress)
+        return hashed[0]
+
+    async def _put_stream(self, full: str, path: Path, size: int,
+                          progress: Progress | None) -> str:
+        """One PUT whose body is read from the file and hashed while it is sent (no
+        Content-MD5 up front, which would mean reading the file twice): the ETag the service
+        answers is compared with the md5 of exactly what was sent."""
+        digests: list[Any] = []
+
+        def body() -> AsyncIterator[bytes]:
+            digests.append(hashlib.md5(usedforsecurity=False))
+            return file_chunks(path, size, digests[-1], progress)
+
+        what = f"upload {full}"
+        wire = await self._conn.wire()
+        async with wire.request("PUT", full, data=Stream(size, body), what=what,
+                                headers=self._tag_headers()) as resp:
+            check_stored(what, resp.headers, digests[-1].digest())
+        return digests[-1].hexdigest()
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
         full = self._full(checked_key(key))
@@ -134,9 +173,13 @@ class S3Storage(Storage):
             etag = resp.headers.get("ETag", "").strip('"')
             expected = etag if is_md5_etag(etag, resp.headers) else None
             total = resp.content_length or 0
+            if MEMORY_MAX < total <= SINGLE_MAX:  # never a whole body in memory
+                await stream_to_file(f"download {full}", resp, Path(path), expected,
+                                               progress)
+                return
             # a large object: this request becomes the first range, the rest go in parallel
             large = total > SINGLE_MAX
-            data = await (resp.content.readexactly(_transfer.part_size(total)) if large
+            data = await (resp.readexactly(_transfer.part_size(total)) if large
                           else resp.read())
         if progress:
             progress(len(data))
@@ -197,7 +240,7 @@ def _read_file(path: Path) -> tuple[int, bytes | None, bytes | None]:
 def _read_small(handle) -> tuple[int, bytes | None, bytes | None]:
     """Size, and for a small file its bytes and md5."""
     size = os.fstat(handle.fileno()).st_size
-    if size > SINGLE_MAX:
+    if size > MEMORY_MAX:
         return size, None, None
     data = handle.read()
     return size, data, md5_digest(data)

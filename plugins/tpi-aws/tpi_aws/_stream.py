@@ -1,0 +1,115 @@
+"""Streaming between files and request bodies: chunked reads hashed on the way, bodies
+written as they arrive, a few MiB per worker-thread hop (hashlib and file I/O release the
+GIL, so they run beside the event loop on a second core)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tpi_core.errors import IntegrityError
+from tpi_core.storage import Progress
+
+MiB = 1 << 20
+_CHUNK = 1 * MiB
+WRITE_BATCH = 2 * MiB
+
+
+async def file_chunks(path: Path, size: int, digest: Any,
+                      progress: Progress | None) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of a file in chunks, hashed into ``digest`` as they go.
+
+    The next chunk is read and hashed in a worker thread while the caller sends this one.
+    A file that shrank meanwhile ends early (the request then fails: the length was
+    announced); one that grew is sent as it was when its size was taken.
+    """
+    loop = asyncio.get_running_loop()
+    handle = open(path, "rb")  # noqa: SIM115 - closed when the last read is over
+    left = [size]
+    pending = loop.run_in_executor(None, _read_hashed, handle, digest, left)
+    try:
+        while chunk := await pending:
+            pending = loop.run_in_executor(None, _read_hashed, handle, digest, left)
+            yield chunk
+            if progress:
+                progress(len(chunk))
+    finally:
+        pending.add_done_callback(partial(_close_after, handle))
+
+
+def _read_hashed(handle: Any, digest: Any, left: list[int]) -> bytes:
+    chunk = handle.read(min(_CHUNK, left[0]))
+    digest.update(chunk)
+    left[0] -= len(chunk)
+    return chunk
+
+
+def _close_after(handle: Any, future: Any) -> None:
+    handle.close()
+    if not future.cancelled():
+        future.exception()  # retrieved: a read that failed after the request did is moot
+
+
+async def stream_to_file(what: str, resp: Any, path: Path, expected: str | None,
+                         progress: Progress | None) -> None:
+    """Write a response body to ``path`` as it arrives, a few MiB per thread hop, hashed
+    there too; compared with the ``expected`` md5 at the end."""
+    digest = hashlib.md5(usedforsecurity=False)
+    fd = await anyio.to_thread.run_sync(preallocate, path, resp.content_length or 0)
+    offset, pieces, batch = 0, [], 0
+    try:
+        async for chunk in chunks(resp):
+            pieces.append(chunk)
+            batch += len(chunk)
+            if batch >= WRITE_BATCH:
+                await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
+                offset, pieces, batch = _advanced(offset, batch, progress), [], 0
+        if pieces:
+            await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
+            _advanced(offset, batch, progress)
+    finally:
+        await anyio.to_thread.run_sync(os.close, fd)
+    if expected:
+        check_md5(what, digest.hexdigest(), expected)
+
+
+def _advanced(offset: int, batch: int, progress: Progress | None) -> int:
+    if progress:
+        progress(batch)
+    return offset + batch
+
+
+def _write_hashed(fd: int, pieces: list[bytes], offset: int, digest: Any) -> None:
+    write_at(fd, pieces, offset)
+    for piece in pieces:
+        digest.update(piece)
+
+
+def write_at(fd: int, pieces: list[bytes], offset: int) -> None:
+    expected = sum(len(piece) for piece in pieces)
+    if os.pwritev(fd, pieces, offset) != expected:
+        raise OSError(f"short write at {offset}")
+
+
+async def chunks(resp: Any) -> AsyncIterator[bytes]:
+    while chunk := await resp.read_chunk(_CHUNK):
+        yield chunk
+
+
+def preallocate(path: Path, total: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, total)
+    return fd
+
+
+def check_md5(what: str, actual: str, expected: str) -> None:
+    """Raise IntegrityError when the md5 of what arrived differs from the ETag."""
+    if actual != expected:
+        raise IntegrityError(f"{what}: md5 {actual} does not match ETag {expected}")
