@@ -64,10 +64,10 @@ class Wire:
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         while True:
             async with self.request("GET", "", query=query, what=what) as response:
-                root = ET.fromstring(await response.read())
-            yield [_listed(item) for item in root.iterfind("{*}Contents")]
-            token = root.findtext("{*}NextContinuationToken")
-            if root.findtext("{*}IsTruncated") != "true" or not token:
+                page, fields = _parse_listing(await response.read())
+            yield page
+            token = fields.get("NextContinuationToken")
+            if fields.get("IsTruncated") != "true" or not token:
                 return
             query["continuation-token"] = token
 
@@ -109,12 +109,26 @@ class Wire:
         return self._signer[1]
 
 
-def _listed(item: ET.Element) -> Listed:
+def _parse_listing(body: bytes) -> tuple[list[Listed], dict[str, str]]:
+    """The objects of one ListObjectsV2 page and its other top-level fields. Children are
+    walked once by local name: ``findtext("{*}...")`` per field cost 20 ms per 1,000 keys."""
+    page: list[Listed] = []
+    fields: dict[str, str] = {}
+    for child in ET.fromstring(body):
+        name = child.tag.rpartition("}")[2]
+        if name == "Contents":
+            page.append(_listed({c.tag.rpartition("}")[2]: c.text or "" for c in child}))
+        else:
+            fields[name] = child.text or ""
+    return page, fields
+
+
+def _listed(item: dict[str, str]) -> Listed:
     # keys come URL-encoded (encoding-type=url, as botocore asks): XML 1.0 cannot carry
     # every character a key may hold
-    modified = datetime.fromisoformat(item.findtext("{*}LastModified", "").replace("Z", "+00:00"))
-    return (unquote_plus(item.findtext("{*}Key", "")), int(item.findtext("{*}Size", "0")),
-            item.findtext("{*}ETag", "").strip('"'), modified.timestamp())
+    modified = datetime.fromisoformat(item.get("LastModified", "").replace("Z", "+00:00"))
+    return (unquote_plus(item.get("Key", "")), int(item.get("Size", "0")),
+            item.get("ETag", "").strip('"'), modified.timestamp())
 
 
 async def _service_error(response: Response, what: str) -> Exception:
