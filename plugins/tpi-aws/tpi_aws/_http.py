@@ -76,8 +76,10 @@ class _Connection:
         self.protocol = h11.Connection(h11.CLIENT)
 
     def usable(self, now: float, keepalive: float) -> bool:
-        return (now - self.idle_since < keepalive and not self.reader.at_eof()
-                and not self.writer.is_closing())
+        # bytes or EOF that came while idle (a server's 408 before it closes) answer no one
+        # (StreamReader has no public "anything buffered?"; _buffer is there since 3.4)
+        return (now - self.idle_since < keepalive and not self.reader._buffer
+                and not self.reader.at_eof() and not self.writer.is_closing())
 
     async def read(self, limit: int) -> bytes:
         async with asyncio.timeout(self.timeout):
@@ -154,8 +156,12 @@ class Response:
     async def read(self) -> bytes:
         """The whole (rest of the) body."""
         if self._left:
-            async with asyncio.timeout(self._conn.timeout + self._left / (1 << 20)):
-                data = await self._conn.reader.readexactly(self._left)
+            try:
+                async with asyncio.timeout(self._conn.timeout + self._left / (1 << 20)):
+                    data = await self._conn.reader.readexactly(self._left)
+            except asyncio.IncompleteReadError as exc:
+                raise ConnectionLost(f"body ended {self._left - len(exc.partial)} bytes "
+                                     "short") from exc
             self._left, self._done = 0, True
             return data
         parts = []
@@ -293,7 +299,9 @@ class Pool:
                         data = exc.partial  # h11 reports the cut-off answer
                     except asyncio.LimitOverrunError as exc:
                         raise ConnectionLost("response head too large") from exc
-                protocol.receive_data(data)  # b"": the end of the stream
+                if not data:
+                    raise ConnectionLost("the server closed the connection without an answer")
+                protocol.receive_data(data)
             elif isinstance(event, h11.InformationalResponse):
                 continue
             elif isinstance(event, h11.Response):
