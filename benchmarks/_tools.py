@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,15 +113,27 @@ TOOLS = [
 BASELINE = "rclone default"
 
 
-def run(command: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one command, process start included; fails loudly on an error."""
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    return elapsed
+GNU_TIME = Path("/usr/bin/time")
+"""GNU time (Debian's ``time``) reports a command's peak resident memory. The figure must
+come from a small parent: a child forked from this (large) process is charged this
+process's memory until it execs, which would hide the command's own peak."""
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float | None]:
+    """Wall seconds of one command, process start included, and its peak resident memory
+    in MiB (None without GNU time); fails loudly on an error."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        wrapped = ([str(GNU_TIME), "-f", "%M", "-o", report.name, *command]
+                   if GNU_TIME.exists() else command)
+        start = time.perf_counter()
+        done = subprocess.run(wrapped, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n"
+                               f"{done.stderr}")
+        peak = report.read().strip().splitlines()
+    return elapsed, int(peak[-1]) / 1024 if GNU_TIME.exists() and peak else None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,18 @@ from tests.faultproxy import FaultProxy  # noqa: E402
 SCENARIOS = [("upload", "upload"), ("resync", "re-sync, no change"),
              ("changed", "re-sync, 1 file changed"), ("download", "download")]
 Times = dict[tuple[str, str, str, str], list[float]]  # (server, set, scenario, tool) -> s
+Peaks = Times  # the same keys -> peak resident memory of each command, MiB
+PEAKS: Peaks = defaultdict(list)
+
+
+def measure(key: tuple[str, str, str, str], command: list[str], env: dict[str, str],
+            times: Times) -> float:
+    """Run one timed command; its seconds go to ``times``, its peak memory to PEAKS."""
+    elapsed, peak = run(command, env)
+    times[key].append(elapsed)
+    if peak is not None:
+        PEAKS[key].append(peak)
+    return elapsed
 
 
 def ensure_s3rver() -> None:
@@ -78,14 +90,14 @@ def time_sync(server: Server, tool: Tool, data: DataSet, run_no: int, times: Tim
     """Upload, re-sync unchanged, re-sync with one file changed: one tool, one run."""
     target = tool.url(f"{data.name}/{slug(tool)}/{run_no}")
     env = tool.env(server)
-    times[server.name, data.name, "upload", tool.name].append(
-        run(tool.command("upload", str(data.path), target), env))
+    measure((server.name, data.name, "upload", tool.name),
+            tool.command("upload", str(data.path), target), env, times)
     resync = tool.command("resync", str(data.path), target)
     if resync is None:
         return
-    times[server.name, data.name, "resync", tool.name].append(run(resync, env))
+    measure((server.name, data.name, "resync", tool.name), resync, env, times)
     data.change_one()
-    times[server.name, data.name, "changed", tool.name].append(run(resync, env))
+    measure((server.name, data.name, "changed", tool.name), resync, env, times)
 
 
 def time_download(server: Server, tool: Tool, data: DataSet, times: Times) -> None:
@@ -93,11 +105,11 @@ def time_download(server: Server, tool: Tool, data: DataSet, times: Times) -> No
     local = DATA / "download" / slug(tool)
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
-    elapsed = run(tool.command("download", tool.url(f"{data.name}/source"), str(local)),
-                  tool.env(server))
+    measure((server.name, data.name, "download", tool.name),
+            tool.command("download", tool.url(f"{data.name}/source"), str(local)),
+            tool.env(server), times)
     if not same_tree(data, local):
         raise RuntimeError(f"{tool.name} downloaded an incomplete {data.label}")
-    times[server.name, data.name, "download", tool.name].append(elapsed)
     shutil.rmtree(local)
 
 
@@ -162,7 +174,8 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(times: Times, server: str, sets: list[DataSet], tools: list[Tool]) -> list[str]:
+def table(times: Times, server: str, sets: list[DataSet], tools: list[Tool],
+          unit: str = "s") -> list[str]:
     """Markdown: one row per set and scenario, medians per tool, tpi / rclone default."""
     head = ["data set", "scenario", *(t.name for t in tools), f"tpi / {BASELINE}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -172,7 +185,8 @@ def table(times: Times, server: str, sets: list[DataSet], tools: list[Tool]) -> 
                    for t in tools]
             if all(v is None for v in row):
                 continue
-            cells = [f"{v:.2f} s" if v is not None else "n/a" for v in row]
+            cells = [(f"{v:.2f} s" if unit == "s" else f"{v:.0f} {unit}") if v is not None
+                     else "n/a" for v in row]
             tpi, base = row[0], row[[t.name for t in tools].index(BASELINE)]
             ratio = f"**{tpi / base:.2f}**" if tpi and base else "n/a"
             lines.append(f"| {data.label} | {label} | " + " | ".join(cells) + f" | {ratio} |")
@@ -205,6 +219,10 @@ def targets(times: Times, counts: dict[str, dict]) -> list[str]:
              f"(target <= 1.00): {'met' if max(up, down) <= 1 else 'MISSED'}",
              f"- re-sync with no change (1,000 x 4 KB): {tpi.get('written')} objects written, "
              f"{tpi.get('list')} list requests, {tpi.get('requests')} requests in all"]
+    peak = {tool: max((max(v) for k, v in PEAKS.items() if k[0] == "s3rver" and k[3] == tool),
+                      default=float("nan")) for tool in ("tpi", BASELINE)}
+    lines.append(f"- peak memory of any tpi command: {peak['tpi']:.0f} MiB "
+                 f"({BASELINE}: {peak[BASELINE]:.0f} MiB)")
     for data in SETS:
         first, again = med(data.name, "upload", "tpi"), med(data.name, "resync", "tpi")
         if first == first and again == again:  # not NaN: the set ran
@@ -220,7 +238,9 @@ def report(times: Times, counts: dict, sets: list[DataSet], tools: list[Tool],
              f"`python benchmarks/bench_sync.py {' '.join(argv)}`: median of {runs} run(s), "
              "wall seconds per command (process start included).", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             "## s3rver", "", *table(times, "s3rver", sets, tools), ""]
+             "## s3rver", "", *table(times, "s3rver", sets, tools), "",
+             "## Peak memory (resident set of each command, MiB; s3rver)", "",
+             *table(PEAKS, "s3rver", sets, tools, unit="MiB"), ""]
     if any(key[0] == "moto" for key in times):
         lines += ["## moto (CPU-bound emulator: measures the emulator as much as the "
                   "client)", "", *table(times, "moto", SETS[:1], tools), ""]
