@@ -38,3 +38,12 @@ def in_parts(monkeypatch) -> None:
     from tpi_aws import _transfer, storage
 
     monkeypatch.setattr(storage, "STREAM_MAX", _transfer.SINGLE_MAX)
+
+
+@pytest.fixture
+def in_ranges(monkeypatch) -> None:
+    """Objects above 8 MiB come back in parallel ranges (by default only those above
+    256 MiB do; smaller ones in one stream on a worker thread)."""
+    from tpi_aws import storage
+
+    monkeypatch.setattr(storage, "RANGES_FROM", 8 << 20)

@@ -212,8 +212,8 @@ async def test_empty_file_round_trip(via_proxy, tmp_path) -> None:
     assert (tmp_path / "back").read_bytes() == b""
 
 
-async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, proxy,
-                                                                  tmp_path, in_parts) -> None:
+async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, proxy, tmp_path,
+                                                                  in_parts, in_ranges) -> None:
     data = os.urandom(17 * MiB + 12345)  # three parts of 8 MiB at most
     (tmp_path / "big").write_bytes(data)
     sent: list[int] = []
@@ -231,7 +231,32 @@ async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, prox
     methods = [m for m, t, _ in proxy.log if "partNumber=" in t]
     assert methods == ["PUT"] * 3
     gets = [t for m, t, _o in proxy.log if m == "GET" and "list-type" not in t]
-    assert len(gets) == 3  # the first GET, then two ranges
+    assert len(gets) == 4  # the first MiB, then three ranges of 8 MiB at most
+
+
+async def test_large_objects_come_back_in_one_stream_after_their_first_mib(
+        via_proxy, proxy, tmp_path) -> None:
+    data = os.urandom(17 * MiB + 12345)
+    (tmp_path / "big").write_bytes(data)
+    await via_proxy.upload("big", tmp_path / "big")
+    proxy.clear()
+    got: list[int] = []
+    await via_proxy.download("big", tmp_path / "back", got.append)
+    assert (tmp_path / "back").read_bytes() == data
+    assert sum(got) == len(data) and len(got) > 2  # progress from the worker thread too
+    gets = [(m, t) for m, t, _o in proxy.log]
+    assert gets == [("GET", f"/{via_proxy.bucket}/root/big")] * 2  # head, then the rest
+    proxy.rate, proxy.kinds = 1.0, ("corrupt",)  # one byte of the rest flipped on the way
+    proxy.when = lambda method, target, headers: "bytes=0-" not in headers.get("range", "")
+    with pytest.raises(IntegrityError, match="does not match"):
+        await via_proxy.download("big", tmp_path / "bad")
+
+
+async def test_an_empty_object_has_no_first_byte_and_still_comes_back(s3, via_proxy,
+                                                                      tmp_path) -> None:
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/empty", Body=b"")
+    await via_proxy.download("empty", tmp_path / "empty")
+    assert (tmp_path / "empty").read_bytes() == b""
 
 
 async def test_files_up_to_the_cutoff_go_in_one_streamed_put(via_proxy, proxy,

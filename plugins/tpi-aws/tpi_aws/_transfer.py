@@ -193,12 +193,12 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
     ranges to the version whose head was read. With an ``expected`` md5 the file is hashed
     behind the transfer, in order, as soon as each stretch from the start is complete.
     """
-    step = len(first)
+    head, step = len(first), part_size(total)
     fd = await anyio.to_thread.run_sync(preallocate, path, total)
     hasher = _Hasher(fd) if expected else None
     try:
         await anyio.to_thread.run_sync(os.pwrite, fd, first, 0)
-        ranges = iter(range(step, total, step))
+        ranges = iter(range(head, total, step))
 
         async def worker() -> None:
             for start in ranges:
@@ -211,8 +211,8 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
 
         async with anyio.create_task_group() as group:
             if hasher:
-                group.start_soon(hasher.completed, 0, step)
-            for _ in range(min(PART_WORKERS, -(-(total - step) // step))):
+                group.start_soon(hasher.completed, 0, head)
+            for _ in range(min(PART_WORKERS, -(-(total - head) // step))):
                 group.start_soon(worker)
     finally:
         await anyio.to_thread.run_sync(os.close, fd)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import h11
@@ -29,6 +29,9 @@ from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import translate
 from tpi_core.errors import TransientError
+
+if TYPE_CHECKING:
+    from tpi_aws._bulk import BulkPool
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 Listed = tuple[str, int, str, float]
@@ -50,6 +53,8 @@ class Wire:
         self._signer: tuple[Any, Signer] | None = None
         self._http = Pool(self._origin, limit=max(pool, 1), ca_bundle=ca_bundle,
                           keepalive=_KEEPALIVE)
+        self._ca_bundle = ca_bundle
+        self._bulk: BulkPool | None = None
 
     def target(self, key: str, query: Mapping[str, str | int] | None = None) -> tuple[str, str]:
         """The encoded path of an object (quoted as botocore quotes keys) and the sorted,
@@ -75,28 +80,49 @@ class Wire:
     async def request(self, method: str, key: str, *, what: str,
                       query: Mapping[str, str | int] | None = None,
                       headers: Mapping[str, str] | None = None,
-                      data: bytes | Stream | None = None) -> AsyncIterator[Response]:
-        """Send one signed request; yield the response once its status says success.
+                      data: bytes | Stream | None = None,
+                      accept: Container[int] = ()) -> AsyncIterator[Response]:
+        """Send one signed request; yield the response once its status says success (or is
+        one the caller ``accept``s).
 
         Every failure, while sending or while the caller reads the body, leaves as a tpi
         error: the service's code through the error table, network trouble as transient.
         """
-        path, query_string = self.target(key, query)
-        signed = (await self._current_signer()).sign(method, self.host, path, query_string,
-                                                     headers or {})
-        target = path + (f"?{query_string}" if query_string else "")
+        target, signed = await self.prepare(method, key, query, headers)
         try:
             async with self._http.request(method, target, signed, data) as response:
-                if response.status >= 300:
-                    raise await _service_error(response, what)
+                if response.status >= 300 and response.status not in accept:
+                    body = await response.read() if method != "HEAD" else b""
+                    raise service_error(response.status, response.reason,
+                                        dict(response.headers), body, what)
                 yield response
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
                 h11.ProtocolError, OSError) as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
+    async def prepare(self, method: str, key: str,
+                      query: Mapping[str, str | int] | None = None,
+                      headers: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+        """The request target and signed headers of a request, to send now or on a thread."""
+        path, query_string = self.target(key, query)
+        signed = (await self._current_signer()).sign(method, self.host, path, query_string,
+                                                     headers or {})
+        return path + (f"?{query_string}" if query_string else ""), signed
+
+    @property
+    def bulk(self) -> BulkPool:
+        """Blocking connections to the same origin, for large bodies on worker threads."""
+        if self._bulk is None:
+            from tpi_aws._bulk import BulkPool  # http.client: 10 ms, only for large bodies
+
+            self._bulk = BulkPool(self._origin, ca_bundle=self._ca_bundle)
+        return self._bulk
+
     async def aclose(self) -> None:
-        """Close the pool; safe to call twice."""
+        """Close the pools; safe to call twice."""
         await self._http.aclose()
+        if self._bulk is not None:
+            self._bulk.close()
 
     async def _current_signer(self) -> Signer:
         if self._credentials is None:
@@ -131,13 +157,13 @@ def _listed(item: dict[str, str]) -> Listed:
             item.get("ETag", "").strip('"'), modified.timestamp())
 
 
-async def _service_error(response: Response, what: str) -> Exception:
-    body = await response.read() if response.method != "HEAD" else b""
+def service_error(status: int, reason: str, headers: dict[str, str], body: bytes,
+                  what: str) -> Exception:
+    """The tpi error for a failed answer, through the same code table as botocore's."""
     code, message = _error_fields(body)
-    error = {"Code": code or str(response.status), "Message": message or response.reason or ""}
-    meta = {"HTTPStatusCode": response.status, "HTTPHeaders": dict(response.headers)}
-    exc = ClientError({"Error": error, "ResponseMetadata": meta}, what)
-    return translate(exc, what)
+    error = {"Code": code or str(status), "Message": message or reason or ""}
+    meta = {"HTTPStatusCode": status, "HTTPHeaders": headers}
+    return translate(ClientError({"Error": error, "ResponseMetadata": meta}, what), what)
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:

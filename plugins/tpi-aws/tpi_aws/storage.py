@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
@@ -28,10 +30,10 @@ from tpi_aws import _transfer
 from tpi_aws._connection import Connection
 from tpi_aws._http import Stream
 from tpi_aws._stream import check_md5, file_chunks, stream_to_file
-from tpi_aws._transfer import (SINGLE_MAX, Target, check_stored, content_md5, is_md5_etag,
-                              md5_digest)
+from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
+from tpi_aws._wire import Wire, service_error
 from tpi_aws.errors import aws_errors, translate
-from tpi_core.errors import UsageError
+from tpi_core.errors import TransientError, UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key, md5_file
 
@@ -40,7 +42,12 @@ INLINE_IO = 64 << 10
 """Files up to this size are read and written without a thread hop."""
 MEMORY_MAX = 1 << 20
 """Bodies up to this size are held whole in memory (an upload then carries Content-MD5);
-larger ones stream, so memory stays bounded at any ``--jobs``."""
+larger ones stream, so memory stays bounded at any ``--jobs``. A download asks for this much
+first: all of a small object, the head and the size of a large one."""
+RANGES_FROM = 256 << 20
+"""Larger objects come in parallel ranges (rclone's multi-thread cutoff); smaller ones in
+one stream read on a worker thread, which a local link fills faster than parallel ranges
+read on the event loop."""
 STREAM_MAX = 200 << 20
 """Files above MEMORY_MAX and up to this size go in one streamed PUT (rclone's default
 upload cutoff); larger ones in parts. A server assembles parts again after the last one
@@ -167,29 +174,47 @@ class S3Storage(Storage):
         return digests[-1].hexdigest()
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        full = self._full(checked_key(key))
-        async with (await self._conn.wire()).request("GET", full,
-                                                     what=f"download {full}") as resp:
-            etag = resp.headers.get("ETag", "").strip('"')
-            expected = etag if is_md5_etag(etag, resp.headers) else None
-            total = resp.content_length or 0
-            if MEMORY_MAX < total <= SINGLE_MAX:  # never a whole body in memory
-                await stream_to_file(f"download {full}", resp, Path(path), expected,
-                                               progress)
-                return
-            # a large object: this request becomes the first range, the rest go in parallel
-            large = total > SINGLE_MAX
-            data = await (resp.readexactly(_transfer.part_size(total)) if large
-                          else resp.read())
-        if progress:
-            progress(len(data))
-        if large:
-            await _transfer.download_ranges(await self._target(full, client=False), Path(path),
-                                            data, total, etag, expected, progress)
-        elif len(data) <= INLINE_IO:
-            _write_checked(Path(path), data, expected, full)
+        full, path = self._full(checked_key(key)), Path(path)
+        wire = await self._conn.wire()
+        head = await self._first_part(wire, full, path, progress)
+        if head is None:
+            return  # it came whole
+        if head.total > RANGES_FROM:
+            await _transfer.download_ranges(await self._target(full, client=False), path,
+                                            head.data, head.total, head.etag, head.expected,
+                                            progress)
         else:
-            await anyio.to_thread.run_sync(_write_checked, Path(path), data, expected, full)
+            await _fetch_rest(wire, full, path, head, progress)
+
+    async def _first_part(self, wire: Wire, full: str, path: Path,
+                          progress: Progress | None, ranged: bool = True) -> _Head | None:
+        """GET the first MiB (all of a small object, which is then written): the object's
+        size and ETag decide how the rest comes. None when nothing is left to fetch."""
+        what = f"download {full}"
+        asked = {"Range": f"bytes=0-{MEMORY_MAX - 1}"} if ranged else {}
+        async with wire.request("GET", full, what=what, headers=asked,
+                                accept=(416,) if ranged else ()) as resp:
+            if resp.status == 416:  # an empty object has no byte 0: ask for all of it
+                head = None
+            else:
+                etag = resp.headers.get("ETag", "").strip('"')
+                expected = etag if is_md5_etag(etag, resp.headers) else None
+                total = _object_size(resp)
+                if resp.status == 200 and total > MEMORY_MAX:  # the range was not honoured
+                    await stream_to_file(what, resp, path, expected, progress)
+                    return None
+                head = _Head(await resp.read(), total, etag, expected)
+        if head is None:
+            return await self._first_part(wire, full, path, progress, ranged=False)
+        if progress:
+            progress(len(head.data))
+        if len(head.data) < head.total:
+            return head
+        if len(head.data) <= INLINE_IO:
+            _write_checked(path, head.data, head.expected, full)
+        else:
+            await anyio.to_thread.run_sync(_write_checked, path, head.data, head.expected, full)
+        return None
 
     async def _target(self, full: str, client: bool = True) -> Target:
         """What a large transfer needs; ranged downloads need no botocore client."""
@@ -251,3 +276,62 @@ def _write_checked(path: Path, data: bytes, expected: str | None, what: str) -> 
         check_md5(f"download {what}", _transfer.md5_hex(data), expected)
     with open(path, "wb") as handle:
         handle.write(data)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The first part of an object being downloaded, and what it says of the whole."""
+
+    data: bytes
+    total: int
+    etag: str
+    expected: str | None  # the md5 to check, when the ETag is one
+
+
+def _object_size(resp: Any) -> int:
+    """The whole object's size: from Content-Range for a part, else the body's length."""
+    if resp.status == 206:
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        if not total.isdigit():
+            raise TransientError(f"no object size in Content-Range {total!r}")
+        return int(total)
+    return resp.content_length or 0
+
+
+async def _fetch_rest(wire: Wire, full: str, path: Path, head: _Head,
+                      progress: Progress | None) -> None:
+    """The rest of an object after its head, in one stream read on a worker thread (see
+    _bulk), pinned by If-Match to the version the head came from; md5 checked at the end."""
+    from http.client import HTTPException
+
+    from tpi_aws import _bulk
+
+    what = f"download {full}"
+    target, headers = await wire.prepare("GET", full, headers={
+        "Range": f"bytes={len(head.data)}-", "If-Match": f'"{head.etag}"'})
+    digest = hashlib.md5(head.data, usedforsecurity=False)
+    stop = threading.Event()
+
+    def fetch() -> _bulk.Failed | int:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _bulk.write_all(fd, memoryview(head.data), 0)
+            return _bulk.fetch_into(wire.bulk, target, headers, fd, len(head.data), digest,
+                                    progress, stop, expect=206)
+        finally:
+            os.close(fd)
+
+    try:
+        got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
+    except (OSError, HTTPException, _bulk.Stopped) as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        stop.set()  # a cancelled caller: the thread stops at its next read
+    if isinstance(got, _bulk.Failed):
+        if got.status < 300:
+            raise TransientError(f"{what}: range ignored (HTTP {got.status})")
+        raise service_error(got.status, got.reason, got.headers, got.body, what)
+    if len(head.data) + got != head.total:
+        raise TransientError(f"{what}: {len(head.data) + got} of {head.total} bytes")
+    if head.expected:
+        check_md5(what, digest.hexdigest(), head.expected)
