@@ -252,6 +252,22 @@ async def test_large_objects_come_back_in_one_stream_after_their_first_mib(
         await via_proxy.download("big", tmp_path / "bad")
 
 
+async def test_the_rest_of_an_object_replaced_since_its_head_is_refused(s3, via_proxy,
+                                                                        tmp_path) -> None:
+    from tpi_aws._bulk import fetch_rest
+
+    data = os.urandom(3 * MiB)
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/obj", Body=data)
+    wire = await via_proxy._conn.wire()
+    head = data[:MiB]
+    await fetch_rest(wire, "root/obj", tmp_path / "ok", head, len(data),
+                     hashlib.md5(data).hexdigest(), hashlib.md5(data).hexdigest(), None)
+    assert (tmp_path / "ok").read_bytes() == data
+    with pytest.raises(TransientError, match="PreconditionFailed"):  # If-Match: another ETag
+        await fetch_rest(wire, "root/obj", tmp_path / "x", head, len(data), "0" * 32, None,
+                         None)
+
+
 async def test_an_empty_object_has_no_first_byte_and_still_comes_back(s3, via_proxy,
                                                                       tmp_path) -> None:
     s3.put_object(Bucket=via_proxy.bucket, Key="root/empty", Body=b"")

@@ -11,6 +11,7 @@ Requests are signed on the event loop (credentials refresh there) and sent as gi
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import queue
@@ -18,8 +19,17 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import anyio
+
+from tpi_aws._stream import check_md5
+from tpi_aws._wire import Wire, service_error
+from tpi_core.errors import TransientError
+from tpi_core.storage import Progress
 
 CHUNK = 1 << 20
 _RING = 4  # buffers per transfer: one filling, one writing, two waiting for the hasher
@@ -153,3 +163,39 @@ class _Hasher:
     def finish(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+async def fetch_rest(wire: Wire, full: str, path: Path, first: bytes, total: int, etag: str,
+                     expected: str | None, progress: Progress | None) -> None:
+    """Write ``first`` (an object's head) to ``path``, then the rest of the object from one
+    stream read on a worker thread, pinned by If-Match to the version ``first`` came from;
+    with an ``expected`` md5, the whole is checked against it."""
+    what = f"download {full}"
+    target, headers = await wire.prepare("GET", full, headers={
+        "Range": f"bytes={len(first)}-", "If-Match": f'"{etag}"'})
+    digest = hashlib.md5(first, usedforsecurity=False)
+    stop = threading.Event()
+
+    def fetch() -> Failed | int:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, memoryview(first), 0)
+            return fetch_into(wire.bulk, target, headers, fd, len(first), digest, progress,
+                              stop, expect=206)
+        finally:
+            os.close(fd)
+
+    try:
+        got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
+    except (OSError, HTTPException, Stopped) as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        stop.set()  # a cancelled caller: the thread stops at its next read
+    if isinstance(got, Failed):
+        if got.status < 300:
+            raise TransientError(f"{what}: range ignored (HTTP {got.status})")
+        raise service_error(got.status, got.reason, got.headers, got.body, what)
+    if len(first) + got != total:
+        raise TransientError(f"{what}: {len(first) + got} of {total} bytes")
+    if expected:
+        check_md5(what, digest.hexdigest(), expected)

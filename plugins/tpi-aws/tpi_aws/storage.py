@@ -3,10 +3,13 @@
 A storage and its children share one :class:`~tpi_aws._connection.Connection`, opened on
 first use and closed by ``aclose()`` of the storage that opened it: the fast path
 (:mod:`tpi_aws._wire`, see there why) and a botocore client for multipart control and batch
-deletes. Objects up to 8 MiB move in one request; larger ones in parallel parts (upload) or ranges
-(download). Every body sent carries Content-MD5, so the service refuses a damaged one, and
-the ETag it answers is compared too (emulators ignore Content-MD5); a body received is checked
-against its ETag when the ETag is an md5 (single part, no KMS).
+deletes. Uploads: files up to 1 MiB go in one PUT with Content-MD5 (the service refuses a
+damaged body), up to 200 MiB in one streamed PUT hashed as it is sent, larger ones in
+parallel parts; the ETag answered is compared with what was sent either way (emulators
+ignore Content-MD5). Downloads ask for the first MiB, which is all of a small object; the
+rest of a larger one comes in one stream on a worker thread (:mod:`tpi_aws._bulk`), in
+parallel ranges above 256 MiB. A body received is checked against its ETag when the ETag is
+an md5 (single part, no KMS).
 
 Keys that would be unsafe as local paths (``..``, ``.``, empty parts, a leading ``/``) are
 refused for transfers; they can still be listed and deleted, so a hostile object never
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from tpi_aws._connection import Connection
 from tpi_aws._http import Stream
 from tpi_aws._stream import check_md5, file_chunks, stream_to_file
 from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
-from tpi_aws._wire import Wire, service_error
+from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors, translate
 from tpi_core.errors import TransientError, UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
@@ -184,7 +186,10 @@ class S3Storage(Storage):
                                             head.data, head.total, head.etag, head.expected,
                                             progress)
         else:
-            await _fetch_rest(wire, full, path, head, progress)
+            from tpi_aws._bulk import fetch_rest  # http.client: only for large objects
+
+            await fetch_rest(wire, full, path, head.data, head.total, head.etag,
+                             head.expected, progress)
 
     async def _first_part(self, wire: Wire, full: str, path: Path,
                           progress: Progress | None, ranged: bool = True) -> _Head | None:
@@ -296,42 +301,3 @@ def _object_size(resp: Any) -> int:
             raise TransientError(f"no object size in Content-Range {total!r}")
         return int(total)
     return resp.content_length or 0
-
-
-async def _fetch_rest(wire: Wire, full: str, path: Path, head: _Head,
-                      progress: Progress | None) -> None:
-    """The rest of an object after its head, in one stream read on a worker thread (see
-    _bulk), pinned by If-Match to the version the head came from; md5 checked at the end."""
-    from http.client import HTTPException
-
-    from tpi_aws import _bulk
-
-    what = f"download {full}"
-    target, headers = await wire.prepare("GET", full, headers={
-        "Range": f"bytes={len(head.data)}-", "If-Match": f'"{head.etag}"'})
-    digest = hashlib.md5(head.data, usedforsecurity=False)
-    stop = threading.Event()
-
-    def fetch() -> _bulk.Failed | int:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _bulk.write_all(fd, memoryview(head.data), 0)
-            return _bulk.fetch_into(wire.bulk, target, headers, fd, len(head.data), digest,
-                                    progress, stop, expect=206)
-        finally:
-            os.close(fd)
-
-    try:
-        got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
-    except (OSError, HTTPException, _bulk.Stopped) as exc:
-        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        stop.set()  # a cancelled caller: the thread stops at its next read
-    if isinstance(got, _bulk.Failed):
-        if got.status < 300:
-            raise TransientError(f"{what}: range ignored (HTTP {got.status})")
-        raise service_error(got.status, got.reason, got.headers, got.body, what)
-    if len(head.data) + got != head.total:
-        raise TransientError(f"{what}: {len(head.data) + got} of {head.total} bytes")
-    if head.expected:
-        check_md5(what, digest.hexdigest(), head.expected)
