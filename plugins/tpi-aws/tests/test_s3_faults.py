@@ -87,7 +87,7 @@ async def test_sync_through_faults_ends_with_every_byte_right(storage, proxy, tm
 
 async def test_failed_parts_and_ranges_are_retried_without_restarting_the_file(
         storage, proxy, tmp_path, in_parts, in_ranges):
-    data = os.urandom(3 * 8 * MiB + 1)  # four parts; the download: 1 MiB, then three ranges
+    data = os.urandom(3 * 8 * MiB + 1)  # four parts; the download: 8 MiB, then three ranges
     (tmp_path / "big").write_bytes(data)
     proxy.rate, proxy.kinds, proxy.when = 1.0, ("reset", "cut", "slowdown"), first_try_fails()
     await storage.upload("big", tmp_path / "big")  # no retry around it: parts retry alone
@@ -126,7 +126,7 @@ def once(predicate):
 
 def first_try_fails():
     """A fault selector: the first attempt at each part and each range fails, no other (not
-    the request for an object's first MiB: the caller retries whole objects)."""
+    the request for an object's first 8 MiB: the caller retries whole objects)."""
     seen: set[tuple[str, str]] = set()
 
     def when(method: str, target: str, headers: dict[str, str]) -> bool:

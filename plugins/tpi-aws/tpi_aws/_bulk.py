@@ -11,7 +11,6 @@ Requests are signed on the event loop (credentials refresh there) and sent as gi
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import queue
@@ -165,22 +164,20 @@ class _Hasher:
         self._thread.join()
 
 
-async def fetch_rest(wire: Wire, full: str, path: Path, first: bytes, total: int, etag: str,
-                     expected: str | None, progress: Progress | None) -> None:
-    """Write ``first`` (an object's head) to ``path``, then the rest of the object from one
-    stream read on a worker thread, pinned by If-Match to the version ``first`` came from;
-    with an ``expected`` md5, the whole is checked against it."""
+async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int, etag: str,
+                     expected: str | None, digest: Any, progress: Progress | None) -> None:
+    """Fetch the rest of an object whose first ``written`` bytes are in ``path`` (hashed
+    into ``digest``) from one stream read on a worker thread, pinned by If-Match to the
+    version those came from; with an ``expected`` md5, the whole is checked against it."""
     what = f"download {full}"
     target, headers = await wire.prepare("GET", full, headers={
-        "Range": f"bytes={len(first)}-", "If-Match": f'"{etag}"'})
-    digest = hashlib.md5(first, usedforsecurity=False)
+        "Range": f"bytes={written}-", "If-Match": f'"{etag}"'})
     stop = threading.Event()
 
     def fetch() -> Failed | int:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY)
         try:
-            write_all(fd, memoryview(first), 0)
-            return fetch_into(wire.bulk, target, headers, fd, len(first), digest, progress,
+            return fetch_into(wire.bulk, target, headers, fd, written, digest, progress,
                               stop, expect=206)
         finally:
             os.close(fd)
@@ -195,7 +192,7 @@ async def fetch_rest(wire: Wire, full: str, path: Path, first: bytes, total: int
         if got.status < 300:
             raise TransientError(f"{what}: range ignored (HTTP {got.status})")
         raise service_error(got.status, got.reason, got.headers, got.body, what)
-    if len(first) + got != total:
-        raise TransientError(f"{what}: {len(first) + got} of {total} bytes")
+    if written + got != total:
+        raise TransientError(f"{what}: {written + got} of {total} bytes")
     if expected:
         check_md5(what, digest.hexdigest(), expected)

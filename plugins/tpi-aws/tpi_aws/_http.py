@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 
 import h11
 
-CHUNK = 1 << 20
-"""Bytes read from or written to a socket at a time (and the stream's buffer limit)."""
+CHUNK = 256 << 10
+"""Bytes read from a socket at a time, and the stream's buffer limit (reading pauses at
+twice this): bodies on the event loop are at most 8 MiB, and with 64 of them in flight a
+larger buffer only holds memory (large bodies go on threads, see _bulk.py)."""
 _ONE_WRITE = 64 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
 

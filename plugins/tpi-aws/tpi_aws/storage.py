@@ -32,7 +32,8 @@ from tpi_aws import _transfer
 from tpi_aws._connection import Connection
 from tpi_aws._http import Stream
 from tpi_aws._stream import check_md5, file_chunks, stream_to_file
-from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
+from tpi_aws._transfer import (SINGLE_MAX, Target, check_stored, content_md5, is_md5_etag,
+                              md5_digest)
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors, translate
 from tpi_core.errors import TransientError, UsageError
@@ -44,8 +45,7 @@ INLINE_IO = 64 << 10
 """Files up to this size are read and written without a thread hop."""
 MEMORY_MAX = 1 << 20
 """Bodies up to this size are held whole in memory (an upload then carries Content-MD5);
-larger ones stream, so memory stays bounded at any ``--jobs``. A download asks for this much
-first: all of a small object, the head and the size of a large one."""
+larger ones stream, so memory stays bounded at any ``--jobs``."""
 RANGES_FROM = 256 << 20
 """Larger objects come in parallel ranges (rclone's multi-thread cutoff); smaller ones in
 one stream read on a worker thread, which a local link fills faster than parallel ranges
@@ -188,29 +188,31 @@ class S3Storage(Storage):
         else:
             from tpi_aws._bulk import fetch_rest  # http.client: only for large objects
 
-            await fetch_rest(wire, full, path, head.data, head.total, head.etag,
-                             head.expected, progress)
+            await fetch_rest(wire, full, path, head.written, head.total, head.etag,
+                             head.expected, head.digest, progress)
 
     async def _first_part(self, wire: Wire, full: str, path: Path,
                           progress: Progress | None, ranged: bool = True) -> _Head | None:
-        """GET the first MiB (all of a small object, which is then written): the object's
-        size and ETag decide how the rest comes. None when nothing is left to fetch."""
+        """GET the first 8 MiB: all of most objects. The object's size decides the rest:
+        up to 1 MiB it is held and written whole; larger, it streams to the file, and what
+        an object above 8 MiB has left comes on a worker thread; above 256 MiB the head is
+        held for parallel ranges. None when nothing is left to fetch."""
         what = f"download {full}"
-        asked = {"Range": f"bytes=0-{MEMORY_MAX - 1}"} if ranged else {}
+        asked = {"Range": f"bytes=0-{SINGLE_MAX - 1}"} if ranged else {}
         async with wire.request("GET", full, what=what, headers=asked,
                                 accept=(416,) if ranged else ()) as resp:
             if resp.status == 416:  # an empty object has no byte 0: ask for all of it
-                head = None
-            else:
-                etag = resp.headers.get("ETag", "").strip('"')
-                expected = etag if is_md5_etag(etag, resp.headers) else None
-                total = _object_size(resp)
-                if resp.status == 200 and total > MEMORY_MAX:  # the range was not honoured
-                    await stream_to_file(what, resp, path, expected, progress)
-                    return None
-                head = _Head(await resp.read(), total, etag, expected)
-        if head is None:
-            return await self._first_part(wire, full, path, progress, ranged=False)
+                return await self._first_part(wire, full, path, progress, ranged=False)
+            etag = resp.headers.get("ETag", "").strip('"')
+            expected = etag if is_md5_etag(etag, resp.headers) else None
+            total = _object_size(resp)
+            if total > MEMORY_MAX and not (resp.status == 206 and total > RANGES_FROM):
+                digest = hashlib.md5(usedforsecurity=False)
+                whole = resp.content_length == total  # else the range was honoured
+                written = await stream_to_file(what, resp, path, expected if whole else None,
+                                               progress, digest)
+                return None if whole else _Head(total, etag, expected, b"", written, digest)
+            head = _Head(total, etag, expected, await resp.read())
         if progress:
             progress(len(head.data))
         if len(head.data) < head.total:
@@ -287,10 +289,12 @@ def _write_checked(path: Path, data: bytes, expected: str | None, what: str) -> 
 class _Head:
     """The first part of an object being downloaded, and what it says of the whole."""
 
-    data: bytes
     total: int
     etag: str
     expected: str | None  # the md5 to check, when the ETag is one
+    data: bytes  # the head in memory, or ...
+    written: int = 0  # ... this many bytes of it already in the file,
+    digest: Any = None  # hashed into this
 
 
 def _object_size(resp: Any) -> int:
