@@ -201,18 +201,13 @@ class S3Storage(Storage):
         asked = {"Range": f"bytes=0-{SINGLE_MAX - 1}"} if ranged else {}
         async with wire.request("GET", full, what=what, headers=asked,
                                 accept=(416,) if ranged else ()) as resp:
-            if resp.status == 416:  # an empty object has no byte 0: ask for all of it
-                return await self._first_part(wire, full, path, progress, ranged=False)
-            etag = resp.headers.get("ETag", "").strip('"')
-            expected = etag if is_md5_etag(etag, resp.headers) else None
-            total = _object_size(resp)
-            if total > MEMORY_MAX and not (resp.status == 206 and total > RANGES_FROM):
-                digest = hashlib.md5(usedforsecurity=False)
-                whole = resp.content_length == total  # else the range was honoured
-                written = await stream_to_file(what, resp, path, expected if whole else None,
-                                               progress, digest)
-                return None if whole else _Head(total, etag, expected, b"", written, digest)
-            head = _Head(total, etag, expected, await resp.read())
+            empty = resp.status == 416  # an empty object has no byte 0: ask for all of it
+            if not empty:
+                head = await _head_of(what, resp, path, progress)
+        if empty:  # (once this answer's connection is free again)
+            return await self._first_part(wire, full, path, progress, ranged=False)
+        if head is None:
+            return None
         if progress:
             progress(len(head.data))
         if len(head.data) < head.total:
@@ -295,6 +290,21 @@ class _Head:
     data: bytes  # the head in memory, or ...
     written: int = 0  # ... this many bytes of it already in the file,
     digest: Any = None  # hashed into this
+
+
+async def _head_of(what: str, resp: Any, path: Path, progress: Progress | None) -> _Head | None:
+    """What a download's first answer carries: held in memory, or streamed to the file
+    (None when that was the whole object)."""
+    etag = resp.headers.get("ETag", "").strip('"')
+    expected = etag if is_md5_etag(etag, resp.headers) else None
+    total = _object_size(resp)
+    if total > MEMORY_MAX and not (resp.status == 206 and total > RANGES_FROM):
+        digest = hashlib.md5(usedforsecurity=False)
+        whole = resp.content_length == total  # else the range was honoured
+        written = await stream_to_file(what, resp, path, expected if whole else None,
+                                       progress, digest)
+        return None if whole else _Head(total, etag, expected, b"", written, digest)
+    return _Head(total, etag, expected, await resp.read())
 
 
 def _object_size(resp: Any) -> int:
