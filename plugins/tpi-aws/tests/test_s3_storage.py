@@ -512,3 +512,16 @@ def test_tpi_sync_to_a_missing_bucket_is_one_line_not_a_traceback(s3_env, tmp_pa
     assert done.returncode == 1
     assert done.stderr.startswith("tpi: error: ") and "NoSuchBucket" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_idle_threaded_connections_are_reused_until_they_are_old(monkeypatch) -> None:
+    from tpi_aws import _bulk
+
+    pool = _bulk.BulkPool("http://127.0.0.1:9")  # nothing is ever sent here
+    first = pool.take()
+    pool.give(first)
+    assert pool.take() is first  # fresh: reused
+    pool.give(first)
+    monkeypatch.setattr(_bulk, "KEEPALIVE", 0.0)
+    assert pool.take() is not first  # too old: a new one
+    pool.close()

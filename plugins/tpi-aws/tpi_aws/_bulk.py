@@ -16,6 +16,7 @@ import os
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -31,6 +32,8 @@ from tpi_core.errors import TransientError
 from tpi_core.storage import Progress
 
 CHUNK = 1 << 20
+KEEPALIVE = 4.0
+"""Idle connections older than this are not reused (local servers close them after 5 s)."""
 _RING = 4  # buffers per transfer: one filling, one writing, two waiting for the hasher
 _PIPELINE_FROM = 8 << 20
 """Bodies from this size are hashed on a second thread; smaller ones by the reader."""
@@ -59,13 +62,16 @@ class BulkPool:
         self._host, self._port = parts.hostname or "", parts.port
         self._ca_bundle, self._timeout = ca_bundle, timeout
         self._context: ssl.SSLContext | None = None
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
 
     def take(self) -> http.client.HTTPConnection:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                since, connection = self._idle.pop()
+                if time.monotonic() - since < KEEPALIVE:
+                    return connection
+                connection.close()  # the server has likely closed it already
             if self._tls and self._context is None:
                 self._context = ssl.create_default_context(cafile=self._ca_bundle)
         if self._tls:
@@ -75,12 +81,12 @@ class BulkPool:
 
     def give(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
-            self._idle.append(connection)
+            self._idle.append((time.monotonic(), connection))
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for connection in idle:
+        for _since, connection in idle:
             connection.close()
 
 
