@@ -13,6 +13,7 @@ from tpi_core.errors import StorageError
 from tpi_core.storage.local import LocalStorage
 from tpi_core.storage.sync import download_tree, upload_tree
 from tpi_core.testing.memory import MemoryStorage
+from tpi_core.testing.progress import Tally
 
 pytestmark = pytest.mark.anyio
 
@@ -183,21 +184,7 @@ async def test_upload_of_a_missing_directory_is_an_error(tmp_path: Path) -> None
 
 async def test_progress_reports_totals_bytes_and_files(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", FILES)
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.totals, self.bytes, self.files = None, 0, 0
-
-        def start(self, total_files: int, total_bytes: int) -> None:
-            self.totals = (total_files, total_bytes)
-
-        def advance(self, nbytes: int) -> None:
-            self.bytes += nbytes
-
-        def file_done(self) -> None:
-            self.files += 1
-
-    recorder = Recorder()
+    recorder = Tally()
     await upload_tree(src, MemoryStorage(), progress=recorder)
     size = sum(map(len, FILES.values()))
     assert recorder.totals == (4, size) and recorder.bytes == size and recorder.files == 4

@@ -17,6 +17,7 @@ from tpi_core.sync.plan import Send, Unchanged
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.walk import LocalFile
 from tpi_core.testing.memory import FlakyStorage, MemoryStorage
+from tpi_core.testing.progress import Tally
 
 pytestmark = pytest.mark.anyio
 
@@ -32,23 +33,6 @@ def make_files(root: Path, count: int, seed: int = 0) -> dict[str, bytes]:
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / key).write_bytes(data)
     return files
-
-
-class Tally:
-    """A SyncProgress that sums what it is told."""
-
-    def __init__(self) -> None:
-        self.bytes = self.files = 0
-        self.totals = (0, 0)
-
-    def start(self, total_files: int, total_bytes: int) -> None:
-        self.totals = (total_files, total_bytes)
-
-    def advance(self, nbytes: int) -> None:
-        self.bytes += nbytes
-
-    def file_done(self) -> None:
-        self.files += 1
 
 
 async def test_flaky_storage_still_ends_with_every_byte_right(tmp_path: Path) -> None:

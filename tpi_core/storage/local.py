@@ -6,7 +6,6 @@ never sees half an object, as with a real object store.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shutil
@@ -101,15 +100,6 @@ class LocalStorage(Storage):
         if not prefix and self.root.exists():
             await anyio.to_thread.run_sync(shutil.rmtree, self.root, True)
         return count
-
-
-def md5_file(path: Path) -> str:
-    """Hex md5 of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _scan(directory: Path) -> list[tuple[str, bool, int, float]]:

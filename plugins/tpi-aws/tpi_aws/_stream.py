@@ -66,22 +66,30 @@ async def stream_to_file(what: str, resp: Any, path: Path, expected: str | None,
     md5 at the end. Returns the bytes written."""
     digest = digest or hashlib.md5(usedforsecurity=False)
     fd = await anyio.to_thread.run_sync(preallocate, path, resp.content_length or 0)
-    offset, pieces, batch = 0, [], 0
     try:
-        async for chunk in chunks(resp):
-            pieces.append(chunk)
-            batch += len(chunk)
-            if batch >= WRITE_BATCH:
-                await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
-                offset, pieces, batch = _advanced(offset, batch, progress), [], 0
-        if pieces:
-            await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
-            offset = _advanced(offset, batch, progress)
+        written = await write_body(resp, fd, 0, digest, progress)
     finally:
         await anyio.to_thread.run_sync(os.close, fd)
     if expected:
         check_md5(what, digest.hexdigest(), expected)
-    return offset
+    return written
+
+
+async def write_body(resp: Any, fd: int, offset: int, digest: Any = None,
+                     progress: Progress | None = None) -> int:
+    """Write a response body into ``fd`` from ``offset`` as it arrives, WRITE_BATCH bytes
+    per worker-thread hop (hashed there into ``digest`` when given); the bytes written."""
+    start, pieces, batch = offset, [], 0
+    async for chunk in chunks(resp):
+        pieces.append(chunk)
+        batch += len(chunk)
+        if batch >= WRITE_BATCH:
+            await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
+            offset, pieces, batch = _advanced(offset, batch, progress), [], 0
+    if pieces:
+        await anyio.to_thread.run_sync(_write_hashed, fd, pieces, offset, digest)
+        offset = _advanced(offset, batch, progress)
+    return offset - start
 
 
 def _advanced(offset: int, batch: int, progress: Progress | None) -> int:
@@ -92,7 +100,7 @@ def _advanced(offset: int, batch: int, progress: Progress | None) -> int:
 
 def _write_hashed(fd: int, pieces: list[bytes], offset: int, digest: Any) -> None:
     write_at(fd, pieces, offset)
-    for piece in pieces:
+    for piece in pieces if digest is not None else ():
         digest.update(piece)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,11 +19,13 @@ from typing import Any, TypeVar
 
 import anyio
 
-from tpi_aws._stream import WRITE_BATCH, check_md5, chunks, preallocate, write_at
+from tpi_aws._stream import check_md5, preallocate, write_body
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors
 from tpi_core.errors import IntegrityError, ObjectNotFound, ResourceNotFound, TransientError
 from tpi_core.storage import Progress
+from tpi_core.sync.retry import RetryPolicy
+from tpi_core.sync.retry import retrying as sync_retrying
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -32,6 +33,7 @@ SINGLE_MAX = 8 * MiB
 """Objects up to this size move in one request."""
 PART_WORKERS = 8
 PART_ATTEMPTS = 6
+PART_RETRY = RetryPolicy(attempts=PART_ATTEMPTS, base=0.05, cap=2.0)
 
 
 def part_size(size: int) -> int:
@@ -69,17 +71,10 @@ def is_md5_etag(etag: str, headers: Any) -> bool:
     return len(etag) == 32 and "-" not in etag and not sse.startswith("aws:kms") and not customer
 
 
-async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Run ``call`` again on transient errors and damaged bodies, with exponential backoff
-    and full jitter."""
-    for attempt in range(PART_ATTEMPTS):
-        try:
-            return await call()
-        except (TransientError, IntegrityError):
-            if attempt == PART_ATTEMPTS - 1:
-                raise
-            await anyio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
-    raise AssertionError(what)  # pragma: no cover (the loop returns or raises)
+async def retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """Run one part or range again on transient errors and damaged bodies (the sync
+    engine's backoff with full jitter, PART_ATTEMPTS times)."""
+    return await sync_retrying(PART_RETRY, lambda _moved: call())
 
 
 @dataclass
@@ -106,7 +101,7 @@ async def upload_multipart(target: Target, path: Path, size: int,
     upload_id = created["UploadId"]
     try:
         etags = await _upload_parts(target, path, upload_id, step, count, progress)
-        await retrying(target.key, lambda: _complete(target, upload_id, etags))
+        await retrying(lambda: _complete(target, upload_id, etags))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await _abort(target, upload_id)
@@ -121,7 +116,7 @@ async def _upload_parts(target: Target, path: Path, upload_id: str, step: int, c
     async def worker() -> None:
         for index in numbers:
             async with target.slots:
-                etags[index], sent = await retrying(target.key, partial(_put_part, index))
+                etags[index], sent = await retrying(partial(_put_part, index))
             if progress:
                 progress(sent)
 
@@ -204,7 +199,7 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
             for start in ranges:
                 end = min(start + step, total)
                 async with target.slots:
-                    await retrying(target.key, partial(
+                    await retrying(partial(
                         _get_range, target, fd, start, end - 1, etag, progress))
                 if hasher:
                     await hasher.completed(start, end)
@@ -266,22 +261,11 @@ def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
 async def _get_range(target: Target, fd: int, start: int, end: int, etag: str,
                      progress: Progress | None) -> None:
     headers = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
-    offset = start
     async with target.wire.request("GET", target.key, headers=headers,
                                    what=f"download {target.key}") as resp:
         if resp.status != 206:
             raise TransientError(f"download {target.key}: range ignored (HTTP {resp.status})")
-        pieces: list[bytes] = []
-        batch = 0
-        async for chunk in chunks(resp):
-            pieces.append(chunk)
-            batch += len(chunk)
-            if batch >= WRITE_BATCH:  # a thread hop per few MiB, not per socket read
-                await anyio.to_thread.run_sync(write_at, fd, pieces, offset)
-                offset, pieces, batch = offset + batch, [], 0
-        if pieces:
-            await anyio.to_thread.run_sync(write_at, fd, pieces, offset)
-            offset += batch
+        offset = start + await write_body(resp, fd, start)
     if offset != end + 1:
         raise TransientError(f"download {target.key}: short range {start}-{end}")
     if progress:

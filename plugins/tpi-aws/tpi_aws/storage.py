@@ -38,7 +38,8 @@ from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors, translate
 from tpi_core.errors import TransientError, UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
-from tpi_core.storage.local import checked_key, md5_file
+from tpi_core.storage.local import checked_key
+from tpi_core.sync.manifest import md5_file
 
 _OPTIONS = ("region", "endpoint_url", "tagging")
 INLINE_IO = 64 << 10
