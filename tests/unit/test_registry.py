@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tomllib
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,7 @@ def fake_eps(monkeypatch, tmp_path):
            EntryPoint("missing", "no_such_module_xyz:B", registry.BACKEND_GROUP)]
     monkeypatch.setattr(registry, "entry_points",
                         lambda group: [e for e in eps if e.group == group])
+    monkeypatch.setattr(registry, "KNOWN", {})
     registry.clear_cache()
     yield
     registry.clear_cache()
@@ -87,6 +90,36 @@ def test_local_backend_is_registered_through_the_entry_point():
     assert "local" in registry.backend_names()
     info = {p.name: p for p in registry.plugins()}["local"]
     assert info.distribution == "tpi"
+
+
+def test_known_entry_points_are_the_ones_the_packages_declare():
+    root = Path(__file__).resolve().parents[2]
+    declared = {}
+    for pyproject in [root / "pyproject.toml", *sorted(root.glob("plugins/*/pyproject.toml"))]:
+        groups = tomllib.loads(pyproject.read_text())["project"]["entry-points"]
+        for group in (registry.BACKEND_GROUP, registry.STORAGE_GROUP):
+            declared.update({(group, name): value
+                             for name, value in groups.get(group, {}).items()})
+    assert registry.KNOWN == declared
+
+
+def test_a_known_name_whose_package_is_missing_goes_through_entry_points(fake_eps, monkeypatch):
+    monkeypatch.setattr(registry, "KNOWN",
+                        {(registry.BACKEND_GROUP, "good"): "no_such_package_xyz.mod:Backend"})
+    assert registry.backend_class("good").NAME == "good"
+
+
+def test_known_names_load_without_reading_package_metadata():
+    code = textwrap.dedent("""
+        import sys
+        from tpi_core.registry import backend_class, storage_class
+        print(storage_class("s3").__name__, storage_class("file").__name__,
+              backend_class("local").__name__)
+        print("importlib.metadata" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["S3Storage", "LocalStorage", "LocalBackend", "False"]
 
 
 def test_aliases_are_canonical():

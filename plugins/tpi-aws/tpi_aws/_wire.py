@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import h11
-from botocore.exceptions import ClientError, NoCredentialsError
 
 from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
@@ -126,6 +125,8 @@ class Wire:
 
     async def _current_signer(self) -> Signer:
         if self._credentials is None:
+            from botocore.exceptions import NoCredentialsError
+
             raise translate(NoCredentialsError())
         frozen = await self._credentials.get_frozen_credentials()
         if self._signer is None or self._signer[0] != frozen:
@@ -160,6 +161,8 @@ def _listed(item: dict[str, str]) -> Listed:
 def service_error(status: int, reason: str, headers: dict[str, str], body: bytes,
                   what: str) -> Exception:
     """The tpi error for a failed answer, through the same code table as botocore's."""
+    from botocore.exceptions import ClientError  # on failures only: 3 ms of every start
+
     code, message = _error_fields(body)
     error = {"Code": code or str(status), "Message": message or reason or ""}
     meta = {"HTTPStatusCode": status, "HTTPHeaders": headers}
