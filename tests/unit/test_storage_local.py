@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tpi_core.errors import UnsafePathError
 from tpi_core.storage import open_storage
+from tpi_core.storage import local
 from tpi_core.storage.local import LocalStorage, checked_key
 from tpi_core.testing.contract import StorageContract
 
@@ -51,6 +56,40 @@ async def test_delete_of_a_directory_key_is_a_no_op(tmp_path: Path) -> None:
     await storage.write("dir/file", b"x")
     await storage.delete(["dir", "dir/file/below"])
     assert await storage.read("dir/file") == b"x"
+
+
+@pytest.mark.anyio
+async def test_copies_use_few_worker_threads(tmp_path: Path, monkeypatch) -> None:
+    """Small files are copied on the event loop, larger ones on at most THREADS threads:
+    dozens of threads making a few system calls each spend their time on the GIL."""
+    busy, peak, threads = 0, 0, set()
+    copy = local._copy
+
+    def counted(*args):
+        nonlocal busy, peak
+        if threading.current_thread() is threading.main_thread():
+            return copy(*args)
+        threads.add(threading.get_ident())
+        busy += 1
+        peak = max(peak, busy)
+        try:
+            time.sleep(0.002)  # long enough for every free thread to be busy at once
+            return copy(*args)
+        finally:
+            busy -= 1
+
+    monkeypatch.setattr(local, "_copy", counted)
+    files = {f"s{i}": os.urandom(100) for i in range(50)}
+    files |= {f"l{i}": os.urandom(local.INLINE_IO + 1) for i in range(20)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    storage = LocalStorage(tmp_path / "root")
+    async with anyio.create_task_group() as group:
+        for name in files:
+            group.start_soon(storage.upload, name, tmp_path / name)
+    assert {n: await storage.read(n) for n in files} == files
+    assert peak <= local.THREADS
+    assert 1 < len(threads) <= local.THREADS
 
 
 @pytest.mark.anyio

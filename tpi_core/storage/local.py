@@ -1,11 +1,18 @@
 """Storage in a local directory: the local backend's "bucket", and a test double for clouds.
 
 Writes are atomic (a temporary file in the same directory, then a rename), so a reader
-never sees half an object, as with a real object store.
+never sees half an object, as with a real object store. Uploads hash what they copy
+(``UPLOAD_MD5``), so a sync keeping a manifest reads each file once.
+
+Small files are copied on the event loop: a few system calls cost less than the hop to a
+worker thread, and dozens of threads that each make a few system calls spend their time
+handing the GIL to one another (64 jobs of 4 kB files once took 8 s for 10,000 files, most
+of it in futex calls). Larger files go to at most ``THREADS`` worker threads per storage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -19,6 +26,10 @@ from tpi_core.errors import ObjectNotFound, UnsafePathError
 from tpi_core.storage import ObjectInfo, Progress, Storage
 
 _CHUNK = 1 << 20
+INLINE_IO = 64 << 10
+"""Files up to this size are copied on the event loop."""
+THREADS = 4
+"""Worker threads one storage copies larger files on at a time."""
 _TMP_MARK = ".tpi-tmp-"
 _TEMP_IDS = itertools.count()
 
@@ -35,9 +46,16 @@ class LocalStorage(Storage):
     """A directory holding one file per key."""
 
     SCHEME = "file"
+    UPLOAD_MD5 = True
 
     def __init__(self, root: Path | str):
         self.root = Path(root).absolute()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _threads(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS)
+        return self._limiter
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> LocalStorage:
@@ -79,13 +97,21 @@ class LocalStorage(Storage):
     async def write(self, key: str, data: bytes) -> None:
         await anyio.to_thread.run_sync(_atomic_write, self._path(key), data)
 
-    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        await anyio.to_thread.run_sync(_atomic_copy, Path(path), self._path(key), progress)
+    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
+        target = self._path(key)
+        if os.stat(path).st_size <= INLINE_IO:
+            return _atomic_copy(Path(path), target, progress)
+        return await anyio.to_thread.run_sync(_atomic_copy, Path(path), target, progress,
+                                              limiter=self._threads())
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
         source = self._path(key)
         try:
-            await anyio.to_thread.run_sync(_copy, source, Path(path), progress)
+            if os.stat(source).st_size <= INLINE_IO:
+                _copy(source, Path(path), progress)
+            else:
+                await anyio.to_thread.run_sync(_copy, source, Path(path), progress,
+                                               limiter=self._threads())
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             if not source.is_file():
                 raise ObjectNotFound(key) from exc
@@ -132,22 +158,30 @@ def _atomic_write(path: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
 
 
-def _copy(source: Path, target: Path, progress: Progress | None) -> None:
+def _copy(source: Path, target: Path, progress: Progress | None) -> str:
+    """Copy a file, returning the hex md5 of what was copied."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5(usedforsecurity=False)
     with open(source, "rb") as src, open(target, "wb") as dst:
-        while chunk := src.read(_CHUNK):
-            dst.write(chunk)
+        size = os.fstat(src.fileno()).st_size
+        buffer = memoryview(bytearray(min(max(size, 1), _CHUNK) + 1))  # +1: sees the end
+        while count := src.readinto(buffer):
+            digest.update(buffer[:count])
+            dst.write(buffer[:count])
             if progress:
-                progress(len(chunk))
+                progress(count)
+    return digest.hexdigest()
 
 
-def _atomic_copy(source: Path, target: Path, progress: Progress | None) -> None:
+def _atomic_copy(source: Path, target: Path, progress: Progress | None) -> str:
     temp = _temp_for(target)
     try:
-        _copy(source, temp, progress)
+        digest = _copy(source, temp, progress)
         os.replace(temp, target)
-    finally:
+    except BaseException:
         temp.unlink(missing_ok=True)
+        raise
+    return digest
 
 
 def _unlink_all(paths: list[Path], root: Path) -> None:

@@ -87,6 +87,17 @@ class StorageContract:
         assert await _listed(storage) == {"big/blob.bin": len(data)}
 
     @pytest.mark.anyio
+    @pytest.mark.parametrize("size", [0, 4096, (3 << 20) + 17])
+    async def test_upload_returns_the_md5_it_promises(self, storage: Storage, tmp_path: Path,
+                                                       size: int) -> None:
+        if not storage.UPLOAD_MD5:
+            pytest.skip("this storage does not hash what it uploads (UPLOAD_MD5 is False)")
+        data = os.urandom(size)
+        (tmp_path / "f").write_bytes(data)
+        assert await storage.upload("hashed", tmp_path / "f") == hashlib.md5(data).hexdigest()
+        assert await storage.read("hashed") == data
+
+    @pytest.mark.anyio
     async def test_download_missing_raises_object_not_found(self, storage: Storage,
                                                             tmp_path: Path) -> None:
         with pytest.raises(ObjectNotFound):
