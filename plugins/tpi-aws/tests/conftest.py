@@ -44,6 +44,6 @@ def in_parts(monkeypatch) -> None:
 def in_ranges(monkeypatch) -> None:
     """Objects above 8 MiB come back in parallel ranges (by default only those above
     256 MiB do; smaller ones in one stream on a worker thread)."""
-    from tpi_aws import storage
+    from tpi_aws import _download
 
-    monkeypatch.setattr(storage, "RANGES_FROM", 8 << 20)
+    monkeypatch.setattr(_download, "RANGES_FROM", 8 << 20)

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from tpi_aws._proxy import Proxy
 from tpi_aws._stream import check_md5
-from tpi_aws._wire import Wire, service_error
+from tpi_aws._wire import Wire, network_error, service_error
 from tpi_core.errors import TransientError
 from tpi_core.storage import Progress
 
@@ -56,10 +57,15 @@ class Stopped(Exception):
 class BulkPool:
     """Idle blocking connections to one origin, shared by the worker threads."""
 
-    def __init__(self, origin: str, *, ca_bundle: str | None = None, timeout: float = 60.0):
+    def __init__(self, origin: str, *, ca_bundle: str | None = None, timeout: float = 60.0,
+                 proxy: Proxy | None = None):
         parts = urlsplit(origin)
         self._tls = parts.scheme == "https"
         self._host, self._port = parts.hostname or "", parts.port
+        self._proxy = proxy
+        # through a proxy, plain http asks it with absolute targets (and its credentials)
+        self.prefix = f"http://{parts.netloc}" if proxy and not self._tls else ""
+        self.headers = proxy.headers() if self.prefix and proxy else {}
         self._ca_bundle, self._timeout = ca_bundle, timeout
         self._context: ssl.SSLContext | None = None
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
@@ -74,9 +80,17 @@ class BulkPool:
                 connection.close()  # the server has likely closed it already
             if self._tls and self._context is None:
                 self._context = ssl.create_default_context(cafile=self._ca_bundle)
+        proxy = self._proxy
+        if self._tls and proxy:
+            connection = http.client.HTTPSConnection(proxy.host, proxy.port, context=self._context,
+                                                     timeout=self._timeout)
+            connection.set_tunnel(self._host, self._port or 443, headers=proxy.headers())
+            return connection
         if self._tls:
             return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
                                                context=self._context)
+        if proxy:
+            return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self._timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def give(self, connection: http.client.HTTPConnection) -> None:
@@ -98,7 +112,7 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
     ``expect``; network trouble raises (OSError, http.client.HTTPException)."""
     connection = pool.take()
     try:
-        connection.request("GET", target, headers=dict(headers))
+        connection.request("GET", pool.prefix + target, headers={**headers, **pool.headers})
         response = connection.getresponse()
         if response.status != expect:
             failed = Failed(response.status, response.reason, dict(response.getheaders()),
@@ -191,7 +205,7 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     try:
         got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
     except (OSError, HTTPException, Stopped) as exc:
-        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise network_error(what, wire.origin, exc) from exc
     finally:
         stop.set()  # a cancelled caller: the thread stops at its next read
     if isinstance(got, Failed):

@@ -23,6 +23,12 @@ WRITE_BATCH = 512 << 10
 """Bytes gathered before a worker thread writes them: 64 files of 2 MB in flight at 2 MiB
 a batch held 160 MiB at once; at 512 KiB, 65-115 MiB, as fast."""
 
+INLINE_IO = 64 << 10
+"""Files and bodies up to this size are read and written without a thread hop."""
+MEMORY_MAX = 1 << 20
+"""Bodies up to this size are held whole in memory (an upload then carries Content-MD5);
+larger ones stream, so memory stays bounded at any ``--jobs``."""
+
 
 async def file_chunks(path: Path, size: int, digest: Any,
                       progress: Progress | None) -> AsyncIterator[bytes]:

@@ -15,6 +15,7 @@ session, refreshed by botocore. Errors go through the same code table as botocor
 from __future__ import annotations
 
 import asyncio
+import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
@@ -24,10 +25,11 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 import h11
 
+from tpi_aws._proxy import proxy_for
 from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import translate
-from tpi_core.errors import TransientError
+from tpi_core.errors import StorageError, TpiError, TransientError
 
 if TYPE_CHECKING:
     from tpi_aws._bulk import BulkPool
@@ -47,11 +49,12 @@ class Wire:
         parts = urlsplit(bucket_url.rstrip("/"))
         port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
         self.host = f"{parts.hostname}:{port}" if port else f"{parts.hostname}"
-        self._origin, self._root = f"{parts.scheme}://{self.host}", parts.path
+        self.origin, self._root = f"{parts.scheme}://{self.host}", parts.path
         self._region, self._credentials = region, credentials
         self._signer: tuple[Any, Signer] | None = None
-        self._http = Pool(self._origin, limit=max(pool, 1), ca_bundle=ca_bundle,
-                          keepalive=_KEEPALIVE)
+        self._proxy = proxy_for(self.origin)
+        self._http = Pool(self.origin, limit=max(pool, 1), ca_bundle=ca_bundle,
+                          keepalive=_KEEPALIVE, proxy=self._proxy)
         self._ca_bundle = ca_bundle
         self._bulk: BulkPool | None = None
 
@@ -97,7 +100,7 @@ class Wire:
                 yield response
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
                 h11.ProtocolError, OSError) as exc:
-            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise network_error(what, self.origin, exc) from exc
 
     async def prepare(self, method: str, key: str,
                       query: Mapping[str, str | int] | None = None,
@@ -114,7 +117,7 @@ class Wire:
         if self._bulk is None:
             from tpi_aws._bulk import BulkPool  # http.client: 10 ms, only for large bodies
 
-            self._bulk = BulkPool(self._origin, ca_bundle=self._ca_bundle)
+            self._bulk = BulkPool(self.origin, ca_bundle=self._ca_bundle, proxy=self._proxy)
         return self._bulk
 
     async def aclose(self) -> None:
@@ -156,6 +159,16 @@ def _listed(item: dict[str, str]) -> Listed:
     modified = datetime.fromisoformat(item.get("LastModified", "").replace("Z", "+00:00"))
     return (unquote_plus(item.get("Key", "")), int(item.get("Size", "0")),
             item.get("ETag", "").strip('"'), modified.timestamp())
+
+
+def network_error(what: str, origin: str, exc: BaseException) -> TpiError:
+    """Network trouble is transient and worth retrying, except a certificate that is not
+    trusted: that fails at once, saying how to trust it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return StorageError(f"{what}: the TLS certificate of {origin} is not trusted "
+                            f"({exc.verify_message or exc}); AWS_CA_BUNDLE names a CA file "
+                            "to trust")
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 def service_error(status: int, reason: str, headers: dict[str, str], body: bytes,

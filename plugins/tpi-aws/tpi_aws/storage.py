@@ -6,9 +6,9 @@ first use and closed by ``aclose()`` of the storage that opened it: the fast pat
 deletes. Uploads: files up to 1 MiB go in one PUT with Content-MD5 (the service refuses a
 damaged body), up to 200 MiB in one streamed PUT hashed as it is sent, larger ones in
 parallel parts; the ETag answered is compared with what was sent either way (emulators
-ignore Content-MD5). Downloads ask for the first MiB, which is all of a small object; the
-rest of a larger one comes in one stream on a worker thread (:mod:`tpi_aws._bulk`), in
-parallel ranges above 256 MiB. A body received is checked against its ETag when the ETag is
+ignore Content-MD5). Downloads (:mod:`tpi_aws._download`) ask for the first 8 MiB, which is all of most
+objects; the rest of a larger one comes in one stream on a worker thread, in parallel
+ranges above 256 MiB. A body received is checked against its ETag when the ETag is
 an md5 (single part, no KMS).
 
 Keys that would be unsafe as local paths (``..``, ``.``, empty parts, a leading ``/``) are
@@ -22,35 +22,23 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import anyio
 
-from tpi_aws import _transfer
+from tpi_aws import _download, _transfer
 from tpi_aws._connection import Connection
 from tpi_aws._http import Stream
-from tpi_aws._stream import check_md5, file_chunks, stream_to_file
-from tpi_aws._transfer import (SINGLE_MAX, Target, check_stored, content_md5, is_md5_etag,
-                              md5_digest)
-from tpi_aws._wire import Wire
+from tpi_aws._stream import INLINE_IO, MEMORY_MAX, check_md5, file_chunks
+from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
 from tpi_aws.errors import aws_errors, translate
-from tpi_core.errors import TransientError, UsageError
+from tpi_core.errors import UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key
 from tpi_core.sync.manifest import md5_file
 
 _OPTIONS = ("region", "endpoint_url", "tagging")
-INLINE_IO = 64 << 10
-"""Files up to this size are read and written without a thread hop."""
-MEMORY_MAX = 1 << 20
-"""Bodies up to this size are held whole in memory (an upload then carries Content-MD5);
-larger ones stream, so memory stays bounded at any ``--jobs``."""
-RANGES_FROM = 256 << 20
-"""Larger objects come in parallel ranges (rclone's multi-thread cutoff); smaller ones in
-one stream read on a worker thread, which a local link fills faster than parallel ranges
-read on the event loop."""
 STREAM_MAX = 200 << 20
 """Files above MEMORY_MAX and up to this size go in one streamed PUT (rclone's default
 upload cutoff); larger ones in parts. A server assembles parts again after the last one
@@ -177,47 +165,9 @@ class S3Storage(Storage):
         return digests[-1].hexdigest()
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        full, path = self._full(checked_key(key)), Path(path)
-        wire = await self._conn.wire()
-        head = await self._first_part(wire, full, path, progress)
-        if head is None:
-            return  # it came whole
-        if head.total > RANGES_FROM:
-            await _transfer.download_ranges(await self._target(full, client=False), path,
-                                            head.data, head.total, head.etag, head.expected,
-                                            progress)
-        else:
-            from tpi_aws._bulk import fetch_rest  # http.client: only for large objects
-
-            await fetch_rest(wire, full, path, head.written, head.total, head.etag,
-                             head.expected, head.digest, progress)
-
-    async def _first_part(self, wire: Wire, full: str, path: Path,
-                          progress: Progress | None, ranged: bool = True) -> _Head | None:
-        """GET the first 8 MiB: all of most objects. The object's size decides the rest:
-        up to 1 MiB it is held and written whole; larger, it streams to the file, and what
-        an object above 8 MiB has left comes on a worker thread; above 256 MiB the head is
-        held for parallel ranges. None when nothing is left to fetch."""
-        what = f"download {full}"
-        asked = {"Range": f"bytes=0-{SINGLE_MAX - 1}"} if ranged else {}
-        async with wire.request("GET", full, what=what, headers=asked,
-                                accept=(416,) if ranged else ()) as resp:
-            empty = resp.status == 416  # an empty object has no byte 0: ask for all of it
-            if not empty:
-                head = await _head_of(what, resp, path, progress)
-        if empty:  # (once this answer's connection is free again)
-            return await self._first_part(wire, full, path, progress, ranged=False)
-        if head is None:
-            return None
-        if progress:
-            progress(len(head.data))
-        if len(head.data) < head.total:
-            return head
-        if len(head.data) <= INLINE_IO:
-            _write_checked(path, head.data, head.expected, full)
-        else:
-            await anyio.to_thread.run_sync(_write_checked, path, head.data, head.expected, full)
-        return None
+        full = self._full(checked_key(key))
+        await _download.fetch(await self._conn.wire(), full, Path(path), progress,
+                              lambda: self._target(full, client=False))
 
     async def _target(self, full: str, client: bool = True) -> Target:
         """What a large transfer needs; ranged downloads need no botocore client."""
@@ -272,47 +222,3 @@ def _read_small(handle) -> tuple[int, bytes | None, bytes | None]:
         return size, None, None
     data = handle.read()
     return size, data, md5_digest(data)
-
-
-def _write_checked(path: Path, data: bytes, expected: str | None, what: str) -> None:
-    if expected:
-        check_md5(f"download {what}", _transfer.md5_hex(data), expected)
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-@dataclass(frozen=True)
-class _Head:
-    """The first part of an object being downloaded, and what it says of the whole."""
-
-    total: int
-    etag: str
-    expected: str | None  # the md5 to check, when the ETag is one
-    data: bytes  # the head in memory, or ...
-    written: int = 0  # ... this many bytes of it already in the file,
-    digest: Any = None  # hashed into this
-
-
-async def _head_of(what: str, resp: Any, path: Path, progress: Progress | None) -> _Head | None:
-    """What a download's first answer carries: held in memory, or streamed to the file
-    (None when that was the whole object)."""
-    etag = resp.headers.get("ETag", "").strip('"')
-    expected = etag if is_md5_etag(etag, resp.headers) else None
-    total = _object_size(resp)
-    if total > MEMORY_MAX and not (resp.status == 206 and total > RANGES_FROM):
-        digest = hashlib.md5(usedforsecurity=False)
-        whole = resp.content_length == total  # else the range was honoured
-        written = await stream_to_file(what, resp, path, expected if whole else None,
-                                       progress, digest)
-        return None if whole else _Head(total, etag, expected, b"", written, digest)
-    return _Head(total, etag, expected, await resp.read())
-
-
-def _object_size(resp: Any) -> int:
-    """The whole object's size: from Content-Range for a part, else the body's length."""
-    if resp.status == 206:
-        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-        if not total.isdigit():
-            raise TransientError(f"no object size in Content-Range {total!r}")
-        return int(total)
-    return resp.content_length or 0
