@@ -158,6 +158,19 @@ def _dead_port() -> int:
         return sock.getsockname()[1]
 
 
+def _https_behind_proxy(monkeypatch, tls_moto, credentials: tuple[str, str],
+                        userinfo: str) -> tuple[Proxy, str]:
+    """An https endpoint that only the proxy reaches (it leads to the TLS relay), the
+    proxy asking for ``credentials`` and the client giving ``userinfo``."""
+    port, ca_file = tls_moto
+    endpoint = f"127.0.0.1:{_dead_port()}"
+    proxy = Proxy({endpoint: ("127.0.0.1", port)}, credentials=credentials)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"https://{endpoint}")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{userinfo}@127.0.0.1:{proxy.port}")
+    return proxy, endpoint
+
+
 async def _round_trip(bucket: str, tmp_path: Path) -> None:
     """Small and large bodies both ways, a listing and a delete, all checked."""
     small, large = os.urandom(4096), os.urandom(10 * MiB + 3)  # large: the threaded path
@@ -194,12 +207,8 @@ async def test_an_untrusted_certificate_fails_at_once(s3_env, bucket, tls_moto, 
 
 async def test_https_through_a_connect_proxy(s3_env, bucket, tls_moto, monkeypatch,
                                              tmp_path, in_parts):
-    port, ca_file = tls_moto
-    endpoint = f"127.0.0.1:{_dead_port()}"
-    proxy = Proxy({endpoint: ("127.0.0.1", port)}, credentials=("user", "p@ss:word"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"https://{endpoint}")
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
-    monkeypatch.setenv("HTTPS_PROXY", f"http://user:p%40ss%3Aword@127.0.0.1:{proxy.port}")
+    proxy, endpoint = _https_behind_proxy(monkeypatch, tls_moto, ("user", "p@ss:word"),
+                                          "user:p%40ss%3Aword")
     try:
         await _round_trip(bucket, tmp_path)  # the 10 MiB upload goes in parts (botocore)
     finally:
@@ -234,12 +243,8 @@ async def test_no_proxy_sends_straight_to_the_endpoint(s3_env, bucket, monkeypat
 
 
 async def test_refused_proxy_credentials_are_not_shown(s3_env, bucket, tls_moto, monkeypatch):
-    port, ca_file = tls_moto
-    endpoint = f"127.0.0.1:{_dead_port()}"
-    proxy = Proxy({endpoint: ("127.0.0.1", port)}, credentials=("user", "right"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"https://{endpoint}")
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
-    monkeypatch.setenv("HTTPS_PROXY", f"http://user:wrong-secret@127.0.0.1:{proxy.port}")
+    proxy, endpoint = _https_behind_proxy(monkeypatch, tls_moto, ("user", "right"),
+                                          "user:wrong-secret")
     try:
         async with S3Storage(bucket) as store:
             with pytest.raises(PermissionDenied, match="407") as caught:
