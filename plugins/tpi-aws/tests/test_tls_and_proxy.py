@@ -273,3 +273,14 @@ def test_proxy_settings_follow_the_standard_rules(monkeypatch):
     with pytest.raises(UsageError, match="only http:// proxies") as caught:
         parse("https://u:secret@h:8443")
     assert "secret" not in str(caught.value)
+
+
+async def test_an_unreachable_proxy_is_named_without_its_credentials(s3_env, bucket,
+                                                                     monkeypatch):
+    dead = _dead_port()
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:secret-word@127.0.0.1:{dead}")
+    async with S3Storage(bucket) as store:
+        with pytest.raises(TransientError, match=f"through the proxy http://127.0.0.1:{dead}") \
+                as caught:
+            await store.read("k")
+    assert "secret-word" not in str(caught.value)

@@ -205,7 +205,7 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     try:
         got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
     except (OSError, HTTPException, Stopped) as exc:
-        raise network_error(what, wire.origin, exc) from exc
+        raise network_error(what, wire.origin, exc, wire.proxy) from exc
     finally:
         stop.set()  # a cancelled caller: the thread stops at its next read
     if isinstance(got, Failed):

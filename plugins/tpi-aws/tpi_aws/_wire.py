@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 import h11
 
-from tpi_aws._proxy import proxy_for
+from tpi_aws._proxy import Proxy, proxy_for
 from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import translate
@@ -52,9 +52,9 @@ class Wire:
         self.origin, self._root = f"{parts.scheme}://{self.host}", parts.path
         self._region, self._credentials = region, credentials
         self._signer: tuple[Any, Signer] | None = None
-        self._proxy = proxy_for(self.origin)
+        self.proxy = proxy_for(self.origin)
         self._http = Pool(self.origin, limit=max(pool, 1), ca_bundle=ca_bundle,
-                          keepalive=_KEEPALIVE, proxy=self._proxy)
+                          keepalive=_KEEPALIVE, proxy=self.proxy)
         self._ca_bundle = ca_bundle
         self._bulk: BulkPool | None = None
 
@@ -100,7 +100,7 @@ class Wire:
                 yield response
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
                 h11.ProtocolError, OSError) as exc:
-            raise network_error(what, self.origin, exc) from exc
+            raise network_error(what, self.origin, exc, self.proxy) from exc
 
     async def prepare(self, method: str, key: str,
                       query: Mapping[str, str | int] | None = None,
@@ -117,7 +117,7 @@ class Wire:
         if self._bulk is None:
             from tpi_aws._bulk import BulkPool  # http.client: 10 ms, only for large bodies
 
-            self._bulk = BulkPool(self.origin, ca_bundle=self._ca_bundle, proxy=self._proxy)
+            self._bulk = BulkPool(self.origin, ca_bundle=self._ca_bundle, proxy=self.proxy)
         return self._bulk
 
     async def aclose(self) -> None:
@@ -161,14 +161,16 @@ def _listed(item: dict[str, str]) -> Listed:
             item.get("ETag", "").strip('"'), modified.timestamp())
 
 
-def network_error(what: str, origin: str, exc: BaseException) -> TpiError:
+def network_error(what: str, origin: str, exc: BaseException,
+                  proxy: Proxy | None = None) -> TpiError:
     """Network trouble is transient and worth retrying, except a certificate that is not
     trusted: that fails at once, saying how to trust it."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return StorageError(f"{what}: the TLS certificate of {origin} is not trusted "
                             f"({exc.verify_message or exc}); AWS_CA_BUNDLE names a CA file "
                             "to trust")
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+    through = f" (through the proxy {proxy.url})" if proxy else ""
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}{through}")
 
 
 def service_error(status: int, reason: str, headers: dict[str, str], body: bytes,
