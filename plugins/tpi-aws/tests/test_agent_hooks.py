@@ -171,8 +171,8 @@ async def test_on_exit_leaves_the_group_and_tolerates_being_gone(monkeypatch):
     async def group_of_instance(client, instance):
         return {"LifecycleState": "InService"} if alive[instance] else None
 
-    monkeypatch.setattr(hooks_module.resources, "leave_group", leave_group)
-    monkeypatch.setattr(hooks_module.resources, "group_of_instance", group_of_instance)
+    monkeypatch.setattr(hooks_module.scaling, "leave_group", leave_group)
+    monkeypatch.setattr(hooks_module.scaling, "group_of_instance", group_of_instance)
     hooks = AwsHooks(Imds("http://127.0.0.1:9"), client=object())
     hooks._instance = "i-self"
     await hooks.on_exit(ReplicaStatus(0, ReplicaState.SUCCEEDED))

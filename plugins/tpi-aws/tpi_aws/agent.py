@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import anyio
 
-from tpi_aws import resources
+from tpi_aws import resources, scaling
 from tpi_aws.client import AwsClient
 from tpi_core import layout
 from tpi_core.agent.hooks import AgentHooks
@@ -116,7 +116,7 @@ class AwsHooks(AgentHooks):
         """Remove this instance, and only it, from the group, lowering the capacity."""
         client, instance = await self.aws(), await self.instance_id()
         try:
-            await resources.leave_group(client, instance)
+            await scaling.leave_group(client, instance)
         except TpiError:
             # already out of the group (moto answers HTTP 500 here, AWS a ValidationError)
             if await self._alive(instance):
@@ -166,7 +166,7 @@ class AwsHooks(AgentHooks):
     async def _alive(self, instance: str) -> bool:
         if not instance:
             return False
-        row = await resources.group_of_instance(await self.aws(), instance)
+        row = await scaling.group_of_instance(await self.aws(), instance)
         return row is not None and row.get("LifecycleState") not in _GONE
 
     async def aclose(self) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from tpi_aws import machines, resources, userdata
+from tpi_aws import machines, resources, scaling, userdata
 from tpi_aws.client import AwsClient
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
 from tpi_core.errors import ResourceNotFound, UsageError
@@ -113,11 +113,11 @@ _STAMP = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
 
 async def observation(c: AwsClient, name: str) -> Observation:
     """What EC2 and Auto Scaling show of a task's group."""
-    group = await resources.describe_group(c, name)
+    group = await scaling.describe_group(c, name)
     if group is None:
         return Observation(False)
-    instances = await resources.group_instances(c, name)
-    activities = await resources.scaling_activities(c, name)
+    instances = await scaling.group_instances(c, name)
+    activities = await scaling.scaling_activities(c, name)
     live = sum(1 for i in group.get("Instances", []) if i.get("LifecycleState") in _LIVE)
     events = [*map(activity_event, activities),
               *(e for i in instances for e in instance_events(i))]
@@ -165,7 +165,7 @@ def _seconds(value) -> float:
 async def find_tasks(c: AwsClient, bucket: str) -> list[TaskRef]:
     """Tasks of a region: tagged groups, then task prefixes of the tpi bucket."""
     refs: dict[str, TaskRef] = {}
-    for group in await resources.tagged_groups(c):
+    for group in await scaling.tagged_groups(c):
         tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
         task_id = tags.get(resources.TAG_TASK, "")
         if is_task_id(task_id):
@@ -268,7 +268,7 @@ class AWSBackend(Backend):
                  delete=lambda: resources.delete_environment(c, parameter)),
             Step(f"launch template {name}",
                  delete=lambda: resources.delete_launch_template(c, name)),
-            Step(f"Auto Scaling group {name}", delete=lambda: resources.delete_group(c, name)),
+            Step(f"Auto Scaling group {name}", delete=lambda: scaling.delete_group(c, name)),
         ]
 
     # read back ---------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class AWSBackend(Backend):
 
     async def set_capacity(self, ref: TaskRef, machines: int) -> None:
         """Scale the task's group (stop: 0, start: parallelism)."""
-        await resources.set_capacity(self.client(ref.region), ref.task_id, machines)
+        await scaling.set_capacity(self.client(ref.region), ref.task_id, machines)
 
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Tasks of a region (default: every region alias) from group tags and bucket prefixes."""
@@ -366,4 +366,4 @@ class _Creation:
         params = group_params(name=self.name, subnets=await resources.default_subnets(self.c, vpc),
                               types=self.types, spot=self.task.spot,
                               capacity=self.task.parallelism, tags=self.tags)
-        await resources.create_group(self.c, params, self.launch.deadline)
+        await scaling.create_group(self.c, params, self.launch.deadline)
