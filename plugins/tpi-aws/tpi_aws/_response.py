@@ -48,6 +48,8 @@ class Headers(Mapping[str, str]):
 
 
 class HttpConnection:
+    """One connection of a pool: its streams, its h11 state, and when it went idle."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  timeout: float):
         self.reader, self.writer, self.timeout = reader, writer, timeout
