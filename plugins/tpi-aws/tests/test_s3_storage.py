@@ -525,3 +525,28 @@ def test_idle_threaded_connections_are_reused_until_they_are_old(monkeypatch) ->
     monkeypatch.setattr(_bulk, "KEEPALIVE", 0.0)
     assert pool.take() is not first  # too old: a new one
     pool.close()
+
+
+def test_write_at_finishes_short_writes_and_works_without_pwritev(tmp_path, monkeypatch):
+    from tpi_aws import _stream
+
+    pieces = [os.urandom(n) for n in (10, 0, 4096, 7)]
+    real = os.pwritev
+
+    def short(fd, buffers, offset):  # writes only part of what it is given
+        return real(fd, [bytes(b"".join(buffers)[:13])], offset)
+
+    for patch in ({"pwritev": short}, {"_PWRITEV": False}):
+        path = tmp_path / "f"
+        path.write_bytes(b"x" * 5)
+        if "pwritev" in patch:
+            monkeypatch.setattr(_stream.os, "pwritev", patch["pwritev"])
+        else:
+            monkeypatch.setattr(_stream, "_PWRITEV", False)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            _stream.write_at(fd, pieces, 5)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == b"x" * 5 + b"".join(pieces)
+        monkeypatch.undo()

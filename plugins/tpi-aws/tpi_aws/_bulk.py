@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from tpi_aws._proxy import Proxy
-from tpi_aws._stream import check_md5
+from tpi_aws._stream import check_md5, write_all
 from tpi_aws._wire import Wire, network_error, service_error
 from tpi_core.errors import TransientError
 from tpi_core.storage import Progress
@@ -153,13 +153,6 @@ def _receive(response: http.client.HTTPResponse, fd: int, offset: int, digest: A
     finally:
         if hasher:
             hasher.finish()
-
-
-def write_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset``."""
-    while data:
-        done = os.pwrite(fd, data, offset)
-        data, offset = data[done:], offset + done
 
 
 class _Hasher:

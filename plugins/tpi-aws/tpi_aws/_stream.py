@@ -19,6 +19,7 @@ from tpi_core.storage import Progress
 
 MiB = 1 << 20
 _CHUNK = 1 * MiB
+_PWRITEV = hasattr(os, "pwritev")
 WRITE_BATCH = 512 << 10
 """Bytes gathered before a worker thread writes them: 64 files of 2 MB in flight at 2 MiB
 a batch held 160 MiB at once; at 512 KiB, 65-115 MiB, as fast."""
@@ -111,9 +112,21 @@ def _write_hashed(fd: int, pieces: list[bytes], offset: int, digest: Any) -> Non
 
 
 def write_at(fd: int, pieces: list[bytes], offset: int) -> None:
-    expected = sum(len(piece) for piece in pieces)
-    if os.pwritev(fd, pieces, offset) != expected:
-        raise OSError(f"short write at {offset}")
+    """Write ``pieces`` one after another from ``offset``: in one call where the system has
+    ``pwritev`` (not every macOS does), and whatever a short write left, piece by piece."""
+    done = os.pwritev(fd, pieces, offset) if _PWRITEV else 0
+    for piece in pieces:
+        skip = min(done, len(piece))
+        done -= skip
+        write_all(fd, memoryview(piece)[skip:], offset + skip)
+        offset += len(piece)
+
+
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 async def chunks(resp: Any) -> AsyncIterator[bytes]:

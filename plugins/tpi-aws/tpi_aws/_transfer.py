@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from tpi_aws._stream import check_md5, preallocate, write_body
+from tpi_aws._stream import check_md5, preallocate, write_all, write_body
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors
 from tpi_core.errors import IntegrityError, ObjectNotFound, ResourceNotFound, TransientError
@@ -192,7 +192,7 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
     fd = await anyio.to_thread.run_sync(preallocate, path, total)
     hasher = _Hasher(fd) if expected else None
     try:
-        await anyio.to_thread.run_sync(os.pwrite, fd, first, 0)
+        await anyio.to_thread.run_sync(write_all, fd, memoryview(first), 0)
         ranges = iter(range(head, total, step))
 
         async def worker() -> None:
