@@ -13,6 +13,8 @@ Exit codes:
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import os
 import sys
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning tpi errors into one line and an exit code."""
     from tpi_core.errors import TpiError
 
+    _quick_exit()
+
     try:
         code = cli.main(args=argv, prog_name="tpi", standalone_mode=False)
     except TpiError as exc:
@@ -78,6 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail(None, 130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quick_exit() -> None:
+    """Spare the interpreter its last garbage collection at exit: over the objects of
+    asyncio, click, anyio and the rest it takes about 20 ms, an eighth of a ``tpi sync``
+    that has nothing to do. The freeze runs after every other exit handler (the first
+    registered runs last); Python never promised finalizers for objects alive at exit."""
+    global _EXIT_REGISTERED
+    if not _EXIT_REGISTERED:
+        atexit.register(gc.freeze)
+        _EXIT_REGISTERED = True
+
+
+_EXIT_REGISTERED = False
 
 
 def _fail(exc: BaseException | None, code: int) -> None:
