@@ -141,7 +141,9 @@ class Pool:
         if context is None:
             return reader, writer
         try:
-            await open_tunnel(reader, writer, f"{self._address[0]}:{self._address[1]}", proxy)
+            host, port = self._address
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literal
+            await open_tunnel(reader, writer, authority, proxy)
             await writer.start_tls(context, server_hostname=self._address[0])
         except BaseException:
             writer.transport.abort()
