@@ -12,7 +12,7 @@ import pytest
 
 from tpi_core.errors import PermissionDenied, TransientError
 from tpi_core.storage.sync import download_tree, upload_tree
-from tpi_core.sync.execute import BATCH, SyncRun
+from tpi_core.sync.execute import BATCH, LARGE, LARGE_JOBS, SyncRun
 from tpi_core.sync.plan import Send, Unchanged
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.walk import LocalFile
@@ -144,6 +144,48 @@ async def test_planning_never_runs_far_ahead_of_transfers() -> None:
     await run.run(run.plan(20_000))
     assert run.result.sent == 20_000
     assert run.ahead <= BATCH + 2 * 4 + 16  # a batch, the stream, the workers: not 20,000
+
+
+class Lanes(SyncRun):
+    """Large transfers wait until every small one is done; counts what runs at once."""
+
+    def __init__(self, small: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.small_left, self.all_small_done = small, anyio.Event()
+        self.busy = {"large": 0, "all": 0}
+        self.peak = {"large": 0, "all": 0}
+
+    async def transfer(self, action) -> None:
+        kind = "large" if action.file.size > LARGE else "small"
+        for name in ("all", kind) if kind == "large" else ("all",):
+            self.busy[name] += 1
+            self.peak[name] = max(self.peak[name], self.busy[name])
+        try:
+            if kind == "large":
+                await self.all_small_done.wait()
+            await anyio.sleep(0.001)
+        finally:
+            for name in ("all", kind) if kind == "large" else ("all",):
+                self.busy[name] -= 1
+        if kind == "small":
+            self.small_left -= 1
+            if not self.small_left:
+                self.all_small_done.set()
+        self.done(action.file.size)
+
+
+@pytest.mark.parametrize("jobs", [2, 8, 64])
+async def test_waiting_large_files_never_hold_up_small_ones(jobs: int) -> None:
+    """More large files than jobs, each waiting for the small ones queued behind them: with
+    one lane every worker would hold a large file and wait forever."""
+    files = [LocalFile(f"large{i}", "/dev/null", LARGE + 1, 0) for i in range(jobs + 40)]
+    files += [LocalFile(f"small{i}", "/dev/null", 10, 0) for i in range(300)]
+    run = Lanes(small=300, jobs=jobs, progress=None, retry=None)
+    with anyio.fail_after(20):
+        await run.run(Send(f) for f in files)
+    assert run.result.sent == len(files)
+    assert run.peak["large"] == min(LARGE_JOBS, jobs // 2)
+    assert run.peak["all"] <= jobs
 
 
 async def test_first_error_is_raised_as_is_and_stops_the_rest() -> None:

@@ -1,10 +1,16 @@
 """The executor: runs a plan's transfers on a bounded pool of workers, keeping the tally.
 
 The plan (a generator that walks, stats and hashes local files) is advanced in a worker
-thread a batch at a time; its transfer actions go through a memory stream with room for
-``jobs`` items to ``jobs`` workers. So at any moment at most one batch plus about ``2 * jobs``
-actions exist, whatever the size of the tree. The first error cancels the rest and is
-raised as is (not wrapped in an exception group).
+thread a batch at a time; its transfer actions go through memory streams to the workers. So
+at any moment at most one batch plus a bounded number of actions exist, whatever the size of
+the tree. The first error cancels the rest and is raised as is (not wrapped in an exception
+group).
+
+Two lanes share the ``jobs`` transfers allowed at once. Files above ``LARGE`` go through a
+lane of at most ``LARGE_JOBS`` workers and half the jobs: their pace is set by bytes, not
+round trips, and each holds stream buffers, so 64 of them at once only cost memory (100
+files of 2 MB from a local server: 55-85 MiB at 64, 46-55 MiB at 16, as fast). The other
+half of the jobs always goes on with small files, however many large ones wait.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ BATCH = 256
 """Most actions planned per trip to the planning thread."""
 BATCH_SECONDS = 0.05
 """A batch also ends after this long, so hashing big files never starves the workers."""
+LARGE = 1 << 20
+"""Files above this size go through the large lane."""
+LARGE_JOBS = 16
+"""Transfers of large files at once, at most (see ``SyncRun.large_jobs``)."""
+LARGE_QUEUE = 1024
+"""Large-file actions waiting for the large lane before planning waits too."""
 
 
 class SyncRun:
@@ -46,21 +58,31 @@ class SyncRun:
         self._reported: tuple[int, int] | None = None
 
     @property
+    def large_jobs(self) -> int:
+        """Workers of the large lane: at most LARGE_JOBS, and half the jobs at most, so
+        small files always keep the other half."""
+        return max(1, min(LARGE_JOBS, self.jobs // 2))
+
+    @property
     def advance(self) -> Callable[[int], None] | None:
         """The progress callback storages get (None when silent)."""
         return self.progress.advance if self.progress is not None else None
 
     async def run(self, plan: Iterator[Action]) -> None:
         """Carry out every action of ``plan``; transfers run ``jobs`` at a time."""
-        send, receive = anyio.create_memory_object_stream[Action](self.jobs)
+        small = anyio.create_memory_object_stream[Action](self.jobs)
+        large = anyio.create_memory_object_stream[Action](LARGE_QUEUE)
+        slots = anyio.CapacityLimiter(self.jobs)
         errors: list[Exception] = []
         try:
             async with anyio.create_task_group() as group:
-                for _ in range(self.jobs):
-                    group.start_soon(_guarded, errors, group.cancel_scope,
-                                     self._work, receive.clone())
-                receive.close()
-                group.start_soon(_guarded, errors, group.cancel_scope, self._feed, plan, send)
+                for (_, receive), workers in ((small, self.jobs), (large, self.large_jobs)):
+                    for _ in range(workers):
+                        group.start_soon(_guarded, errors, group.cancel_scope,
+                                         self._work, receive.clone(), slots)
+                    receive.close()
+                group.start_soon(_guarded, errors, group.cancel_scope, self._feed, plan,
+                                 small[0], large[0])
         finally:
             plan.close()
         if errors:
@@ -104,19 +126,22 @@ class SyncRun:
             self._reported = totals
             self.progress.start(*totals)
 
-    async def _feed(self, plan: Iterator[Action], send: MemoryObjectSendStream[Action]) -> None:
-        async with send:
+    async def _feed(self, plan: Iterator[Action], small: MemoryObjectSendStream[Action],
+                    large: MemoryObjectSendStream[Action]) -> None:
+        async with small, large:
             while batch := await anyio.to_thread.run_sync(_take, plan):
                 todo = [action for action in batch if self._handle(action)]
                 self._report_plan()
                 for action in todo:
-                    await send.send(action)
+                    await (large if size_of(action) > LARGE else small).send(action)
             self._report_plan()  # at least once, even for an empty plan
 
-    async def _work(self, receive: MemoryObjectReceiveStream[Action]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[Action],
+                    slots: anyio.CapacityLimiter) -> None:
         async with receive:
             async for action in receive:
-                await self.transfer(action)
+                async with slots:
+                    await self.transfer(action)
 
 
 async def _guarded(errors: list[Exception], scope: anyio.CancelScope,
