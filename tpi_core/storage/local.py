@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -52,10 +52,13 @@ class LocalStorage(Storage):
         self.root = Path(root).absolute()
         self._limiter: anyio.CapacityLimiter | None = None
 
-    def _threads(self) -> anyio.CapacityLimiter:
+    async def _copying(self, size: int, copy: Callable[..., str], *args: object) -> str:
+        """Run a copy on the event loop when small, else on one of THREADS worker threads."""
+        if size <= INLINE_IO:
+            return copy(*args)
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(THREADS)
-        return self._limiter
+        return await anyio.to_thread.run_sync(copy, *args, limiter=self._limiter)
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> LocalStorage:
@@ -99,19 +102,13 @@ class LocalStorage(Storage):
 
     async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
         target = self._path(key)
-        if os.stat(path).st_size <= INLINE_IO:
-            return _atomic_copy(Path(path), target, progress)
-        return await anyio.to_thread.run_sync(_atomic_copy, Path(path), target, progress,
-                                              limiter=self._threads())
+        return await self._copying(os.stat(path).st_size, _atomic_copy, Path(path), target,
+                                   progress)
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
         source = self._path(key)
         try:
-            if os.stat(source).st_size <= INLINE_IO:
-                _copy(source, Path(path), progress)
-            else:
-                await anyio.to_thread.run_sync(_copy, source, Path(path), progress,
-                                               limiter=self._threads())
+            await self._copying(os.stat(source).st_size, _copy, source, Path(path), progress)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             if not source.is_file():
                 raise ObjectNotFound(key) from exc

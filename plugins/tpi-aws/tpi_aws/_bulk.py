@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from tpi_aws._proxy import Proxy
+from tpi_aws._proxy import Proxy, forwarding
 from tpi_aws._stream import check_md5, write_all
 from tpi_aws._wire import Wire, network_error, service_error
 from tpi_core.errors import TransientError
@@ -63,9 +63,7 @@ class BulkPool:
         self._tls = parts.scheme == "https"
         self._host, self._port = parts.hostname or "", parts.port
         self._proxy = proxy
-        # through a proxy, plain http asks it with absolute targets (and its credentials)
-        self.prefix = f"http://{parts.netloc}" if proxy and not self._tls else ""
-        self.headers = proxy.headers() if self.prefix and proxy else {}
+        self.prefix, self.headers = forwarding(origin, proxy)
         self._ca_bundle, self._timeout = ca_bundle, timeout
         self._context: ssl.SSLContext | None = None
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
@@ -81,17 +79,14 @@ class BulkPool:
             if self._tls and self._context is None:
                 self._context = ssl.create_default_context(cafile=self._ca_bundle)
         proxy = self._proxy
-        if self._tls and proxy:
-            connection = http.client.HTTPSConnection(proxy.host, proxy.port, context=self._context,
-                                                     timeout=self._timeout)
-            connection.set_tunnel(self._host, self._port or 443, headers=proxy.headers())
-            return connection
-        if self._tls:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                               context=self._context)
+        host, port = (proxy.host, proxy.port) if proxy else (self._host, self._port)
+        if not self._tls:
+            return http.client.HTTPConnection(host, port, timeout=self._timeout)
+        connection = http.client.HTTPSConnection(host, port, timeout=self._timeout,
+                                                 context=self._context)
         if proxy:
-            return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self._timeout)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            connection.set_tunnel(self._host, self._port or 443, headers=proxy.headers())
+        return connection
 
     def give(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:

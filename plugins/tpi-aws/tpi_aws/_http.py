@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from tpi_aws._proxy import Proxy, open_tunnel
+from tpi_aws._proxy import Proxy, forwarding, open_tunnel
 from tpi_aws._response import (CHUNK, ONE_WRITE, BodyMismatch, ConnectionLost, HttpConnection,
                                Response)
 
@@ -58,9 +58,8 @@ class Pool:
         self._host = parts.netloc.encode()
         # through a proxy: https in a CONNECT tunnel, http with absolute targets
         self._proxy = proxy
-        self._absolute = f"http://{parts.netloc}" if proxy and not self._tls else ""
-        self._proxy_fields = [(k.lower().encode(), v.encode())
-                              for k, v in proxy.headers().items()] if self._absolute else []
+        self._absolute, fields = forwarding(origin, proxy)
+        self._proxy_fields = [(k.lower().encode(), v.encode()) for k, v in fields.items()]
         self._ca_bundle = ca_bundle
         self._context: ssl.SSLContext | None = None  # made on first use: ~20 ms
         self._keepalive, self._connect_timeout = keepalive, connect_timeout

@@ -42,6 +42,16 @@ class Proxy:
         return f"http://{self.host}:{self.port}"
 
 
+def forwarding(origin: str, proxy: Proxy | None) -> tuple[str, dict[str, str]]:
+    """For a plain http ``origin`` reached through ``proxy``: the prefix that makes request
+    targets absolute, and the headers every request carries for the proxy. Nothing for an
+    https origin (it goes through a CONNECT tunnel) or without a proxy."""
+    parts = urlsplit(origin)
+    if proxy is None or parts.scheme != "http":
+        return "", {}
+    return f"http://{parts.netloc}", proxy.headers()
+
+
 def proxy_for(origin: str) -> Proxy | None:
     """The proxy to reach ``origin`` (``scheme://host[:port]``) through, or None."""
     if not any(name.lower().endswith("_proxy") for name in os.environ):
@@ -58,7 +68,7 @@ def proxy_for(origin: str) -> Proxy | None:
 
 def parse(url: str) -> Proxy:
     """A proxy from its URL (``host:port`` alone means ``http://host:port``)."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    parts = _split(url)
     if parts.scheme != "http" or not parts.hostname:
         raise UsageError(f"proxy {shown(url)!r}: only http:// proxies are supported")
     authorization = None
@@ -74,9 +84,12 @@ def parse(url: str) -> Proxy:
 
 def shown(url: str) -> str:
     """A proxy URL fit for messages: any user name and password left out."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}"
+    parts = _split(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _split(url: str):
+    return urlsplit(url if "://" in url else f"http://{url}")
 
 
 async def open_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
