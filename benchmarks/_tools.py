@@ -55,6 +55,20 @@ class Server:
             "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
 
 
+def compile_tpi() -> None:
+    """Byte-compile tpi's packages, as ``pip install`` does. An editable install run with
+    PYTHONDONTWRITEBYTECODE set (CI images, containers) would otherwise compile every
+    changed module again in every timed command: about 15 ms of each tpi run. (The AWS
+    CLI, installed by pip, is compiled already.)"""
+    import compileall
+    import importlib.util
+
+    for name in ("tpi_core", "tpi_aws"):
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            compileall.compile_dir(location, quiet=1)
+
+
 def tpi_command() -> list[str]:
     """The ``tpi`` of this interpreter's environment."""
     script = Path(sys.executable).with_name("tpi")

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tools import (BASELINE, BUCKET, DATA, HERE, NODE_MODULES, ROOT, SETS, TOOLS,  # noqa: E402
-                    DataSet, Server, Tool, machine, run, same_tree, versions)
+                    DataSet, Server, Tool, compile_tpi, machine, run, same_tree,
+                    versions)
 
 sys.path.insert(0, str(ROOT))
 from tests.emulators import reset_moto, start_moto, start_s3rver  # noqa: E402
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             and not (args.quick and s.name == "small10k")]
     tools = [t for t in TOOLS if t.available()]
     ensure_s3rver()
+    compile_tpi()
     times: Times = defaultdict(list)
     with servers(with_moto=not args.no_moto) as found:
         for data in sets:
