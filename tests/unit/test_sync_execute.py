@@ -188,6 +188,34 @@ async def test_waiting_large_files_never_hold_up_small_ones(jobs: int) -> None:
     assert run.peak["all"] <= jobs
 
 
+class Counted(Run):
+    """Counts the workers started."""
+
+    workers = 0
+
+    async def _work(self, receive, slots) -> None:
+        Counted.workers += 1
+        await super()._work(receive, slots)
+
+
+@pytest.mark.parametrize(("files", "sizes", "workers"), [
+    (0, (1,), 0),  # a no-change sync starts none
+    (3, (1,), 3),
+    (500, (1,), 64),
+    (500, (1, LARGE + 1), 64 + LARGE_JOBS),
+])
+async def test_workers_start_as_work_comes(files: int, sizes: tuple[int, ...],
+                                          workers: int) -> None:
+    Counted.workers = 0
+    run = Counted(jobs=64, progress=None, retry=None)
+    plan = [Unchanged(f"u{i}") for i in range(10)]
+    plan += [Send(LocalFile(f"f{i}", "/dev/null", sizes[i % len(sizes)], 0))
+             for i in range(files)]
+    await run.run(action for action in plan)
+    assert (run.result.sent, run.result.unchanged) == (files, 10)
+    assert Counted.workers == workers
+
+
 async def test_first_error_is_raised_as_is_and_stops_the_rest() -> None:
     class Failing(Run):
         async def transfer(self, action) -> None:

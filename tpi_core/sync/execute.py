@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from tpi_core.sync.plan import Action, Delete, Fetch, Send, Unchanged
 from tpi_core.sync.result import SyncProgress, SyncResult
@@ -70,21 +70,22 @@ class SyncRun:
 
     async def run(self, plan: Iterator[Action]) -> None:
         """Carry out every action of ``plan``; transfers run ``jobs`` at a time."""
-        small = anyio.create_memory_object_stream[Action](self.jobs)
-        large = anyio.create_memory_object_stream[Action](LARGE_QUEUE)
         slots = anyio.CapacityLimiter(self.jobs)
         errors: list[Exception] = []
+        lanes: tuple[_Lane, ...] = ()
         try:
             async with anyio.create_task_group() as group:
-                for (_, receive), workers in ((small, self.jobs), (large, self.large_jobs)):
-                    for _ in range(workers):
-                        group.start_soon(_guarded, errors, group.cancel_scope,
-                                         self._work, receive.clone(), slots)
-                    receive.close()
-                group.start_soon(_guarded, errors, group.cancel_scope, self._feed, plan,
-                                 small[0], large[0])
+                def start(receive: MemoryObjectReceiveStream[Action]) -> None:
+                    group.start_soon(_guarded, errors, group.cancel_scope, self._work,
+                                     receive, slots)
+
+                lanes = (_Lane(self.jobs, self.jobs, start),
+                         _Lane(LARGE_QUEUE, self.large_jobs, start))
+                group.start_soon(_guarded, errors, group.cancel_scope, self._feed, plan, *lanes)
         finally:
             plan.close()
+            for lane in lanes:  # when the feed never ran
+                lane.close()
         if errors:
             raise errors[0]
 
@@ -126,9 +127,8 @@ class SyncRun:
             self._reported = totals
             self.progress.start(*totals)
 
-    async def _feed(self, plan: Iterator[Action], small: MemoryObjectSendStream[Action],
-                    large: MemoryObjectSendStream[Action]) -> None:
-        async with small, large:
+    async def _feed(self, plan: Iterator[Action], small: _Lane, large: _Lane) -> None:
+        with small, large:
             while batch := await anyio.to_thread.run_sync(_take, plan):
                 todo = [action for action in batch if self._handle(action)]
                 self._report_plan()
@@ -142,6 +142,32 @@ class SyncRun:
             async for action in receive:
                 async with slots:
                     await self.transfer(action)
+
+
+class _Lane:
+    """A queue of actions and the workers taking from it, started as actions come (a
+    no-change sync starts none), up to ``workers``."""
+
+    def __init__(self, queue: int, workers: int,
+                 start: Callable[[MemoryObjectReceiveStream[Action]], None]):
+        self._send, self._receive = anyio.create_memory_object_stream[Action](queue)
+        self._left, self._start = workers, start
+
+    async def send(self, action: Action) -> None:
+        if self._left:
+            self._left -= 1
+            self._start(self._receive.clone())
+        await self._send.send(action)
+
+    def __enter__(self) -> _Lane:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._receive.close()  # the workers' clones stay open until they have emptied it
+        self._send.close()
 
 
 async def _guarded(errors: list[Exception], scope: anyio.CancelScope,
