@@ -253,6 +253,44 @@ async def test_large_objects_come_back_in_one_stream_after_their_first_mib(
         await via_proxy.download("big", tmp_path / "bad")
 
 
+async def test_a_large_object_just_listed_comes_whole_in_one_get(s3, via_proxy, proxy,
+                                                                 tmp_path) -> None:
+    data = os.urandom(9 * MiB + 5)
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/big", Body=data)  # ETag: the md5
+    seen: list[dict[str, str]] = []
+    proxy.when = lambda method, target, headers: seen.append(headers) or False
+    [info] = [info async for info in via_proxy.list()]
+    proxy.clear()
+    got: list[int] = []
+    await via_proxy.download("big", tmp_path / "back", got.append)
+    assert (tmp_path / "back").read_bytes() == data and sum(got) == len(data)
+    assert [(m, t) for m, t, _o in proxy.log] == [("GET", f"/{via_proxy.bucket}/root/big")]
+    assert seen[-1]["range"] == "bytes=0-" and seen[-1]["if-match"] == f'"{info.etag}"'
+
+    proxy.clear()  # what the listing said is used once: the next download asks first
+    await via_proxy.download("big", tmp_path / "again")
+    assert (tmp_path / "again").read_bytes() == data and len(proxy.log) == 2
+
+    [_info] = [info async for info in via_proxy.list()]
+    proxy.rate, proxy.kinds, proxy.when = 1.0, ("corrupt",), None
+    with pytest.raises(IntegrityError, match="does not match"):
+        await via_proxy.download("big", tmp_path / "bad")
+
+
+async def test_a_large_object_replaced_since_its_listing_is_fetched_again(s3, via_proxy,
+                                                                          tmp_path) -> None:
+    old, new = os.urandom(9 * MiB), os.urandom(10 * MiB)
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/big", Body=old)
+    await download_tree(via_proxy, tmp_path / "before")  # lists, then downloads
+    assert (tmp_path / "before" / "big").read_bytes() == old
+    [_info] = [info async for info in via_proxy.list()]
+    s3.put_object(Bucket=via_proxy.bucket, Key="root/big", Body=new)
+    with pytest.raises(TransientError, match="PreconditionFailed"):  # If-Match: the listing's
+        await via_proxy.download("big", tmp_path / "stale")
+    await via_proxy.download("big", tmp_path / "fresh")  # the retry asks first
+    assert (tmp_path / "fresh").read_bytes() == new
+
+
 async def test_the_rest_of_an_object_replaced_since_its_head_is_refused(s3, via_proxy,
                                                                         tmp_path) -> None:
     from tpi_aws._bulk import fetch_rest

@@ -101,15 +101,17 @@ class BulkPool:
 
 def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
                offset: int, digest: Any, progress: Callable[[int], None] | None,
-               stop: threading.Event, expect: int = 200) -> Failed | int:
+               stop: threading.Event, expect: tuple[int, ...] = (200,),
+               ) -> Failed | tuple[int, Any]:
     """GET ``target`` and write its body into ``fd`` from ``offset``, hashing it into
-    ``digest`` in order. Returns the bytes written, or the response when its status is not
-    ``expect``; network trouble raises (OSError, http.client.HTTPException)."""
+    ``digest`` in order. Returns the bytes written and the response's headers, or the
+    response when its status is not one of ``expect``; network trouble raises (OSError,
+    http.client.HTTPException)."""
     connection = pool.take()
     try:
         connection.request("GET", pool.prefix + target, headers={**headers, **pool.headers})
         response = connection.getresponse()
-        if response.status != expect:
+        if response.status not in expect:
             failed = Failed(response.status, response.reason, dict(response.getheaders()),
                             response.read())
         else:
@@ -121,7 +123,7 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
         connection.close()
     else:
         pool.give(connection)
-    return failed if response.status != expect else written
+    return failed if response.status not in expect else (written, response.headers)
 
 
 def _receive(response: http.client.HTTPResponse, fd: int, offset: int, digest: Any,
@@ -173,20 +175,21 @@ class _Hasher:
 
 
 async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int, etag: str,
-                     expected: str | None, digest: Any, progress: Progress | None) -> None:
+                     expected: str | None, digest: Any, progress: Progress | None) -> Any:
     """Fetch the rest of an object whose first ``written`` bytes are in ``path`` (hashed
     into ``digest``) from one stream read on a worker thread, pinned by If-Match to the
-    version those came from; with an ``expected`` md5, the whole is checked against it."""
+    version those came from; with an ``expected`` md5, the whole is checked against it.
+    Returns the answer's headers."""
     what = f"download {full}"
     target, headers = await wire.prepare("GET", full, headers={
         "Range": f"bytes={written}-", "If-Match": f'"{etag}"'})
     stop = threading.Event()
 
-    def fetch() -> Failed | int:
+    def fetch() -> Failed | tuple[int, Any]:
         fd = os.open(path, os.O_WRONLY)
         try:
             return fetch_into(wire.bulk, target, headers, fd, written, digest, progress,
-                              stop, expect=206)
+                              stop, expect=(206,) if written else (200, 206))
         finally:
             os.close(fd)
 
@@ -200,7 +203,9 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
         if got.status < 300:
             raise TransientError(f"{what}: range ignored (HTTP {got.status})")
         raise service_error(got.status, got.reason, got.headers, got.body, what)
-    if written + got != total:
-        raise TransientError(f"{what}: {written + got} of {total} bytes")
+    count, headers = got
+    if written + count != total:
+        raise TransientError(f"{what}: {written + count} of {total} bytes")
     if expected:
         check_md5(what, digest.hexdigest(), expected)
+    return headers

@@ -5,11 +5,18 @@ object above 8 MiB has left comes in one stream on a worker thread (:mod:`tpi_aw
 pinned with If-Match to the version the first answer came from; above 256 MiB in parallel
 ranges. The bytes are checked against the ETag when it is an md5 (single part, no KMS).
 An empty object has no byte 0: S3 answers 416 to the range, and it is asked for whole.
+
+An object the storage has just listed above 8 MiB (and up to 256 MiB) needs no first GET:
+its size is known, so it comes whole in the worker thread's stream at once, pinned with
+If-Match to the listed ETag (one request fewer, and no 8 MiB through the event loop: 200 MB
+from a local server in 0.38 s instead of 0.44). Had it changed since, S3 answers 412, a
+transient error, and the retry goes the usual way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +37,33 @@ one stream read on a worker thread, which a local link fills faster than paralle
 read on the event loop."""
 
 
+LISTED_MAX = 10_000
+"""Listed objects remembered per storage, at most (each until its download)."""
+
+
+class Listed:
+    """Size and ETag of the objects a storage listed that can skip the first GET."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, str]] = {}
+
+    def saw(self, full: str, size: int, etag: str) -> None:
+        if SINGLE_MAX < size <= RANGES_FROM and etag and len(self._known) < LISTED_MAX:
+            self._known[full] = (size, etag)
+
+    def take(self, full: str) -> tuple[int, str] | None:
+        """What the listing said of ``full``, once: a retry goes the usual way."""
+        return self._known.pop(full, None)
+
+
 async def fetch(wire: Wire, full: str, path: Path, progress: Progress | None,
-                target: Callable[[], Awaitable[Target]]) -> None:
+                target: Callable[[], Awaitable[Target]],
+                listed: tuple[int, str] | None = None) -> None:
     """Download the object ``full`` to ``path`` (``target`` gives what parallel ranges
-    need, asked only for objects that large)."""
+    need, asked only for objects that large; ``listed``: its size and ETag, just listed)."""
+    if listed is not None:
+        await _fetch_listed(wire, full, path, progress, *listed)
+        return
     head = await _first_part(wire, full, path, progress)
     if head is None:
         return  # it came whole
@@ -45,6 +75,17 @@ async def fetch(wire: Wire, full: str, path: Path, progress: Progress | None,
 
         await fetch_rest(wire, full, path, head.written, head.total, head.etag,
                          head.expected, head.digest, progress)
+
+
+async def _fetch_listed(wire: Wire, full: str, path: Path, progress: Progress | None,
+                        size: int, etag: str) -> None:
+    from tpi_aws._bulk import fetch_rest
+
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    digest = hashlib.md5(usedforsecurity=False)
+    headers = await fetch_rest(wire, full, path, 0, size, etag, None, digest, progress)
+    if is_md5_etag(etag, headers):
+        check_md5(f"download {full}", digest.hexdigest(), etag)
 
 
 async def _first_part(wire: Wire, full: str, path: Path, progress: Progress | None,

@@ -62,6 +62,7 @@ class S3Storage(Storage):
         self.tagging = tagging
         self._owner = _connection is None
         self._conn = _connection or Connection(bucket, region or None, endpoint_url or None)
+        self._listed = _download.Listed()
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> S3Storage:
@@ -102,9 +103,9 @@ class S3Storage(Storage):
         cut = len(self.prefix) + 1 if self.prefix else 0
         async for page in wire.list_pages(full, f"list {self.url}"):
             for key, size, etag, mtime in page:
-                key = key[cut:]
-                if key and not key.endswith("/"):
-                    yield ObjectInfo(key, size, etag or None, mtime)
+                if key[cut:] and not key.endswith("/"):
+                    self._listed.saw(key, size, etag)
+                    yield ObjectInfo(key[cut:], size, etag or None, mtime)
 
     async def read(self, key: str) -> bytes:
         wire = await self._conn.wire()
@@ -167,7 +168,8 @@ class S3Storage(Storage):
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
         full = self._full(checked_key(key))
         await _download.fetch(await self._conn.wire(), full, Path(path), progress,
-                              lambda: self._target(full, client=False))
+                              lambda: self._target(full, client=False),
+                              self._listed.take(full))
 
     async def _target(self, full: str, client: bool = True) -> Target:
         """What a large transfer needs; ranged downloads need no botocore client."""
