@@ -588,3 +588,46 @@ def test_write_at_finishes_short_writes_and_works_without_pwritev(tmp_path, monk
             os.close(fd)
         assert path.read_bytes() == b"x" * 5 + b"".join(pieces)
         monkeypatch.undo()
+
+
+def test_a_whole_body_is_taken_as_the_answer_to_bytes_0_only(tmp_path) -> None:
+    """A server that ignores Range answers 200 with the whole object: that is what a listed
+    object's ``bytes=0-`` asks for, but not the rest after a first part."""
+    import http.server
+    import threading
+
+    from tpi_aws import _bulk
+
+    body = os.urandom(3 * MiB)
+
+    class Whole(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Whole)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pool = _bulk.BulkPool(f"http://127.0.0.1:{server.server_address[1]}")
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        digest, stop = hashlib.md5(), threading.Event()
+        written, headers = _bulk.fetch_into(pool, "/b/k", {"Range": "bytes=0-"}, fd, 0,
+                                            digest, None, stop, expect=(200, 206))
+        assert written == len(body) and headers["etag"].strip('"') == digest.hexdigest()
+        failed = _bulk.fetch_into(pool, "/b/k", {"Range": f"bytes={MiB}-"}, fd, MiB,
+                                  hashlib.md5(), None, stop, expect=(206,))
+        assert isinstance(failed, _bulk.Failed) and failed.status == 200
+    finally:
+        os.close(fd)
+        pool.close()
+        server.shutdown()
+        server.server_close()
+    assert path.read_bytes() == body
