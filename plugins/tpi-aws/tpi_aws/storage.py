@@ -118,7 +118,9 @@ class S3Storage(Storage):
         return data
 
     async def write(self, key: str, data: bytes) -> None:
-        await self._put(self._full(checked_key(key)), data, md5_digest(data))
+        full = self._full(checked_key(key))
+        self._listed.take(full)  # what was listed is no longer what is there
+        await self._put(full, data, md5_digest(data))
 
     async def _put(self, full: str, data: bytes, digest: bytes) -> None:
         wire = await self._conn.wire()
@@ -129,6 +131,7 @@ class S3Storage(Storage):
 
     async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
         full, path = self._full(checked_key(key)), Path(path)
+        self._listed.take(full)  # what was listed is no longer what is there
         size, data, digest = await _read_upload(path)
         if data is not None:
             await self._put(full, data, digest)
@@ -180,6 +183,7 @@ class S3Storage(Storage):
         batch: list[str] = []
         for key in keys:
             batch.append(self._full(key))
+            self._listed.take(batch[-1])
             if len(batch) == 1000:
                 await self._delete_batch(batch)
                 batch = []
