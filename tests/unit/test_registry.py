@@ -66,10 +66,24 @@ def test_unimportable_plugin_gives_install_hint(fake_eps):
 
 
 def test_unknown_first_party_backend_names_the_extra(fake_eps):
-    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[gcp\]'"):
-        registry.backend_class("gcp")
-    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[azure\]'"):
-        registry.backend_class("az")
+    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[aws\]'"):
+        registry.backend_class("aws")
+    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[k8s\]'"):
+        registry.backend_class("kubernetes")
+
+
+def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps):
+    for name, plugin in (("gcp", "gcp"), ("az", "azure")):
+        with pytest.raises(BackendNotInstalled, match=f"{plugin} plugin is not published yet"):
+            registry.backend_class(name)
+    assert "tpi[" not in registry.install_hint("gs", registry.STORAGE_GROUP)
+
+
+def test_every_extra_an_install_hint_names_is_declared() -> None:
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(registry.FIRST_PARTY.values()) <= set(extras)
 
 
 def test_tpi_plugins_filter(fake_eps, monkeypatch):
