@@ -27,10 +27,15 @@ def command(app: Application, names, tasks_file, cloud, region, follow) -> int:
 async def _logs(app: Application, targets, follow: bool) -> int:
     from tpi_core.cli import _follow
     from tpi_core.engine import Engine
+    from tpi_core.model import State
 
     async with Engine() as engine:
         if follow:
-            return _follow.exit_code(await _follow.follow(engine, targets, app.out))
+            statuses = await _follow.follow(engine, targets, app.out)
+            for target, status in zip(targets, statuses):
+                if status.state != State.SUCCEEDED:  # say why the exit code is not 0
+                    app.say(f"{target.label}: {status.state}")
+            return _follow.exit_code(statuses)
         for target in targets:
             await _follow.print_new_logs(engine, target, {}, app.out)
     return 0

@@ -119,7 +119,8 @@ def test_preempted_replica_resumes_and_every_boot_is_logged(project):
 def test_parallel_replicas_and_timeout(project):
     write_tasks(project, epochs=1000, parallelism=3, timeout="3s")
     tpi(project, "apply")
-    assert tpi(project, "logs", "--follow", check=False).returncode == 5
+    followed = tpi(project, "logs", "--follow", check=False)
+    assert followed.returncode == 5 and "train: timed_out" in followed.stderr
     final = status(project)
     assert final["state"] == "timed_out"
     assert [r["index"] for r in final["replicas"]] == [0, 1, 2]
@@ -127,6 +128,8 @@ def test_parallel_replicas_and_timeout(project):
     lines = tpi(project, "logs").stdout.splitlines()
     assert {l.split(" ", 1)[0] for l in lines} == {"train[0.1]", "train[1.1]", "train[2.1]"}
     tpi(project, "destroy", "--yes")
+    gone = tpi(project, "logs", "--follow", check=False)  # nothing to follow: says so
+    assert gone.returncode == 1 and gone.stderr.strip() == "train: destroyed"
 
 
 def test_changed_task_is_replaced_only_when_asked(project):
