@@ -61,6 +61,14 @@ def test_unknown_task_name_is_exit_3(tmp_path, capsys, monkeypatch):
     assert code == 3 and "no task 'nope'" in err and "tasks: a" in err
 
 
+@pytest.mark.parametrize("command", [["status"], ["logs"], ["pull"], ["destroy", "--yes"]])
+def test_nothing_to_act_on_is_one_line_not_an_empty_table(tmp_path, capsys, monkeypatch,
+                                                         command):
+    monkeypatch.chdir(tmp_path)  # no tasks.toml, nothing launched from here
+    code, out, err = run_main(command, capsys)
+    assert code == 2 and out == "" and err.strip() == "tpi: error: tasks.toml: no such file"
+
+
 def test_missing_backend_names_the_install(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TPI_PLUGINS", "local")

@@ -54,6 +54,8 @@ def resolve(tasks_file: str, names: tuple[str, ...], cloud: str = "local",
     path = Path(tasks_file)
     tasks = {t.name: t for t in load_tasks(tasks_file)} if path.is_file() else {}
     entries = Index(path.parent).entries()
+    if not (names or tasks or entries):
+        load_tasks(tasks_file)  # no file and nothing launched from here: say so (exit 2)
     wanted = names or tuple(dict.fromkeys([*tasks, *entries]))
     targets = []
     for name in wanted:
