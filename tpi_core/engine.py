@@ -128,7 +128,7 @@ class Engine:
         try:
             if task.workdir is not None:
                 result = await self.upload(task, storage)
-                self.say(task, f"uploaded {result.sent} files ({result.bytes_sent} bytes)")
+                self.say(task, f"uploaded {result.moved()}")
             await run_steps(backend.create_steps(task, Launch(storage.url, deadline)),
                             lambda m: self.say(task, m))
         except BaseException:
@@ -220,7 +220,7 @@ class Engine:
         spec = await read_spec(storage)
         if spec is not None and workdir is not None and output:
             pulled = await self.pull(ref, workdir, output)
-            self.say(ref, f"downloaded {pulled.sent} files of {output}")
+            self.say(ref, f"downloaded {pulled.moved()} of {output}")
         backend = self.backend(ref.cloud)
         await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m))
         try:

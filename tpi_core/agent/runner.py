@@ -136,7 +136,7 @@ class Agent:
         result = await retry(download_tree, self.storage.child(layout.DATA), workdir,
                              record=(self.storage, layout.manifest_key(self.reports.index)))
         self._synced = await anyio.to_thread.run_sync(fingerprint, workdir, self._excludes)
-        await self.reports.event("restore", f"{result.sent} files, {result.bytes_sent} bytes")
+        await self.reports.event("restore", result.moved())
 
     async def _run_script(self) -> int:
         env = script_environment(

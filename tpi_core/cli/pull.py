@@ -36,5 +36,4 @@ async def _pull(app: Application, targets) -> None:
         results = await gather([lambda t=t: engine.pull(t.ref, t.workdir, t.output)
                                  for t in targets])
     for target, result in zip(targets, results, strict=True):
-        app.say(f"{target.label}: {result.sent} files ({result.bytes_sent} bytes) "
-                f"downloaded, {result.unchanged} unchanged")
+        app.say(f"{target.label}: {result.moved()} downloaded, {result.unchanged} unchanged")

@@ -101,15 +101,9 @@ def _progress_bar(app: Application):
 
 
 def _summary(app: Application, result: SyncResult) -> None:
+    from tpi_core.sync.result import size_text
+
     for line in result.skipped:
         app.say(f"skipped {line}")
-    app.say(f"{result.sent} sent ({_size(result.bytes_sent)}), {result.unchanged} unchanged, "
-            f"{result.deleted} deleted, {len(result.skipped)} skipped")
-
-
-def _size(nbytes: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes} B"
+    app.say(f"{result.sent} sent ({size_text(result.bytes_sent)}), {result.unchanged} "
+            f"unchanged, {result.deleted} deleted, {len(result.skipped)} skipped")

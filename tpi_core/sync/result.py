@@ -20,6 +20,19 @@ class SyncResult:
     deleted: int = 0
     skipped: list[str] = field(default_factory=list)
 
+    def moved(self) -> str:
+        """``3 files (12.3 kB)``: what was transferred, for messages."""
+        return f"{self.sent} file{'' if self.sent == 1 else 's'} ({size_text(self.bytes_sent)})"
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes for people, in powers of 1000: ``512 B``, ``12.3 kB``, ``1.5 GB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes} B"
+
 
 class SyncProgress(Protocol):
     """Receives progress from a sync (a progress bar, a log line); None means silent.
