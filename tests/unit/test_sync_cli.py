@@ -66,6 +66,7 @@ def test_sync_prints_a_summary_without_json(tmp_path: Path) -> None:
     (["nosuch://bucket/x", "dst"], "no storage for nosuch:// URLs is installed; install a"),
     (["file:///a", "file:///b"], "sync between two storage URLs is not supported yet"),
     (["missing-dir", "file:///tmp/x"], "missing-dir: no such directory"),
+    (["file:///nonexistent/tpi-src", "dst"], "file:///nonexistent/tpi-src: no such directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path: Path, monkeypatch,
                                           capsys) -> None:
@@ -75,6 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path: Path, monkeyp
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith(f"tpi: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "dst").exists()  # nothing made for a sync that cannot start
 
 
 def test_rich_progress_shows_files_bytes_and_rate(tmp_path: Path) -> None:

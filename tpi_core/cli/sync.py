@@ -67,6 +67,7 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
     with _progress_bar(app) as progress:
         if _is_url(src):
             async with open_storage(src) as remote:
+                _must_exist(src, remote)
                 return await download_tree(remote, _local(dst, must_exist=False),
                                            exclude=rules, delete=delete, jobs=jobs,
                                            manifest=(remote, MANIFEST_KEY), progress=progress)
@@ -74,6 +75,16 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
             return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
                                      delete=delete, jobs=jobs,
                                      manifest=(remote, MANIFEST_KEY), progress=progress)
+
+
+def _must_exist(url: str, storage: object) -> None:
+    """A file:// SRC that is no directory is a typo, not an empty storage (an S3 prefix
+    with nothing under it is just empty)."""
+    from tpi_core.errors import UsageError
+    from tpi_core.storage.local import LocalStorage
+
+    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+        raise UsageError(f"{url}: no such directory")
 
 
 def _local(side: str, *, must_exist: bool):
