@@ -79,6 +79,19 @@ def test_missing_backend_names_the_install(tmp_path, capsys, monkeypatch):
     assert code == 2 and "gcp plugin is not published yet" in err and "tpi[" not in err
 
 
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_the_file_may_also_be_named_with_f_as_for_every_other_command(tmp_path, capsys,
+                                                                      monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other.toml").write_text('[task.a]\nscript = "true"\n[task.b]\nscript = "true"\n')
+    code, out, _ = run_main([command, "-f", "other.toml", "b", "--json"], capsys)
+    assert code == 0 and [row["task"] for row in json.loads(out)] == ["b"]
+    code, _, err = run_main([command, "-f", "missing.toml"], capsys)
+    assert code == 2 and "missing.toml: no such file" in err
+    code, _, err = run_main(["apply", "-f", "missing.toml", "b"], capsys)  # launches nothing
+    assert code == 2 and "missing.toml: no such file" in err
+
+
 def test_validate_prints_tasks_as_json(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SECRET", "value-never-shown")

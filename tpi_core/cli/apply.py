@@ -10,21 +10,31 @@ from tpi_core.cli._app import Application, pass_app
 from tpi_core.cli._tasks import DEFAULT_FILE
 
 
-def split_args(args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """``[FILE] [TASK...]``: the first argument is the file when it looks like one."""
+def split_args(args: tuple[str, ...], tasks_file: str | None = None,
+               ) -> tuple[str, tuple[str, ...]]:
+    """``[FILE] [TASK...]``: the first argument is the file when it looks like one, unless
+    ``-f FILE`` named it (as for every other command)."""
+    if tasks_file is not None:
+        return tasks_file, args
     if args and (args[0].endswith(".toml") or Path(args[0]).is_file()):
         return args[0], args[1:]
     return DEFAULT_FILE, args
 
 
+file_flag = click.option(
+    "-f", "--file", "tasks_file", default=None, type=click.Path(dir_okay=False),
+    help="The tasks file, as the other commands take it (or give it as the first argument).")
+
+
 @click.command("apply")
 @click.argument("args", nargs=-1, metavar="[FILE] [TASK]...")
+@file_flag
 @click.option("--wait", is_flag=True, help="Follow logs to the end; exit with the result.")
 @click.option("--replace", is_flag=True, help="Replace tasks whose fields changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @pass_app
-def command(app: Application, args: tuple[str, ...], wait: bool, replace: bool,
-            as_json: bool) -> int:
+def command(app: Application, args: tuple[str, ...], tasks_file: str | None, wait: bool,
+            replace: bool, as_json: bool) -> int:
     """Create or update the tasks of FILE (default tasks.toml), all or the named ones.
 
     A second apply of an unchanged file changes nothing. A task whose fields changed is
@@ -33,7 +43,7 @@ def command(app: Application, args: tuple[str, ...], wait: bool, replace: bool,
     """
     from tpi_core.cli._tasks import load_tasks
 
-    tasks_file, names = split_args(args)
+    tasks_file, names = split_args(args, tasks_file)
     tasks = load_tasks(tasks_file, names)
     return app.run(_apply, app, tasks_file, tasks, wait, replace, as_json)
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli.apply import file_flag, split_args
 
 
 @click.command("plan")
 @click.argument("args", nargs=-1, metavar="[FILE] [TASK]...")
+@file_flag
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @pass_app
-def command(app: Application, args, as_json) -> int:
+def command(app: Application, args, tasks_file, as_json) -> int:
     """Show for each task whether apply would create, keep, update or replace it."""
     from tpi_core.cli._tasks import load_tasks
-    from tpi_core.cli.apply import split_args
-
-    tasks_file, names = split_args(args)
+    tasks_file, names = split_args(args, tasks_file)
     planned = app.run(_plan, load_tasks(tasks_file, names))
     rows = [{"task": p.task.name, "id": p.task.id, "cloud": p.task.cloud,
              "action": p.action.value, "reason": p.reason} for p in planned]
