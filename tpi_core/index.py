@@ -2,17 +2,28 @@
 
 It is only an index (DESIGN.md section 1.2): every id can be recomputed from the tasks file
 and every task found again by cloud names and tags. No environment value is ever written here.
+Changes are read, made and written under an exclusive lock on ``.tpi/index.lock``, so two
+commands run at once in one directory both keep their tasks; an index that is not valid JSON
+is an error that names it, never silently replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tpi_core.backend import TaskRef
+from tpi_core.errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one command at a time
+    fcntl = None  # type: ignore[assignment]
 
 INDEX_DIR = ".tpi"
 _FILE = "index.json"
@@ -44,27 +55,44 @@ class Index:
 
     def entries(self) -> dict[str, Entry]:
         """Applied tasks by name."""
+        path = self.dir / _FILE
         try:
-            doc = json.loads((self.dir / _FILE).read_text())
-        except (FileNotFoundError, ValueError):
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict):
+                raise ValueError("not an object of tasks")
+            known = Entry.__dataclass_fields__
+            return {k: Entry(**{f: v[f] for f in known if f in v}) for k, v in doc.items()}
+        except FileNotFoundError:
             return {}
-        known = Entry.__dataclass_fields__
-        return {k: Entry(**{f: v[f] for f in known if f in v}) for k, v in doc.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UsageError(
+                f"{path}: not an index tpi can read ({exc}); it only lists tasks applied "
+                "from here: move it away and `tpi list` finds them again by their tags"
+            ) from None
 
     def put(self, entry: Entry) -> None:
         """Record or update a task."""
-        entries = self.entries()
-        entries[entry.name] = entry
-        self._save(entries)
+        with self._locked():
+            entries = self.entries()
+            entries[entry.name] = entry
+            self._save(entries)
 
     def remove(self, name: str) -> None:
         """Forget a task (after destroy)."""
-        entries = self.entries()
-        if entries.pop(name, None) is not None:
-            self._save(entries)
+        with self._locked():
+            entries = self.entries()
+            if entries.pop(name, None) is not None:
+                self._save(entries)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(exist_ok=True)
+        with open(self.dir / "index.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def _save(self, entries: dict[str, Entry]) -> None:
-        self.dir.mkdir(exist_ok=True)
         ignore = self.dir / ".gitignore"
         if not ignore.exists():
             ignore.write_text("*\n")
