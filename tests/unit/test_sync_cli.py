@@ -97,3 +97,21 @@ def test_rich_progress_shows_files_bytes_and_rate(tmp_path: Path) -> None:
     assert result.sent == 5
     text = out.getvalue()
     assert "5/5 files" in text and "10.0/10.0 kB" in text and "/s" in text
+
+
+@pytest.mark.parametrize(("src", "dst"), [
+    ("src", "file://{root}/src/backup"),  # the copy inside the tree it copies
+    ("src", "file://{root}/src"),
+    ("src/sub", "file://{root}/src"),  # the tree inside the copy
+    ("file://{root}/src", "src/sub"),  # a download into the storage it reads
+])
+def test_a_copy_that_would_copy_itself_is_refused(src: str, dst: str, tmp_path: Path,
+                                                   monkeypatch, capsys) -> None:
+    make_tree(tmp_path / "src", {"a": "1", "sub/b": "2"})
+    before = tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", src.format(root=tmp_path), dst.format(root=tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "overlap: the copy would copy itself" in err
+    assert tree(tmp_path) == before  # nothing written, nothing nested

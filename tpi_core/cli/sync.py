@@ -68,10 +68,12 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
         if _is_url(src):
             async with open_storage(src) as remote:
                 _must_exist(src, remote)
+                _apart(remote, dst)
                 return await download_tree(remote, _local(dst, must_exist=False),
                                            exclude=rules, delete=delete, jobs=jobs,
                                            manifest=(remote, MANIFEST_KEY), progress=progress)
         async with open_storage(dst) as remote:
+            _apart(remote, src)
             return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
                                      delete=delete, jobs=jobs,
                                      manifest=(remote, MANIFEST_KEY), progress=progress)
@@ -85,6 +87,22 @@ def _must_exist(url: str, storage: object) -> None:
 
     if isinstance(storage, LocalStorage) and not storage.root.is_dir():
         raise UsageError(f"{url}: no such directory")
+
+
+def _apart(storage: object, local: str) -> None:
+    """A file:// storage inside the local tree, or holding it, would copy itself: each sync
+    would nest one more copy (backup/backup/...)."""
+    from pathlib import Path
+
+    from tpi_core.errors import UsageError
+    from tpi_core.storage.local import LocalStorage
+
+    if not isinstance(storage, LocalStorage):
+        return
+    there, here = storage.root.resolve(), Path(local).expanduser().resolve()
+    if there == here or there.is_relative_to(here) or here.is_relative_to(there):
+        raise UsageError(f"{storage.url} and {local} overlap: the copy would copy itself; "
+                         "choose a destination outside the source")
 
 
 def _local(side: str, *, must_exist: bool):
