@@ -102,5 +102,7 @@ def _fail(exc: BaseException | None, code: int) -> None:
     if exc is not None:
         click.echo(f"tpi: error: {exc}", err=True)
     else:
-        click.echo("tpi: interrupted", err=True)
+        from tpi_core.cli._app import interrupt_hint
+
+        click.echo("; ".join(["tpi: interrupted", *interrupt_hint[-1:]]), err=True)
     sys.exit(code)

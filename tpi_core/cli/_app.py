@@ -15,6 +15,11 @@ import click
 
 T = TypeVar("T")
 
+FOLLOW_HINT = ("the tasks go on without tpi: `tpi status` shows them, `tpi logs --follow` "
+               "watches again, `tpi destroy` ends them")
+interrupt_hint: list[str] = []
+"""What an interrupted command adds to its one line (set while it follows running tasks)."""
+
 
 class Application:
     """Owns the console (rich, on stderr for progress and messages) and runs coroutines."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._app import FOLLOW_HINT, Application, interrupt_hint, pass_app
 from tpi_core.cli._tasks import DEFAULT_FILE
 
 
@@ -65,6 +65,7 @@ async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
         if not wait:
             return 0
         targets = [Target(_ref(p.task), p.task) for p in planned]
+        interrupt_hint.append(FOLLOW_HINT)
         statuses = await follow(engine, targets, app.out)
         for status in statuses:
             app.say(f"{status.name}: {status.state.value}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._app import FOLLOW_HINT, Application, interrupt_hint, pass_app
 from tpi_core.cli._tasks import cloud_option, file_option, region_option
 
 
@@ -31,6 +31,7 @@ async def _logs(app: Application, targets, follow: bool) -> int:
 
     async with Engine() as engine:
         if follow:
+            interrupt_hint.append(FOLLOW_HINT)
             statuses = await _follow.follow(engine, targets, app.out)
             for target, status in zip(targets, statuses):
                 if status.state != State.SUCCEEDED:  # say why the exit code is not 0

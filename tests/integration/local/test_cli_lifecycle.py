@@ -156,3 +156,24 @@ def _wait_for(project: Path, ok, seconds: float = 30) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting; last status {status(project)}")
+
+
+def test_interrupting_a_follow_says_the_task_goes_on(project):
+    import signal
+
+    write_tasks(project, epochs=200)
+    tpi(project, "apply")
+    follower = subprocess.Popen([sys.executable, "-m", "tpi_core", "logs", "--follow"],
+                                cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=os.environ.copy())
+    try:
+        assert "epoch" in follower.stdout.readline()  # following, then Ctrl-C
+        follower.send_signal(signal.SIGINT)
+        _out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 130
+    assert err.strip().startswith("tpi: interrupted; the tasks go on without tpi")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert status(project)["state"] == "running"  # daemonless: nothing stopped it
+    tpi(project, "destroy", "--yes")
