@@ -67,31 +67,21 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
     with _progress_bar(app) as progress:
         if _is_url(src):
             async with open_storage(src) as remote:
-                _must_exist(src, remote)
-                _apart(remote, dst)
+                _check_file_side(remote, dst, reading=True)
                 return await download_tree(remote, _local(dst, must_exist=False),
                                            exclude=rules, delete=delete, jobs=jobs,
                                            manifest=(remote, MANIFEST_KEY), progress=progress)
         async with open_storage(dst) as remote:
-            _apart(remote, src)
+            _check_file_side(remote, src, reading=False)
             return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
                                      delete=delete, jobs=jobs,
                                      manifest=(remote, MANIFEST_KEY), progress=progress)
 
 
-def _must_exist(url: str, storage: object) -> None:
-    """A file:// SRC that is no directory is a typo, not an empty storage (an S3 prefix
-    with nothing under it is just empty)."""
-    from tpi_core.errors import UsageError
-    from tpi_core.storage.local import LocalStorage
-
-    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
-        raise UsageError(f"{url}: no such directory")
-
-
-def _apart(storage: object, local: str) -> None:
-    """A file:// storage inside the local tree, or holding it, would copy itself: each sync
-    would nest one more copy (backup/backup/...)."""
+def _check_file_side(storage: object, local: str, *, reading: bool) -> None:
+    """A file:// side: read from, it must be a directory (a typo is not an empty storage,
+    as an S3 prefix with nothing under it is); and it must not hold the local side or lie
+    inside it, or the copy would copy itself, one more level each sync (backup/backup/...)."""
     from pathlib import Path
 
     from tpi_core.errors import UsageError
@@ -99,6 +89,8 @@ def _apart(storage: object, local: str) -> None:
 
     if not isinstance(storage, LocalStorage):
         return
+    if reading and not storage.root.is_dir():
+        raise UsageError(f"{storage.url}: no such directory")
     there, here = storage.root.resolve(), Path(local).expanduser().resolve()
     if there == here or there.is_relative_to(here) or here.is_relative_to(there):
         raise UsageError(f"{storage.url} and {local} overlap: the copy would copy itself; "

@@ -27,11 +27,13 @@ class SyncResult:
 
 def size_text(nbytes: float) -> str:
     """Bytes for people, in powers of 1000: ``512 B``, ``12.3 kB``, ``1.5 GB``."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+    if nbytes < 1000:
+        return f"{nbytes:.0f} B"
+    for unit in ("kB", "MB"):
         nbytes /= 1000
-    return f"{nbytes} B"
+        if nbytes < 1000:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1000:.1f} GB"
 
 
 class SyncProgress(Protocol):

@@ -308,11 +308,11 @@ async def test_the_rest_of_an_object_replaced_since_its_head_is_refused(s3, via_
     wire, md5 = await via_proxy._conn.wire(), hashlib.md5(data).hexdigest()
     for name in ("ok", "x"):
         (tmp_path / name).write_bytes(data[:MiB])  # the head, already there
-    await fetch_rest(wire, "root/obj", tmp_path / "ok", MiB, len(data), md5, md5,
+    await fetch_rest(wire, "root/obj", tmp_path / "ok", MiB, len(data), md5,
                      hashlib.md5(data[:MiB]), None)
     assert (tmp_path / "ok").read_bytes() == data
     with pytest.raises(TransientError, match="PreconditionFailed"):  # If-Match: another ETag
-        await fetch_rest(wire, "root/obj", tmp_path / "x", MiB, len(data), "0" * 32, None,
+        await fetch_rest(wire, "root/obj", tmp_path / "x", MiB, len(data), "0" * 32,
                          hashlib.md5(data[:MiB]), None)
 
 

@@ -28,6 +28,7 @@ import anyio
 
 from tpi_aws._proxy import Proxy, forwarding
 from tpi_aws._stream import check_md5, write_all
+from tpi_aws._transfer import is_md5_etag
 from tpi_aws._wire import Wire, network_error, service_error
 from tpi_core.errors import TransientError
 from tpi_core.storage import Progress
@@ -175,11 +176,11 @@ class _Hasher:
 
 
 async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int, etag: str,
-                     expected: str | None, digest: Any, progress: Progress | None) -> Any:
+                     digest: Any, progress: Progress | None) -> None:
     """Fetch the rest of an object whose first ``written`` bytes are in ``path`` (hashed
-    into ``digest``) from one stream read on a worker thread, pinned by If-Match to the
-    version those came from; with an ``expected`` md5, the whole is checked against it.
-    Returns the answer's headers."""
+    into ``digest``; none for a whole object) from one stream read on a worker thread,
+    pinned by If-Match to ``etag``; when the answer shows the ETag is an md5, the whole is
+    checked against it."""
     what = f"download {full}"
     target, headers = await wire.prepare("GET", full, headers={
         "Range": f"bytes={written}-", "If-Match": f'"{etag}"'})
@@ -206,6 +207,5 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     count, headers = got
     if written + count != total:
         raise TransientError(f"{what}: {written + count} of {total} bytes")
-    if expected:
-        check_md5(what, digest.hexdigest(), expected)
-    return headers
+    if is_md5_etag(etag, headers):
+        check_md5(what, digest.hexdigest(), etag)

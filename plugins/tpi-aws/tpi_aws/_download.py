@@ -35,8 +35,6 @@ RANGES_FROM = 256 << 20
 """Larger objects come in parallel ranges (rclone's multi-thread cutoff); smaller ones in
 one stream read on a worker thread, which a local link fills faster than parallel ranges
 read on the event loop."""
-
-
 LISTED_MAX = 10_000
 """Listed objects remembered per storage, at most (each until its download)."""
 
@@ -73,8 +71,8 @@ async def fetch(wire: Wire, full: str, path: Path, progress: Progress | None,
     else:
         from tpi_aws._bulk import fetch_rest  # http.client: only for large objects
 
-        await fetch_rest(wire, full, path, head.written, head.total, head.etag,
-                         head.expected, head.digest, progress)
+        await fetch_rest(wire, full, path, head.written, head.total, head.etag, head.digest,
+                         progress)
 
 
 async def _fetch_listed(wire: Wire, full: str, path: Path, progress: Progress | None,
@@ -82,10 +80,8 @@ async def _fetch_listed(wire: Wire, full: str, path: Path, progress: Progress | 
     from tpi_aws._bulk import fetch_rest
 
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
-    digest = hashlib.md5(usedforsecurity=False)
-    headers = await fetch_rest(wire, full, path, 0, size, etag, None, digest, progress)
-    if is_md5_etag(etag, headers):
-        check_md5(f"download {full}", digest.hexdigest(), etag)
+    await fetch_rest(wire, full, path, 0, size, etag, hashlib.md5(usedforsecurity=False),
+                     progress)
 
 
 async def _first_part(wire: Wire, full: str, path: Path, progress: Progress | None,

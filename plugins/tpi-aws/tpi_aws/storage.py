@@ -6,10 +6,10 @@ first use and closed by ``aclose()`` of the storage that opened it: the fast pat
 deletes. Uploads: files up to 1 MiB go in one PUT with Content-MD5 (the service refuses a
 damaged body), up to 200 MiB in one streamed PUT hashed as it is sent, larger ones in
 parallel parts; the ETag answered is compared with what was sent either way (emulators
-ignore Content-MD5). Downloads (:mod:`tpi_aws._download`) ask for the first 8 MiB, which is all of most
-objects; the rest of a larger one comes in one stream on a worker thread, in parallel
-ranges above 256 MiB. A body received is checked against its ETag when the ETag is
-an md5 (single part, no KMS).
+ignore Content-MD5). Downloads (:mod:`tpi_aws._download`) ask for the first 8 MiB, which
+is all of most objects; the rest of a larger one comes in one stream on a worker thread (at
+once for an object just listed), in parallel ranges above 256 MiB. A body received is
+checked against its ETag when the ETag is an md5 (single part, no KMS).
 
 Keys that would be unsafe as local paths (``..``, ``.``, empty parts, a leading ``/``) are
 refused for transfers; they can still be listed and deleted, so a hostile object never
