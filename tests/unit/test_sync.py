@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from tpi_core.errors import StorageError
 from tpi_core.storage.local import LocalStorage
 from tpi_core.storage.sync import download_tree, upload_tree
+from tpi_core.sync.manifest import parse
 from tpi_core.testing.memory import MemoryStorage
 from tpi_core.testing.progress import Tally
 
@@ -45,7 +45,7 @@ async def test_upload_then_resync_of_an_unchanged_tree_sends_nothing(tmp_path: P
     remote.calls.clear()
     again = await upload_tree(src, remote, manifest=(remote, MANIFEST))
     assert (again.sent, again.unchanged, again.deleted) == (0, 4, 0)
-    assert remote.calls == {"list": 1, "read": 1}  # one listing, the manifest, no write
+    assert remote.calls == {"list": 1, "download": 1}  # one listing, the manifest, no write
 
 
 async def test_changing_one_file_sends_exactly_that_file(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ async def test_changing_one_file_sends_exactly_that_file(tmp_path: Path) -> None
     remote.calls.clear()
     result = await upload_tree(src, remote, manifest=(remote, MANIFEST))
     assert (result.sent, result.unchanged, result.bytes_sent) == (1, 3, 11)
-    assert remote.calls["upload"] == 1 and remote.calls["write"] == 1  # the file + manifest
+    assert remote.calls["upload"] == 2 and "write" not in remote.calls  # the file + manifest
     assert remote.objects["sub/b.bin"] == b"new content"
 
 
@@ -250,8 +250,8 @@ async def test_a_storage_that_hashes_uploads_spares_reading_files_twice(tmp_path
     monkeypatch.setattr("tpi_core.sync.upload._md5_or_none", no_second_read)
     result = await upload_tree(src, remote, manifest=(remote, MANIFEST))
     assert result.sent == 5
-    entries = json.loads(remote.objects[MANIFEST])["files"]
-    assert {k: e["md5"] for k, e in entries.items()} == {
+    entries = parse(remote.objects[MANIFEST])
+    assert {k: e.md5 for k, e in entries.items()} == {
         k: hashlib.md5(v).hexdigest() for k, v in tree(src).items()}
     monkeypatch.undo()  # an unchanged tree is then recognised from the manifest alone
     remote.calls.clear()

@@ -41,9 +41,14 @@ class Hasher:
 
 def upload_plan(files, remote, manifest=None, *, delete=False, table=None, excludes=NO_RULES):
     hasher = Hasher(table or {})
-    actions = list(plan_upload(files, dict(remote), manifest, excludes=excludes, delete=delete,
-                               hash_file=hasher))
+    files = sorted(files, key=lambda item: item.key)  # a walk yields keys in order
+    actions = list(plan_upload(files, sorted(dict(remote).items()), _sorted(manifest),
+                               excludes=excludes, delete=delete, hash_file=hasher))
     return actions, hasher.hashed
+
+
+def _sorted(table):
+    return None if table is None else sorted(table.items())
 
 
 # upload planning
@@ -55,7 +60,7 @@ def test_new_changed_unchanged_and_deleted_with_a_manifest() -> None:
     manifest = {k: Entry(5, 100, md5(k)) for k in ("grown", "same", "touched", "gone")}
     actions, hashed = upload_plan(files, remote, manifest, delete=True,
                                   table={"touched": md5("touched")})
-    assert actions == [Send(files[0]), Send(files[1]), Unchanged("same", manifest["same"]),
+    assert actions == [Send(files[1]), Send(files[0]), Unchanged("same", manifest["same"]),
                        Unchanged("touched", Entry(5, 7, md5("touched"))), Delete("gone")]
     assert hashed == ["touched"]  # only the file whose mtime moved at an equal size
 
@@ -95,9 +100,9 @@ def test_an_md5_etag_decides_when_there_is_no_entry() -> None:
     remote = {"same": (5, f'"{md5("same")}"', None), "differs": (5, md5("old"), None)}
     actions, hashed = upload_plan(files, remote, None,
                                   table={"same": md5("same"), "differs": md5("new")})
-    assert actions == [Unchanged("same", Entry(5, 100, md5("same"))),
-                       Send(files[1], md5("new"))]
-    assert hashed == ["same", "differs"]
+    assert actions == [Send(files[1], md5("new")),
+                       Unchanged("same", Entry(5, 100, md5("same")))]
+    assert hashed == ["differs", "same"]
 
 
 def test_a_manifest_entry_is_trusted_over_an_etag_that_is_no_md5() -> None:
@@ -119,9 +124,9 @@ def test_skipped_entries_pass_through() -> None:
 
 
 def test_the_plan_is_lazy() -> None:
-    endless = (local(f"f{i}") for i in itertools.count())
-    plan = plan_upload(endless, {}, {}, excludes=NO_RULES, delete=False, hash_file=str)
-    assert [a.file.key for a in itertools.islice(plan, 3)] == ["f0", "f1", "f2"]
+    endless = (local(f"f{i:030}") for i in itertools.count())
+    plan = plan_upload(endless, [], [], excludes=NO_RULES, delete=False, hash_file=str)
+    assert [a.file.key[-1] for a in itertools.islice(plan, 3)] == ["0", "1", "2"]
 
 
 def test_ten_thousand_files_plan_quickly_without_hashing() -> None:
@@ -142,47 +147,51 @@ def stat_table(table: dict[str, tuple[int, int]]):
     return table.get
 
 
+def download_plan(remote, manifest, **kwargs) -> list:
+    return list(plan_download(sorted(remote.items()), _sorted(manifest), **kwargs))
+
+
 def test_download_fetches_missing_and_different_sizes() -> None:
     remote = {"missing": (5, None, 1.0), "resized": (5, None, 1.0)}
-    actions = list(plan_download(remote, None, stat_local=stat_table({"resized": (4, 0)}),
-                                 hash_file=Hasher({})))
+    actions = download_plan(remote, None, stat_local=stat_table({"resized": (4, 0)}),
+                            hash_file=Hasher({}))
     assert actions == [Fetch("missing", 5, None, 1.0), Fetch("resized", 5, None, 1.0)]
 
 
 def test_download_keeps_a_local_copy_whose_md5_matches_the_etag() -> None:
     remote = {"same": (5, md5("same"), 1.0), "other": (5, md5("other"), 1.0)}
     hasher = Hasher({"same": md5("same"), "other": md5("changed")})
-    actions = list(plan_download(remote, None, hash_file=hasher,
-                                 stat_local=stat_table({"same": (5, 0), "other": (5, 0)})))
-    assert actions == [Unchanged("same"), Fetch("other", 5, md5("other"), 1.0)]
+    actions = download_plan(remote, None, hash_file=hasher,
+                            stat_local=stat_table({"same": (5, 0), "other": (5, 0)}))
+    assert actions == [Fetch("other", 5, md5("other"), 1.0), Unchanged("same")]
 
 
 def test_download_uses_the_manifest_md5_when_the_etag_is_opaque() -> None:
     remote = {"f": (5, "opaque-etag-1", 1.0)}
     manifest = {"f": Entry(5, 123, md5("f"))}
-    actions = list(plan_download(remote, manifest, stat_local=stat_table({"f": (5, 0)}),
-                                 hash_file=Hasher({"f": md5("f")})))
+    actions = download_plan(remote, manifest, stat_local=stat_table({"f": (5, 0)}),
+                            hash_file=Hasher({"f": md5("f")}))
     assert actions == [Unchanged("f")]
 
 
 def test_download_without_checksum_compares_mtime_with_the_object() -> None:
     remote = {"same": (5, None, 1700000000.5), "newer": (5, None, 1700000099.0)}
     local_files = {"same": (5, 1_700_000_000_500_000_000), "newer": (5, 1_700_000_000_500_000_000)}
-    actions = list(plan_download(remote, None, stat_local=stat_table(local_files),
-                                 hash_file=Hasher({})))
-    assert actions == [Unchanged("same"), Fetch("newer", 5, None, 1700000099.0)]
+    actions = download_plan(remote, None, stat_local=stat_table(local_files),
+                            hash_file=Hasher({}))
+    assert actions == [Fetch("newer", 5, None, 1700000099.0), Unchanged("same")]
 
 
 @pytest.mark.parametrize("key", ["../x", "/etc/x", "a/../../x", "a\\..\\x"])
 def test_download_plan_refuses_hostile_keys(key: str) -> None:
     with pytest.raises(UnsafePathError, match="unsafe storage key"):
-        list(plan_download({key: (1, None, None)}, None, stat_local=lambda k: None,
-                           hash_file=Hasher({})))
+        download_plan({key: (1, None, None)}, None, stat_local=lambda k: None,
+                      hash_file=Hasher({}))
 
 
 def test_local_deletions_are_files_the_listing_lacks() -> None:
-    files = [local("kept"), local("stale"), Skipped("link", "outside")]
-    assert list(plan_local_deletions(files, {"kept": (5, None, None)})) == [Delete("stale")]
+    files = [local("kept"), Skipped("link", "outside"), local("stale")]
+    assert list(plan_local_deletions(files, [("kept", (5, None, None))])) == [Delete("stale")]
 
 
 # manifest

@@ -14,8 +14,9 @@ import contextlib
 import os
 import itertools
 import stat
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -30,7 +31,8 @@ from tpi_core.sync.execute import SyncRun
 from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
 from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
-from tpi_core.sync.upload import local_root, manifest_and_listing
+from tpi_core.sync.spill import Cursor
+from tpi_core.sync.upload import Listing, OldManifest, local_root, manifest_and_listing
 from tpi_core.sync.walk import PART_MARK, walk
 
 IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
@@ -49,38 +51,46 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
     root = local_root(local)
     excludes = Excludes.coerce(exclude)
     top = checked_key(prefix.strip("/")) if prefix.strip("/") else ""
+
+    def accept(key: str) -> bool:
+        # every key is checked as it is listed: a hostile listing is refused before a single
+        # byte is written
+        return _wanted(key, top, excludes) and bool(checked_key(key))
+
     run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry)
-    old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
-                                              lambda key: _wanted(key, top, excludes))
-    for key in listing:
-        checked_key(key)  # refuse a hostile listing before a single byte is written
-    await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
-    await run.run(plan_download(listing, old, stat_local=run.tree.stat, hash_file=run.tree.md5))
-    if delete:
-        await run.delete_local(walk(root, excludes, top), listing)
-    if record is not None:
-        await _record(record, listing, run, old)
+    with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
+        old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
+                                                  Path(scratch), accept)
+        with listing:
+            await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
+            await run.run(plan_download(listing, old and old.entries(), stat_local=run.tree.stat,
+                                        hash_file=run.tree.md5))
+            if delete:
+                await run.delete_local(walk(root, excludes, top), listing)
+            if record is not None:
+                await _record(record, listing, run, old, Path(scratch))
     return run.result
 
 
-async def _record(record: tuple[Storage, str], listing, run: _Download,
-                  old: mf.Manifest | None) -> None:
+async def _record(record: tuple[Storage, str], listing: Listing, run: _Download,
+                  old: OldManifest | None, scratch: Path) -> None:
     """Write an upload manifest of every listed object as it now is on disk."""
-    entries = await anyio.to_thread.run_sync(_restored_entries, listing, run.tree, old or {})
+    path = scratch / "recorded-manifest"
+    known = old.entries() if old is not None else iter(())
+    await anyio.to_thread.run_sync(mf.write, path, _restored_entries(listing, run.tree, known))
     storage, key = record
-    data = mf.dump(entries)
-    await retrying(run.retry, lambda _moved: storage.write(key, data))
+    await retrying(run.retry, lambda moved: storage.upload(key, path, moved))
 
 
-def _restored_entries(listing, tree: LocalTree, old: mf.Manifest) -> mf.Manifest:
-    entries: mf.Manifest = {}
-    for key, (size, etag, _mtime) in listing.items():
+def _restored_entries(listing: Listing, tree: LocalTree,
+                      old: Iterator[tuple[str, mf.Entry]]) -> Iterator[tuple[str, mf.Entry]]:
+    known = Cursor(old, "the manifest")
+    for key, (size, etag, _mtime) in listing:
         local = tree.stat(key)
+        entry = known.find(key)
         if local is not None and local[0] == size:
-            known = old.get(key)
-            md5 = mf.md5_etag(etag) or (known.md5 if known and known.size == size else None)
-            entries[key] = mf.Entry(size, local[1], md5)
-    return entries
+            md5 = mf.md5_etag(etag) or (entry.md5 if entry and entry.size == size else None)
+            yield key, mf.Entry(size, local[1], md5)
 
 
 def _wanted(key: str, top: str, excludes: Excludes) -> bool:
@@ -197,7 +207,7 @@ class _Download(SyncRun):
                 os.unlink(temp)
             raise
 
-    async def delete_local(self, files, listing) -> None:
+    async def delete_local(self, files: Iterator, listing: Listing) -> None:
         """Remove local files under the prefix that the listing does not have."""
         doomed = plan_local_deletions(files, listing)
         while batch := await anyio.to_thread.run_sync(_delete_some, self.tree.root, doomed):

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from tpi_core.sync import spill
 from tpi_core.sync.plan import Action, Delete, Fetch, Send, Unchanged
 from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
@@ -53,7 +54,8 @@ class SyncRun:
         self.progress = progress
         self.retry = retry or RetryPolicy()
         self.result = SyncResult()
-        self.deletions: list[str] = []
+        self.deletions = spill.keys()
+        """Keys the plan deletes, in its (sorted) order, kept on disk beyond a run."""
         self._planned = [0, 0]
         self._reported: tuple[int, int] | None = None
 
@@ -114,7 +116,7 @@ class SyncRun:
             self.result.unchanged += 1
             self.keep(action)
         elif isinstance(action, Delete):
-            self.deletions.append(action.key)
+            self.deletions.add(action.key)
         else:
             self._planned[0] += 1
             self._planned[1] += size_of(action)

@@ -1,22 +1,31 @@
 """The sync manifest: what a storage holds, as last synced, so a re-sync needs no hashing.
 
-One JSON object kept in storage::
+Kept in storage as JSON lines, one file a line, sorted by key, after a header line::
 
-    {"version": 1, "files": {"dir/file.txt": {"size": 12, "mtime_ns": 17..., "md5": "9e10..."}}}
+    {"version":2}
+    ["dir/a.txt",12,1718000000000000000,"9e107d9d372bb6826bd81d3542a419d6"]
+    ["dir/b.bin",8388608,1718000000000000000,null]
 
 ``size`` and ``md5`` describe the stored object; ``mtime_ns`` is the modification time of the
 local file it was uploaded from (so an untouched file is recognised without reading it).
+Being sorted, it is read as a stream and merged with the walk and the listing (see
+``plan.py``): a manifest of 100,000 files is never held in memory. The version 1 document
+(one JSON object) is still read, whole, so manifests written before stay useful.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-VERSION = 1
+VERSION = 2
+HEADER = b'{"version":2}\n'
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 1 << 20
 
@@ -31,23 +40,82 @@ class Entry:
 
 
 Manifest = dict[str, Entry]
+Entries = Iterable[tuple[str, Entry]]
+"""Manifest entries as ``(key, entry)`` pairs, sorted by key."""
+
+
+def read(path: str | Path) -> Iterator[tuple[str, Entry]]:
+    """The entries of the manifest file at ``path``, sorted by key, streamed.
+
+    A damaged manifest only costs hashing or re-sending, never wrong data: reading stops
+    quietly at the first line that is not an entry or not above the one before it.
+    """
+    with open(path, "rb") as handle:
+        yield from _entries(handle)
+
+
+def _entries(handle: IO[bytes]) -> Iterator[tuple[str, Entry]]:
+    first = handle.readline()
+    try:
+        header = json.loads(first)
+    except ValueError:
+        return
+    if not isinstance(header, dict):
+        return
+    if header.get("version") == 1:
+        yield from sorted(_parse_v1(header).items())
+        return
+    if header.get("version") != VERSION:
+        return
+    last = ""
+    for line in handle:
+        pair = _entry(line)
+        if pair is None or (last and not pair[0] > last):
+            return
+        last = pair[0]
+        yield pair
+
+
+def _entry(line: bytes) -> tuple[str, Entry] | None:
+    try:
+        key, size, mtime_ns, md5 = json.loads(line)
+        if not (isinstance(key, str) and key and (md5 is None or isinstance(md5, str))):
+            return None
+        return key, Entry(int(size), int(mtime_ns), md5)
+    except (ValueError, TypeError):
+        return None
+
+
+def _parse_v1(doc: dict) -> Manifest:
+    try:
+        return {key: Entry(int(v["size"]), int(v["mtime_ns"]), v.get("md5"))
+                for key, v in doc["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def parse(data: bytes) -> Manifest:
-    """Entries of a manifest document; an unreadable document counts as empty."""
-    try:
-        files = json.loads(data)["files"]
-        return {key: Entry(int(v["size"]), int(v["mtime_ns"]), v.get("md5"))
-                for key, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}  # a damaged manifest only costs hashing or re-sending, never wrong data
+    """Entries of a manifest document held in memory (small manifests, tests)."""
+    return dict(_entries(io.BytesIO(data)))
+
+
+def lines(entries: Entries) -> Iterator[bytes]:
+    """The manifest document for ``entries`` (sorted by key, each key once), line by line."""
+    yield HEADER
+    dumps = json.dumps
+    for key, e in entries:
+        yield dumps([key, e.size, e.mtime_ns, e.md5], separators=(",", ":")).encode() + b"\n"
+
+
+def write(path: str | Path, entries: Entries) -> None:
+    """Write the manifest document for ``entries`` to the file ``path``."""
+    with open(path, "wb") as handle:
+        handle.writelines(lines(entries))
 
 
 def dump(entries: Manifest) -> bytes:
-    """The manifest document for ``entries`` (keys sorted, compact)."""
-    files = {key: {"size": e.size, "mtime_ns": e.mtime_ns, "md5": e.md5}
-             for key, e in sorted(entries.items())}
-    return json.dumps({"version": VERSION, "files": files}, separators=(",", ":")).encode()
+    """The manifest document for ``entries`` (small manifests, tests)."""
+    return b"".join(lines(sorted(entries.items())))
 
 
 def md5_etag(etag: str | None) -> str | None:

@@ -3,7 +3,10 @@
 Nothing here touches storage. Local reads happen only through the ``hash_file`` (None when
 the file cannot be read) and ``stat_local`` callables the caller passes, and hashing only
 when size and modification time cannot decide (a file touched but the same size). Plans
-are generators: a 100,000-file tree is planned one file at a time.
+are generators that merge streams sorted by key (the walk, the listing, the manifest), so a
+100,000-file tree is planned one file at a time and no side of it is held as a dictionary;
+a stream out of order raises :class:`~tpi_core.sync.spill.OrderError` before anything is
+deleted.
 
 Upload, for each local file: no remote object or another size -> :class:`Send`; a manifest
 entry with the same size and mtime -> :class:`Unchanged`; same size but another mtime -> hash
@@ -15,12 +18,15 @@ Remote objects no local file claimed are deleted only with ``delete=True``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from tpi_core.storage.local import checked_key
+from tpi_core.sync import manifest as mf
+from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
-from tpi_core.sync.manifest import Entry, Manifest, md5_etag
+from tpi_core.sync.manifest import Entry, md5_etag
+from tpi_core.sync.spill import Cursor
 from tpi_core.sync.walk import LocalFile, Skipped
 
 RemoteObject = tuple[int, str | None, float | None]
@@ -66,34 +72,46 @@ class Delete:
 Action = Send | Fetch | Unchanged | Delete | Skipped
 
 
-def plan_upload(files: Iterable[LocalFile | Skipped], remote: MutableMapping[str, RemoteObject],
-                manifest: Manifest | None, *, excludes: Excludes, delete: bool,
+def plan_upload(files: Iterable[LocalFile | Skipped], remote: Iterable[tuple[str, RemoteObject]],
+                manifest: mf.Entries | None, *, excludes: Excludes, delete: bool,
                 hash_file: Callable[[LocalFile], str | None]) -> Iterator[Action]:
     """Actions that make the remote side match ``files``.
 
-    ``remote`` is the one listing of the destination; the plan consumes it (pops every key a
-    local file claims), so what is left at the end is what ``delete`` removes, unless part of
-    the tree could not be read (rclone's rule: no deletions after a read error). ``manifest``
-    is None when the caller keeps none.
+    All three inputs are sorted by key (``walk`` yields files so): ``remote`` is the one
+    listing of the destination and ``manifest`` the entries of the manifest (None when the
+    caller keeps none), as ``(key, value)`` pairs. Listed keys no local file claims are what
+    ``delete`` removes, at the end, and only when the whole tree could be read (rclone's
+    rule: no deletions after a read error). Until then they wait in a
+    :class:`~tpi_core.sync.spill.SortedSpill`, not in memory.
     """
-    complete = True
-    for item in files:
-        if isinstance(item, Skipped):
-            complete = complete and not item.unread
-            yield item
-            continue
-        yield _upload_decision(item, remote.pop(item.key, None), manifest, hash_file)
-    if delete and not complete:
-        yield Skipped("*", "nothing deleted: part of the tree could not be read")
-    elif delete:
-        yield from (Delete(key) for key in remote if not excludes.excluded(key))
+    listed, entries = Cursor(remote, "the listing"), Cursor(manifest or (), "the manifest")
+    walked = Cursor((), "the walk")
+    with spill.keys() as unclaimed:
+        complete = True
+        for item in files:
+            if isinstance(item, Skipped):
+                complete = complete and not item.unread
+                yield item
+                continue
+            walked.check(item.key)
+            for key, _obj in listed.until(item.key):
+                if delete and not excludes.excluded(key):
+                    unclaimed.add(key)
+            yield _upload_decision(item, listed.take(item.key), entries.find(item.key),
+                                   manifest is not None, hash_file)
+        for key, _obj in listed.until(None):
+            if delete and not excludes.excluded(key):
+                unclaimed.add(key)
+        if delete and not complete:
+            yield Skipped("*", "nothing deleted: part of the tree could not be read")
+        elif delete:
+            yield from (Delete(key) for key in unclaimed)
 
 
-def _upload_decision(file: LocalFile, obj: RemoteObject | None, manifest: Manifest | None,
-                     hash_file: Callable[[LocalFile], str | None]) -> Action:
+def _upload_decision(file: LocalFile, obj: RemoteObject | None, entry: Entry | None,
+                     keeps_manifest: bool, hash_file: Callable[[LocalFile], str | None]) -> Action:
     if obj is None:
         return Send(file)
-    entry = manifest.get(file.key) if manifest is not None else None
     if entry is not None and (entry.size, entry.mtime_ns) == (file.size, file.mtime_ns):
         # untouched since this side last synced it: a different object there now was
         # written by another writer (a sibling replica) and is theirs to keep
@@ -110,11 +128,11 @@ def _upload_decision(file: LocalFile, obj: RemoteObject | None, manifest: Manife
     if _same_time(file.mtime_ns, obj[2]):
         # the file is the object as a download left it (downloads set the object's mtime):
         # an agent's first push after restoring the workdir sends nothing
-        if manifest is None:
+        if not keeps_manifest:
             return Unchanged(file.key)
         return _by_hash(file, None, hash_file, trusted=True)  # hashed for the manifest only
     # same size, nothing to compare with: trust it only when no manifest is kept at all
-    return Unchanged(file.key) if manifest is None else Send(file)
+    return Send(file) if keeps_manifest else Unchanged(file.key)
 
 
 def _same_time(mtime_ns: int, mtime: float | None) -> bool:
@@ -129,28 +147,30 @@ def _by_hash(file: LocalFile, expected: str | None,
     return Send(file, md5)
 
 
-def plan_download(remote: Mapping[str, RemoteObject], manifest: Manifest | None, *,
+def plan_download(remote: Iterable[tuple[str, RemoteObject]], manifest: mf.Entries | None, *,
                   stat_local: Callable[[str], tuple[int, int] | None],
                   hash_file: Callable[[str], str | None]) -> Iterator[Action]:
     """Actions that make local files match the ``remote`` listing (already filtered).
 
-    ``stat_local(key)`` gives ``(size, mtime_ns)`` of the local regular file or None. A local
-    file of the right size is kept when its md5 equals the object's (etag, else the
-    manifest's), or, with no checksum known, when its mtime is the object's (set by the last
-    download). Keys are checked first: an unsafe key raises UnsafePathError.
+    ``remote`` and ``manifest`` are ``(key, value)`` pairs sorted by key. ``stat_local(key)``
+    gives ``(size, mtime_ns)`` of the local regular file or None. A local file of the right
+    size is kept when its md5 equals the object's (etag, else the manifest's), or, with no
+    checksum known, when its mtime is the object's (set by the last download). An unsafe key
+    raises UnsafePathError.
     """
-    for key, obj in remote.items():
+    entries = Cursor(manifest or (), "the manifest")
+    for key, obj in Cursor(remote, "the listing").until(None):
         checked_key(key)
-        yield _download_decision(key, obj, stat_local(key), manifest, hash_file)
+        yield _download_decision(key, obj, stat_local(key), entries.find(key), hash_file)
 
 
 def _download_decision(key: str, obj: RemoteObject, local: tuple[int, int] | None,
-                       manifest: Manifest | None, hash_file: Callable[[str], str | None]) -> Action:
+                       entry: Entry | None, hash_file: Callable[[str], str | None]) -> Action:
     size, etag, mtime = obj
     fetch = Fetch(key, size, md5_etag(etag), mtime)
     if local is None or local[0] != size:
         return fetch
-    expected = fetch.md5 or _manifest_md5(manifest, key, size)
+    expected = fetch.md5 or (entry.md5 if entry is not None and entry.size == size else None)
     if expected is not None:
         return Unchanged(key) if hash_file(key) == expected else fetch
     if _same_time(local[1], mtime):
@@ -158,14 +178,12 @@ def _download_decision(key: str, obj: RemoteObject, local: tuple[int, int] | Non
     return fetch
 
 
-def _manifest_md5(manifest: Manifest | None, key: str, size: int) -> str | None:
-    entry = manifest.get(key) if manifest else None
-    return entry.md5 if entry is not None and entry.size == size else None
-
-
 def plan_local_deletions(files: Iterable[LocalFile | Skipped],
-                         remote: Mapping[str, RemoteObject]) -> Iterator[Delete]:
-    """Local files (from a walk) that the remote listing no longer has."""
+                         remote: Iterable[tuple[str, RemoteObject]]) -> Iterator[Delete]:
+    """Local files (from a walk, sorted) that the sorted remote listing no longer has."""
+    listed, walked = Cursor(remote, "the listing"), Cursor((), "the walk")
     for item in files:
-        if isinstance(item, LocalFile) and item.key not in remote:
-            yield Delete(item.key)
+        if isinstance(item, LocalFile):
+            walked.check(item.key)
+            if listed.find(item.key) is None:
+                yield Delete(item.key)

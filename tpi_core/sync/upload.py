@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
+import heapq
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -14,6 +17,7 @@ from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import ObjectNotFound, StorageError
 from tpi_core.storage import Storage
 from tpi_core.sync import manifest as mf
+from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun, alongside
 from tpi_core.sync.plan import Action, RemoteObject, Send, Unchanged, plan_upload
@@ -34,32 +38,46 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
     """Make ``remote`` hold the files under ``local`` (see ``upload_tree``)."""
     root = local_root(local, must_exist=True)
     excludes = Excludes.coerce(exclude)
-    run = _Upload(remote, manifest, jobs=jobs, progress=progress, retry=retry)
-    old, listing = await manifest_and_listing(manifest, remote, "", run.retry)
-    if manifest is not None and manifest[0].url == remote.url:
-        listing.pop(manifest[1], None)  # the manifest is no file of the tree: never delete it
-    plan = plan_upload(walk(root, excludes), listing, old, excludes=excludes, delete=delete,
-                       hash_file=lambda f: _md5_or_none(f.path))
-    try:
-        prehash = manifest is not None and not remote.UPLOAD_MD5
-        await run.run(_hash_small(plan) if prehash else plan)
-        await run.delete_remote()
-    except BaseException:
-        await run.save_manifest(old, complete=False)
-        raise
-    await run.save_manifest(old, complete=True)
+    # the manifest is no file of the tree: never delete it
+    own = manifest[1] if manifest is not None and manifest[0].url == remote.url else None
+    with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
+        run = _Upload(remote, manifest, Path(scratch), jobs=jobs, progress=progress, retry=retry)
+        old, listing = await manifest_and_listing(manifest, remote, "", run.retry, Path(scratch),
+                                                  lambda key: key != own)
+        with listing, run.deletions, run.entries:
+            plan = plan_upload(walk(root, excludes), listing, old and old.entries(),
+                               excludes=excludes, delete=delete,
+                               hash_file=lambda f: _md5_or_none(f.path))
+            try:
+                prehash = manifest is not None and not remote.UPLOAD_MD5
+                await run.run(_hash_small(plan) if prehash else plan)
+                await run.delete_remote()
+            except BaseException:
+                await run.save_manifest(old, complete=False)
+                raise
+            await run.save_manifest(old, complete=True)
     return run.result
 
 
+def _encode_entry(entry: mf.Entry) -> list:
+    return [entry.size, entry.mtime_ns, entry.md5]
+
+
+def _decode_entry(data: list) -> mf.Entry:
+    return mf.Entry(*data)
+
+
 class _Upload(SyncRun):
-    def __init__(self, remote: Storage, manifest: tuple[Storage, str] | None, **kwargs):
+    def __init__(self, remote: Storage, manifest: tuple[Storage, str] | None, scratch: Path,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.remote, self.manifest = remote, manifest
-        self.entries: mf.Manifest = {}
+        self.remote, self.manifest, self.scratch = remote, manifest, scratch
+        self.entries = spill.pairs(_encode_entry, _decode_entry)
+        """The new manifest's entries, in the order transfers end: sorted when written."""
 
     def keep(self, action: Unchanged) -> None:
         if action.entry is not None:
-            self.entries[action.key] = action.entry
+            self.entries.add((action.key, action.entry))
 
     async def transfer(self, action: Action) -> None:
         assert isinstance(action, Send)
@@ -73,7 +91,7 @@ class _Upload(SyncRun):
         except FileNotFoundError:
             self.skip(file.key, "vanished before it could be sent")
             return
-        self.entries[file.key] = mf.Entry(file.size, file.mtime_ns, md5)
+        self.entries.add((file.key, mf.Entry(file.size, file.mtime_ns, md5)))
         self.done(file.size)
 
     async def _send(self, file: LocalFile) -> str | None:
@@ -83,31 +101,61 @@ class _Upload(SyncRun):
 
     async def delete_remote(self) -> None:
         """Delete what the plan marked, in batches, after every upload (rclone's default)."""
-        for start in range(0, len(self.deletions), DELETE_BATCH):
-            batch = self.deletions[start:start + DELETE_BATCH]
-            await retrying(self.retry, lambda _moved: self.remote.delete(batch))
-            self.result.deleted += len(batch)
+        batch: list[str] = []
+        for key in self.deletions:
+            batch.append(key)
+            if len(batch) == DELETE_BATCH:
+                await self._delete(batch)
+                batch = []
+        if batch:
+            await self._delete(batch)
 
-    async def save_manifest(self, old: mf.Manifest | None, *, complete: bool) -> None:
+    async def _delete(self, batch: list[str]) -> None:
+        await retrying(self.retry, lambda _moved: self.remote.delete(batch))
+        self.result.deleted += len(batch)
+
+    async def save_manifest(self, old: OldManifest | None, *, complete: bool) -> None:
         """Write the manifest if it changed; after a failure keep the old entries too."""
-        if self.manifest is None:
-            return
-        entries = self.entries if complete else {**(old or {}), **self.entries}
-        if entries == old:
+        if self.manifest is None or (not self.entries and (old is None or old.path is None)):
             return
         if complete:
-            await self._write_manifest(entries)
+            await self._write_manifest(old, complete)
             return
         # shielded: a failed or cancelled sync still records what it sent, so the next resumes
         with anyio.move_on_after(MANIFEST_SAVE_SECONDS, shield=True):
             with contextlib.suppress(Exception):
-                await self._write_manifest(entries)
+                await self._write_manifest(old, complete)
 
-    async def _write_manifest(self, entries: mf.Manifest) -> None:
+    async def _write_manifest(self, old: OldManifest | None, complete: bool) -> None:
         assert self.manifest is not None
         storage, key = self.manifest
-        data = mf.dump(entries)
-        await retrying(self.retry, lambda _moved: storage.write(key, data))
+        path = self.scratch / "manifest"
+
+        def write() -> bool:
+            entries = iter(self.entries)
+            if not complete and old is not None:
+                entries = _newer_first(entries, old.entries())
+            mf.write(path, _unique(entries))
+            return old is None or old.path is None or not filecmp.cmp(path, old.path, False)
+
+        if await anyio.to_thread.run_sync(write):
+            await retrying(self.retry, lambda moved: storage.upload(key, path, moved))
+
+
+def _newer_first(new: Iterator[tuple[str, mf.Entry]],
+                 old: Iterator[tuple[str, mf.Entry]]) -> Iterator[tuple[str, mf.Entry]]:
+    """Both streams in one, sorted; for a key in both, the new entry comes first."""
+    tagged = heapq.merge(((key, 0, e) for key, e in new), ((key, 1, e) for key, e in old))
+    return ((key, entry) for key, _tag, entry in tagged)
+
+
+def _unique(entries: Iterator[tuple[str, mf.Entry]]) -> Iterator[tuple[str, mf.Entry]]:
+    """Sorted entries, the first of each key only."""
+    last = None
+    for key, entry in entries:
+        if key != last:
+            last = key
+            yield key, entry
 
 
 def _hash_small(plan: Iterator[Action]) -> Iterator[Action]:
@@ -134,30 +182,64 @@ def local_root(local: str | Path, *, must_exist: bool = False) -> Path:
     return root
 
 
-async def load_manifest(manifest: tuple[Storage, str], retry: RetryPolicy) -> mf.Manifest:
-    """The entries of a manifest kept in storage; none when it does not exist yet."""
+class OldManifest:
+    """The manifest as the last sync left it, downloaded to a local file (None: there is none
+    yet), read as a stream of sorted entries as often as needed."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def entries(self) -> Iterator[tuple[str, mf.Entry]]:
+        """Its entries, sorted by key."""
+        return mf.read(self.path) if self.path is not None else iter(())
+
+
+async def load_manifest(manifest: tuple[Storage, str], retry: RetryPolicy,
+                        scratch: Path) -> OldManifest:
+    """The manifest kept in storage, downloaded into ``scratch``."""
     storage, key = manifest
+    path = scratch / "old-manifest"
     try:
-        return mf.parse(await retrying(retry, lambda _moved: storage.read(key)))
+        await retrying(retry, lambda moved: storage.download(key, path, moved))
     except ObjectNotFound:
-        return {}
+        return OldManifest(None)
+    return OldManifest(path)
+
+
+Listing = spill.SortedSpill[tuple[str, RemoteObject]]
+"""A listing sorted by key: ``(key, (size, etag, mtime))`` pairs."""
+
+
+def _encode_object(obj: RemoteObject) -> list:
+    return list(obj)
+
+
+def _decode_object(data: list) -> RemoteObject:
+    return (data[0], data[1], data[2])
 
 
 async def list_remote(storage: Storage, prefix: str, retry: RetryPolicy,
-                      accept: Callable[[str], bool] = lambda key: True,
-                      ) -> dict[str, RemoteObject]:
-    """One listing under ``prefix`` (retried whole): key -> (size, etag, mtime)."""
-    async def attempt(_moved: object) -> dict[str, RemoteObject]:
-        return {info.key: (info.size, info.etag, info.mtime)
-                async for info in storage.list(prefix) if accept(info.key)}
+                      accept: Callable[[str], bool] = lambda key: True) -> Listing:
+    """One listing under ``prefix`` (retried whole), sorted by key whatever order the
+    storage lists in, held in memory up to a run and on disk beyond it."""
+    async def attempt(_moved: object) -> Listing:
+        listing = spill.pairs(_encode_object, _decode_object)
+        try:
+            async for info in storage.list(prefix):
+                if accept(info.key):
+                    listing.add((info.key, (info.size, info.etag, info.mtime)))
+        except BaseException:
+            listing.close()
+            raise
+        return listing
 
     return await retrying(retry, attempt)
 
 
 async def manifest_and_listing(manifest: tuple[Storage, str] | None, storage: Storage,
-                               prefix: str, retry: RetryPolicy,
+                               prefix: str, retry: RetryPolicy, scratch: Path,
                                accept: Callable[[str], bool] = lambda key: True,
-                               ) -> tuple[mf.Manifest | None, dict[str, RemoteObject]]:
+                               ) -> tuple[OldManifest | None, Listing]:
     """The manifest (None when none is kept) and the listing, fetched at the same time;
     when both fail (a missing bucket), the listing's error is the one raised."""
     found: dict[str, Any] = {}
@@ -171,8 +253,10 @@ async def manifest_and_listing(manifest: tuple[Storage, str] | None, storage: St
 
     async with anyio.create_task_group() as group:
         if manifest is not None:
-            group.start_soon(fetch, "manifest", partial(load_manifest, manifest, retry))
+            group.start_soon(fetch, "manifest", partial(load_manifest, manifest, retry, scratch))
         group.start_soon(fetch, "listing", partial(list_remote, storage, prefix, retry, accept))
     if failed:
+        if "listing" in found:
+            found["listing"].close()
         raise failed.get("listing") or failed["manifest"]
     return found.get("manifest"), found["listing"]

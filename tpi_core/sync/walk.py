@@ -3,7 +3,13 @@
 Yields one :class:`LocalFile` per regular file, and a :class:`Skipped` for what cannot be
 sent: symlinks that leave the tree, symlinks to directories, broken links, sockets and
 fifos, names a storage key cannot hold. A symlink to a file inside the tree is sent as
-that file's content. Only the directories still to visit are held in memory.
+that file's content.
+
+Files come in key order, the order of an S3 listing, so the planner merges the walk with the
+listing instead of holding either: each directory is read whole and sorted, a subdirectory
+counting as its name plus ``/`` (``a-b`` < ``a/x`` < ``a0``), and visited at its place.
+Only the directories on the way down are held, each in a bounded
+:class:`~tpi_core.sync.spill.SortedSpill` (a directory of a million files goes to disk).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpi_core.sync.excludes import Excludes
+from tpi_core.sync.spill import SortedSpill
 
 PART_MARK = ".tpi-part-"
 """Temporary download files carry this in their name; walks never report them."""
@@ -56,42 +63,72 @@ def walk(root: Path, excludes: Excludes, start: str = "") -> Iterator[LocalFile 
         if not excludes.excluded(start):
             yield _file(start, str(first), os.stat(first))
         return
-    pending = [(str(first), start + "/" if start else "")]
-    while pending:
-        directory, base = pending.pop()
-        yield from _scan(root, directory, base, excludes, pending)
+    stack = [_sorted(root, str(first), start + "/" if start else "", excludes)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, _Dir):
+            stack.append(_sorted(root, item.path, item.key + "/", excludes))
+        else:
+            yield item
 
 
-def _scan(root: Path, directory: str, base: str, excludes: Excludes,
-          pending: list[tuple[str, str]]) -> Iterator[LocalFile | Skipped]:
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                yield from _visit(root, entry, base + entry.name, excludes, pending)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except PermissionError:
-        yield Skipped(base.rstrip("/") or ".", "directory cannot be read", unread=True)
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """A subdirectory still to visit."""
+
+    key: str
+    path: str
 
 
-def _visit(root: Path, entry: os.DirEntry, key: str, excludes: Excludes,
-           pending: list[tuple[str, str]]) -> Iterator[LocalFile | Skipped]:
+Item = LocalFile | Skipped | _Dir
+_KINDS: dict[str, type] = {"f": LocalFile, "s": Skipped, "d": _Dir}
+
+
+def _sort_key(item: Item) -> str:
+    return item.key + "/" if isinstance(item, _Dir) else item.key
+
+
+def _encode(item: Item) -> list:
+    kind = "f" if isinstance(item, LocalFile) else "s" if isinstance(item, Skipped) else "d"
+    return [kind, *(getattr(item, name) for name in item.__slots__)]
+
+
+def _decode(data: list) -> Item:
+    return _KINDS[data[0]](*data[1:])
+
+
+def _sorted(root: Path, directory: str, base: str, excludes: Excludes) -> Iterator[Item]:
+    with SortedSpill(_sort_key, _encode, _decode) as items:
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    item = _visit(root, entry, base + entry.name, excludes)
+                    if item is not None:
+                        items.add(item)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except PermissionError:
+            yield Skipped(base.rstrip("/") or ".", "directory cannot be read", unread=True)
+            return
+        yield from items
+
+
+def _visit(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> Item | None:
     if PART_MARK in entry.name:
-        return
+        return None
     if entry.is_symlink():
-        if not excludes.excluded(key):
-            yield _link(root, entry, key, excludes)
-    elif entry.is_dir(follow_symlinks=False):
-        if not excludes.prunes(key):
-            pending.append((entry.path, key + "/"))
-    elif excludes.excluded(key):
-        return
-    elif "\\" in key:
-        yield Skipped(key, "a backslash in the name cannot be part of a storage key")
-    elif entry.is_file(follow_symlinks=False):
-        yield _file(key, entry.path, entry.stat(follow_symlinks=False))
-    else:
-        yield Skipped(key, "not a regular file")
+        return None if excludes.excluded(key) else _link(root, entry, key, excludes)
+    if entry.is_dir(follow_symlinks=False):
+        return None if excludes.prunes(key) else _Dir(key, entry.path)
+    if excludes.excluded(key):
+        return None
+    if "\\" in key:
+        return Skipped(key, "a backslash in the name cannot be part of a storage key")
+    if entry.is_file(follow_symlinks=False):
+        return _file(key, entry.path, entry.stat(follow_symlinks=False))
+    return Skipped(key, "not a regular file")
 
 
 def _link(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> LocalFile | Skipped:
