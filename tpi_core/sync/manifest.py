@@ -1,10 +1,10 @@
 """The sync manifest: what a storage holds, as last synced, so a re-sync needs no hashing.
 
-Kept in storage as JSON lines, one file a line, sorted by key, after a header line::
+Kept in storage as lines of JSON, after a header line, each line an array of up to 512
+entries, every entry ``[key, size, mtime_ns, md5]``, all sorted by key::
 
     {"version":2}
-    ["dir/a.txt",12,1718000000000000000,"9e107d9d372bb6826bd81d3542a419d6"]
-    ["dir/b.bin",8388608,1718000000000000000,null]
+    [["dir/a.txt",12,1718000000000000000,"9e107d9d372bb6826bd81d3542a419d6"],["dir/b.bin",8388608,1718000000000000000,null]]
 
 ``size`` and ``md5`` describe the stored object; ``mtime_ns`` is the modification time of the
 local file it was uploaded from (so an untouched file is recognised without reading it).
@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from tpi_core.sync.spill import chunk_lines
 
 VERSION = 2
 HEADER = b'{"version":2}\n'
@@ -69,16 +71,21 @@ def _entries(handle: IO[bytes]) -> Iterator[tuple[str, Entry]]:
         return
     last = ""
     for line in handle:
-        pair = _entry(line)
-        if pair is None or (last and not pair[0] > last):
+        try:
+            chunk = json.loads(line)
+        except ValueError:
             return
-        last = pair[0]
-        yield pair
+        for data in chunk if isinstance(chunk, list) else (None,):
+            pair = _entry(data)
+            if pair is None or (last and not pair[0] > last):
+                return
+            last = pair[0]
+            yield pair
 
 
-def _entry(line: bytes) -> tuple[str, Entry] | None:
+def _entry(data: object) -> tuple[str, Entry] | None:
     try:
-        key, size, mtime_ns, md5 = json.loads(line)
+        key, size, mtime_ns, md5 = data  # type: ignore[misc]
         if not (isinstance(key, str) and key and (md5 is None or isinstance(md5, str))):
             return None
         return key, Entry(int(size), int(mtime_ns), md5)
@@ -102,9 +109,9 @@ def parse(data: bytes) -> Manifest:
 def lines(entries: Entries) -> Iterator[bytes]:
     """The manifest document for ``entries`` (sorted by key, each key once), line by line."""
     yield HEADER
-    dumps = json.dumps
-    for key, e in entries:
-        yield dumps([key, e.size, e.mtime_ns, e.md5], separators=(",", ":")).encode() + b"\n"
+    data = ([key, e.size, e.mtime_ns, e.md5] for key, e in entries)
+    for line in chunk_lines(data):
+        yield line.encode()
 
 
 def write(path: str | Path, entries: Entries) -> None:
