@@ -87,7 +87,8 @@ def slug(tool: Tool) -> str:
     return tool.name.replace(" ", "-")
 
 
-def time_sync(server: Server, tool: Tool, data: DataSet, run_no: int, times: Times) -> None:
+def time_sync(server: Server, tool: Tool, data: DataSet, run_no: int, times: Times,
+              changed: bool = True) -> None:
     """Upload, re-sync unchanged, re-sync with one file changed: one tool, one run."""
     target = tool.url(f"{data.name}/{slug(tool)}/{run_no}")
     env = tool.env(server)
@@ -97,6 +98,8 @@ def time_sync(server: Server, tool: Tool, data: DataSet, run_no: int, times: Tim
     if resync is None:
         return
     measure((server.name, data.name, "resync", tool.name), resync, env, times)
+    if not changed:
+        return
     data.change_one()
     measure((server.name, data.name, "changed", tool.name), resync, env, times)
 

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Generic, TypeVar
 
+from tpi_core.errors import StorageError
+
 T = TypeVar("T")
 
 RUN_ITEMS = 16_384
@@ -122,7 +124,7 @@ def _first(pair: tuple[str, Any]) -> str:
     return pair[0]
 
 
-class OrderError(RuntimeError):
+class OrderError(StorageError):
     """A stream that should be sorted by key is not: merging it would be wrong."""
 
 
