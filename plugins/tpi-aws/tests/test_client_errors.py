@@ -112,3 +112,20 @@ async def test_clients_open_once_per_service():
 def test_error_code_reads_botocore_errors_only():
     assert error_code(client_error("X")) == "X"
     assert error_code(ValueError("x")) == ""
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("NoSuchKey", 404), ("NoSuchBucket", 404), ("AccessDenied", 403), ("SlowDown", 503),
+    ("InternalError", 500), ("", 404), ("", 429), ("Weird", 400)])
+def test_an_error_answer_maps_as_the_sdk_error_would(code: str, status: int) -> None:
+    """The S3 fast path maps an error answer without botocore, by the same table."""
+    from tpi_aws._wire import service_error
+    from tpi_aws.errors import translate
+
+    body = (f"<Error><Code>{code}</Code><Message>nope</Message></Error>".encode()
+            if code else b"")
+    ours = service_error(status, "nope", body, "GET x")
+    sdk = translate(client_error(code or str(status), status), "GET x")
+    assert type(ours) is type(sdk) and str(ours) == str(sdk)
+    if code == "NoSuchKey":
+        assert isinstance(ours, errors.ObjectNotFound)

@@ -203,7 +203,7 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     if isinstance(got, Failed):
         if got.status < 300:
             raise TransientError(f"{what}: range ignored (HTTP {got.status})")
-        raise service_error(got.status, got.reason, got.headers, got.body, what)
+        raise service_error(got.status, got.reason, got.body, what)
     count, headers = got
     if written + count != total:
         raise TransientError(f"{what}: {written + count} of {total} bytes")

@@ -28,7 +28,7 @@ import h11
 from tpi_aws._proxy import Proxy, proxy_for
 from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
-from tpi_aws.errors import translate
+from tpi_aws.errors import from_answer, translate
 from tpi_core.errors import StorageError, TpiError, TransientError
 
 if TYPE_CHECKING:
@@ -95,8 +95,7 @@ class Wire:
             async with self._http.request(method, target, signed, data) as response:
                 if response.status >= 300 and response.status not in accept:
                     body = await response.read() if method != "HEAD" else b""
-                    raise service_error(response.status, response.reason,
-                                        dict(response.headers), body, what)
+                    raise service_error(response.status, response.reason, body, what)
                 yield response
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
                 h11.ProtocolError, OSError) as exc:
@@ -173,15 +172,10 @@ def network_error(what: str, origin: str, exc: BaseException,
     return TransientError(f"{what}: {type(exc).__name__}: {exc}{through}")
 
 
-def service_error(status: int, reason: str, headers: dict[str, str], body: bytes,
-                  what: str) -> Exception:
+def service_error(status: int, reason: str, body: bytes, what: str) -> Exception:
     """The tpi error for a failed answer, through the same code table as botocore's."""
-    from botocore.exceptions import ClientError  # on failures only: 3 ms of every start
-
     code, message = _error_fields(body)
-    error = {"Code": code or str(status), "Message": message or reason or ""}
-    meta = {"HTTPStatusCode": status, "HTTPHeaders": headers}
-    return translate(ClientError({"Error": error, "ResponseMetadata": meta}, what), what)
+    return from_answer(code or str(status), message or reason or "", status, what)
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:
