@@ -12,7 +12,7 @@ import pytest
 from tpi_core.errors import UnsafePathError
 from tpi_core.sync.excludes import Excludes, tpi_to_gitignore
 from tpi_core.sync.manifest import Entry, dump, md5_etag, parse
-from tpi_core.sync.plan import (Delete, Fetch, Send, Unchanged, plan_download,
+from tpi_core.sync.plan import (Delete, Fetch, Forget, Send, Unchanged, plan_download,
                                 plan_local_deletions, plan_upload)
 from tpi_core.sync.walk import LocalFile, Skipped, walk
 
@@ -60,9 +60,17 @@ def test_new_changed_unchanged_and_deleted_with_a_manifest() -> None:
     manifest = {k: Entry(5, 100, md5(k)) for k in ("grown", "same", "touched", "gone")}
     actions, hashed = upload_plan(files, remote, manifest, delete=True,
                                   table={"touched": md5("touched")})
-    assert actions == [Send(files[1]), Send(files[0]), Unchanged("same", manifest["same"]),
+    assert actions == [Forget("gone"), Send(files[1]), Send(files[0]),
+                       Unchanged("same", manifest["same"], True),
                        Unchanged("touched", Entry(5, 7, md5("touched"))), Delete("gone")]
     assert hashed == ["touched"]  # only the file whose mtime moved at an equal size
+
+
+def test_manifest_entries_without_files_are_forgotten_in_key_order() -> None:
+    manifest = {k: Entry(5, 100, md5(k)) for k in ("a", "b", "c", "z")}
+    actions, _ = upload_plan([local("b"), local("c", size=7)], {"b": (5, None, None)}, manifest)
+    assert actions == [Forget("a"), Unchanged("b", manifest["b"], True), Send(local("c", size=7)),
+                       Forget("z")]
 
 
 def test_touched_file_with_new_content_is_sent_with_its_hash() -> None:
@@ -109,7 +117,7 @@ def test_a_manifest_entry_is_trusted_over_an_etag_that_is_no_md5() -> None:
     # S3 objects encrypted with KMS list an md5-looking etag that is not their md5
     manifest = {"f": Entry(5, 100, md5("mine"))}
     actions, hashed = upload_plan([local("f")], {"f": (5, md5("kms"), None)}, manifest)
-    assert actions == [Unchanged("f", manifest["f"])] and hashed == []
+    assert actions == [Unchanged("f", manifest["f"], True)] and hashed == []
 
 
 def test_multipart_etags_are_not_md5s() -> None:

@@ -156,8 +156,15 @@ async def test_mirror_both_ways_gives_the_same_result_in_memory_and_on_disk(
     assert (first.sent, first.deleted) == (50, 2)
     assert sorted(k for k in remote.objects if k != MANIFEST) == sorted(keys)
 
+    remote.calls.clear()
     again = await upload_tree(src, remote, delete=True, manifest=(remote, MANIFEST))
     assert (again.sent, again.unchanged, again.deleted) == (0, 50, 0)
+    assert "upload" not in remote.calls  # an unchanged manifest is not written again
+
+    os.utime(src / "d0/f0", ns=(5, 5))  # touched, same bytes: hashed once, then recorded
+    touched = await upload_tree(src, remote, delete=True, manifest=(remote, MANIFEST))
+    assert (touched.sent, touched.unchanged) == (0, 50)
+    assert mf.parse(remote.objects[MANIFEST])["d0/f0"].mtime_ns == 5
 
     (src / "a0").unlink()
     (src / "a/x").write_bytes(b"changed")

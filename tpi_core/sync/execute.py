@@ -24,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from tpi_core.sync import spill
-from tpi_core.sync.plan import Action, Delete, Fetch, Send, Unchanged
+from tpi_core.sync.plan import Action, Delete, Fetch, Forget, Send, Unchanged
 from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
 from tpi_core.sync.walk import Skipped
@@ -98,6 +98,9 @@ class SyncRun:
     def keep(self, action: Unchanged) -> None:
         """Called for every unchanged file."""
 
+    def forget(self, key: str) -> None:
+        """Called for every manifest entry that has no file any more."""
+
     def done(self, nbytes: int) -> None:
         """Count one transferred file."""
         self.result.sent += 1
@@ -117,6 +120,8 @@ class SyncRun:
             self.keep(action)
         elif isinstance(action, Delete):
             self.deletions.add(action.key)
+        elif isinstance(action, Forget):
+            self.forget(action.key)
         else:
             self._planned[0] += 1
             self._planned[1] += size_of(action)

@@ -56,10 +56,12 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
-    """Nothing to move; ``entry`` is the manifest entry to keep for an upload."""
+    """Nothing to move; ``entry`` is the manifest entry to keep for an upload, ``recorded``
+    when the manifest holds that very entry already (nothing to write for it)."""
 
     key: str
     entry: Entry | None = None
+    recorded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,14 @@ class Delete:
     key: str
 
 
-Action = Send | Fetch | Unchanged | Delete | Skipped
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The manifest's entry for ``key`` has no file any more: leave it out of the next one."""
+
+    key: str
+
+
+Action = Send | Fetch | Unchanged | Delete | Forget | Skipped
 
 
 def plan_upload(files: Iterable[LocalFile | Skipped], remote: Iterable[tuple[str, RemoteObject]],
@@ -79,7 +88,9 @@ def plan_upload(files: Iterable[LocalFile | Skipped], remote: Iterable[tuple[str
 
     All three inputs are sorted by key (``walk`` yields files so): ``remote`` is the one
     listing of the destination and ``manifest`` the entries of the manifest (None when the
-    caller keeps none), as ``(key, value)`` pairs. Listed keys no local file claims are what
+    caller keeps none), as ``(key, value)`` pairs. A manifest entry no file claims gives a
+    :class:`Forget`, so the caller learns what its next manifest leaves out without reading
+    the old one again. Listed keys no local file claims are what
     ``delete`` removes, at the end, and only when the whole tree could be read (rclone's
     rule: no deletions after a read error). Until then they wait in a
     :class:`~tpi_core.sync.spill.SortedSpill`, not in memory.
@@ -97,11 +108,13 @@ def plan_upload(files: Iterable[LocalFile | Skipped], remote: Iterable[tuple[str
             for key, _obj in listed.until(item.key):
                 if delete and not excludes.excluded(key):
                     unclaimed.add(key)
-            yield _upload_decision(item, listed.take(item.key), entries.find(item.key),
+            yield from (Forget(key) for key, _entry in entries.until(item.key))
+            yield _upload_decision(item, listed.take(item.key), entries.take(item.key),
                                    manifest is not None, hash_file)
         for key, _obj in listed.until(None):
             if delete and not excludes.excluded(key):
                 unclaimed.add(key)
+        yield from (Forget(key) for key, _entry in entries.until(None))
         if delete and not complete:
             yield Skipped("*", "nothing deleted: part of the tree could not be read")
         elif delete:
@@ -115,7 +128,7 @@ def _upload_decision(file: LocalFile, obj: RemoteObject | None, entry: Entry | N
     if entry is not None and (entry.size, entry.mtime_ns) == (file.size, file.mtime_ns):
         # untouched since this side last synced it: a different object there now was
         # written by another writer (a sibling replica) and is theirs to keep
-        return Unchanged(file.key, entry)
+        return Unchanged(file.key, entry, recorded=True)
     if obj[0] != file.size:
         return Send(file)
     # the manifest is ours and trusted over etags: an S3 object encrypted with KMS has an

@@ -6,7 +6,7 @@ import contextlib
 import filecmp
 import heapq
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tpi_core.sync.execute import SyncRun, alongside
 from tpi_core.sync.plan import Action, RemoteObject, Send, Unchanged, plan_upload
 from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
+from tpi_core.sync.spill import Cursor
 from tpi_core.sync.walk import LocalFile, walk
 
 SMALL_FILE = 1 << 20
@@ -44,7 +45,7 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
         run = _Upload(remote, manifest, Path(scratch), jobs=jobs, progress=progress, retry=retry)
         old, listing = await manifest_and_listing(manifest, remote, "", run.retry, Path(scratch),
                                                   lambda key: key != own)
-        with listing, run.deletions, run.entries:
+        with listing, run.deletions, run.changes, run.dropped:
             plan = plan_upload(walk(root, excludes), listing, old and old.entries(),
                                excludes=excludes, delete=delete,
                                hash_file=lambda f: _md5_or_none(f.path))
@@ -72,12 +73,19 @@ class _Upload(SyncRun):
                  **kwargs):
         super().__init__(**kwargs)
         self.remote, self.manifest, self.scratch = remote, manifest, scratch
-        self.entries = spill.pairs(_encode_entry, _decode_entry)
-        """The new manifest's entries, in the order transfers end: sorted when written."""
+        # the next manifest is the old one, less what was dropped, plus what changed: an
+        # unchanged tree of any size writes none and holds none of it
+        self.changes = spill.pairs(_encode_entry, _decode_entry)
+        """New entries (sent files, files hashed again), in the order transfers end."""
+        self.dropped = spill.keys()
+        """Keys of the old manifest that no file kept."""
 
     def keep(self, action: Unchanged) -> None:
-        if action.entry is not None:
-            self.entries.add((action.key, action.entry))
+        if action.entry is not None and not action.recorded:
+            self.changes.add((action.key, action.entry))
+
+    def forget(self, key: str) -> None:
+        self.dropped.add(key)
 
     async def transfer(self, action: Action) -> None:
         assert isinstance(action, Send)
@@ -90,8 +98,9 @@ class _Upload(SyncRun):
                 md5 = md5 or returned
         except FileNotFoundError:
             self.skip(file.key, "vanished before it could be sent")
+            self.dropped.add(file.key)
             return
-        self.entries.add((file.key, mf.Entry(file.size, file.mtime_ns, md5)))
+        self.changes.add((file.key, mf.Entry(file.size, file.mtime_ns, md5)))
         self.done(file.size)
 
     async def _send(self, file: LocalFile) -> str | None:
@@ -116,7 +125,7 @@ class _Upload(SyncRun):
 
     async def save_manifest(self, old: OldManifest | None, *, complete: bool) -> None:
         """Write the manifest if it changed; after a failure keep the old entries too."""
-        if self.manifest is None or (not self.entries and (old is None or old.path is None)):
+        if self.manifest is None or (not self.changes and (old is None or old.path is None)):
             return
         if complete:
             await self._write_manifest(old, complete)
@@ -132,10 +141,12 @@ class _Upload(SyncRun):
         path = self.scratch / "manifest"
 
         def write() -> bool:
-            entries = iter(self.entries)
-            if not complete and old is not None:
-                entries = _newer_first(entries, old.entries())
-            mf.write(path, _unique(entries))
+            kept = old.entries() if old is not None else iter(())
+            if complete:
+                if not self.changes and not self.dropped and old is not None and old.current:
+                    return False
+                kept = _without(kept, self.dropped)
+            mf.write(path, _unique(_newer_first(iter(self.changes), kept)))
             return old is None or old.path is None or not filecmp.cmp(path, old.path, False)
 
         if await anyio.to_thread.run_sync(write):
@@ -147,6 +158,13 @@ def _newer_first(new: Iterator[tuple[str, mf.Entry]],
     """Both streams in one, sorted; for a key in both, the new entry comes first."""
     tagged = heapq.merge(((key, 0, e) for key, e in new), ((key, 1, e) for key, e in old))
     return ((key, entry) for key, _tag, entry in tagged)
+
+
+def _without(entries: Iterator[tuple[str, mf.Entry]],
+             keys: Iterable[str]) -> Iterator[tuple[str, mf.Entry]]:
+    """Sorted entries but those of the sorted ``keys``."""
+    gone = Cursor(((key, True) for key in keys), "the dropped keys")
+    return ((key, entry) for key, entry in entries if gone.find(key) is None)
 
 
 def _unique(entries: Iterator[tuple[str, mf.Entry]]) -> Iterator[tuple[str, mf.Entry]]:
@@ -192,6 +210,14 @@ class OldManifest:
     def entries(self) -> Iterator[tuple[str, mf.Entry]]:
         """Its entries, sorted by key."""
         return mf.read(self.path) if self.path is not None else iter(())
+
+    @property
+    def current(self) -> bool:
+        """True when it is in this version's format (else it is rewritten)."""
+        if self.path is None:
+            return False
+        with open(self.path, "rb") as handle:
+            return handle.read(len(mf.HEADER)) == mf.HEADER
 
 
 async def load_manifest(manifest: tuple[Storage, str], retry: RetryPolicy,
