@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tpi_core.errors import StorageError
+from tpi_core.errors import StorageError, UsageError
 from tpi_core.storage.local import LocalStorage
 from tpi_core.storage.sync import download_tree, upload_tree
 from tpi_core.sync.manifest import parse
@@ -257,3 +257,15 @@ async def test_a_storage_that_hashes_uploads_spares_reading_files_twice(tmp_path
     remote.calls.clear()
     again = await upload_tree(src, remote, manifest=(remote, MANIFEST))
     assert (again.sent, again.unchanged) == (0, 5) and "upload" not in remote.calls
+
+
+async def test_a_mirror_of_nothing_deletes_nothing(tmp_path: Path) -> None:
+    remote = MemoryStorage()
+    await remote.write("out/a", b"a")
+    dst = make_tree(tmp_path / "dst", {"ot/mine": b"m", "other": b"o"})
+    with pytest.raises(UsageError, match="memory://.*/ot: nothing there to mirror"):
+        await download_tree(remote, dst, prefix="ot", delete=True)
+    assert tree(dst) == {"ot/mine": b"m", "other": b"o"}
+    # nothing local under the prefix to lose: no refusal
+    empty = await download_tree(remote, tmp_path / "dst", prefix="elsewhere", delete=True)
+    assert (empty.sent, empty.deleted) == (0, 0) and tree(dst) == {"ot/mine": b"m", "other": b"o"}

@@ -115,3 +115,25 @@ def test_a_copy_that_would_copy_itself_is_refused(src: str, dst: str, tmp_path: 
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "overlap: the copy would copy itself" in err
     assert tree(tmp_path) == before  # nothing written, nothing nested
+
+
+def test_mirroring_an_empty_source_into_files_is_refused(tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    """A mistyped prefix lists nothing: --delete would then empty the local directory."""
+    make_tree(tmp_path / "bucket", {"data/a": "1"})
+    make_tree(tmp_path / "dst", {"mine": "keep me", "sub/also": "and me"})
+    before = tree(tmp_path / "dst")
+    monkeypatch.chdir(tmp_path)
+    url = (tmp_path / "bucket" / "dta").as_uri()
+    (tmp_path / "bucket" / "dta").mkdir()  # there, but empty: an S3 prefix with nothing under it
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", url, "dst", "--delete"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert f"{url}: nothing there to mirror; deleting would empty" in err
+    assert tree(tmp_path / "dst") == before
+    # without --delete an empty source is just empty, and a non-empty one still mirrors
+    assert sync(url, "dst")["sent"] == 0
+    mirrored = sync((tmp_path / "bucket" / "data").as_uri(), "dst", "--delete")
+    assert (mirrored["sent"], mirrored["deleted"]) == (1, 2)
+    assert tree(tmp_path / "dst") == {"a": "1"}

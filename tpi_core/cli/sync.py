@@ -21,7 +21,8 @@ MANIFEST_KEY = ".tpi/manifest.json"
 @click.argument("src")
 @click.argument("dst")
 @click.option("--delete", is_flag=True,
-              help="Mirror: delete files at DST that SRC does not have (excluded ones stay).")
+              help="Mirror: delete files at DST that SRC does not have (excluded ones stay). "
+                   "A storage SRC with nothing in it is refused when DST has files.")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="Leave out paths matching this gitignore-style glob (any depth unless it "
                    "starts with /); '+ GLOB' re-includes, the first matching rule wins. "

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from tpi_core.sync import DEFAULT_JOBS
-from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError
+from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError, UsageError
 from tpi_core.storage import Storage
 from tpi_core.storage.local import checked_key
 from tpi_core.sync import manifest as mf
@@ -33,7 +33,7 @@ from tpi_core.sync.result import SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.spill import Cursor
 from tpi_core.sync.upload import Listing, OldManifest, local_root, manifest_and_listing
-from tpi_core.sync.walk import PART_MARK, walk
+from tpi_core.sync.walk import PART_MARK, LocalFile, walk
 
 IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
 _TEMP_ID = uuid.uuid4().hex[:8]  # per process; a counter makes each temporary name unique
@@ -62,6 +62,9 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
         old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
                                                   Path(scratch), accept)
         with listing:
+            if delete and not listing:
+                await anyio.to_thread.run_sync(_refuse_empty_mirror, remote, top, root,
+                                               walk(root, excludes, top))
             await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
             await run.run(plan_download(listing, old and old.entries(), stat_local=run.tree.stat,
                                         hash_file=run.tree.md5))
@@ -91,6 +94,15 @@ def _restored_entries(listing: Listing, tree: LocalTree,
         if local is not None and local[0] == size:
             md5 = mf.md5_etag(etag) or (entry.md5 if entry and entry.size == size else None)
             yield key, mf.Entry(size, local[1], md5)
+
+
+def _refuse_empty_mirror(remote: Storage, top: str, root: Path, files: Iterator) -> None:
+    """Mirroring nothing would delete every local file: far more often a mistyped URL than a
+    wish (rclone refuses a source directory that does not exist, for the same reason)."""
+    if any(isinstance(item, LocalFile) for item in files):
+        where = f"{remote.url.rstrip('/')}/{top}" if top else remote.url
+        raise UsageError(f"{where}: nothing there to mirror; deleting would empty {root}. "
+                         "Check the URL, or delete the files yourself")
 
 
 def _wanted(key: str, top: str, excludes: Excludes) -> bool:
