@@ -100,9 +100,11 @@ def test_an_unsorted_walk_stops_the_plan_before_any_deletion() -> None:
     files = [LocalFile(k, "/nowhere/" + k, 1, 1) for k in ("b", "a")]
     plan = plan_upload(files, [("a", (1, None, None)), ("old", (1, None, None))], None,
                        excludes=Excludes(), delete=True, hash_file=lambda f: None)
+    actions = []
     with pytest.raises(OrderError, match="the walk is not in key order: 'a' after 'b'"):
-        actions = list(plan)
-        assert not any(isinstance(a, Delete) for a in actions)
+        for action in plan:
+            actions.append(action)
+    assert actions and not any(isinstance(a, Delete) for a in actions)
 
 
 def test_an_unsorted_listing_stops_the_plan_before_any_deletion() -> None:
@@ -113,7 +115,7 @@ def test_an_unsorted_listing_stops_the_plan_before_any_deletion() -> None:
         for action in plan_upload(files, listing, None, excludes=Excludes(), delete=True,
                                   hash_file=lambda f: None):
             actions.append(action)
-    assert not any(isinstance(a, Delete) for a in actions)
+    assert actions and not any(isinstance(a, Delete) for a in actions)
 
 
 def test_the_plan_reads_the_listing_in_step_with_the_walk() -> None:
