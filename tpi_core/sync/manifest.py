@@ -120,11 +120,6 @@ def write(path: str | Path, entries: Entries) -> None:
         handle.writelines(lines(entries))
 
 
-def dump(entries: Manifest) -> bytes:
-    """The manifest document for ``entries`` (small manifests, tests)."""
-    return b"".join(lines(sorted(entries.items())))
-
-
 def md5_etag(etag: str | None) -> str | None:
     """The md5 an etag stands for, or None (multipart and opaque etags are not md5s)."""
     if not etag:

@@ -236,20 +236,12 @@ Listing = spill.SortedSpill[tuple[str, RemoteObject]]
 """A listing sorted by key: ``(key, (size, etag, mtime))`` pairs."""
 
 
-def _encode_object(obj: RemoteObject) -> list:
-    return list(obj)
-
-
-def _decode_object(data: list) -> RemoteObject:
-    return (data[0], data[1], data[2])
-
-
 async def list_remote(storage: Storage, prefix: str, retry: RetryPolicy,
                       accept: Callable[[str], bool] = lambda key: True) -> Listing:
     """One listing under ``prefix`` (retried whole), sorted by key whatever order the
     storage lists in, held in memory up to a run and on disk beyond it."""
     async def attempt(_moved: object) -> Listing:
-        listing = spill.pairs(_encode_object, _decode_object)
+        listing = spill.pairs(list, tuple)  # (size, etag, mtime) as a JSON array
         try:
             async for info in storage.list(prefix):
                 if accept(info.key):
