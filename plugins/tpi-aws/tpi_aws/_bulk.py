@@ -105,7 +105,7 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
                stop: threading.Event, expect: tuple[int, ...] = (200,),
                ) -> Failed | tuple[int, Any]:
     """GET ``target`` and write its body into ``fd`` from ``offset``, hashing it into
-    ``digest`` in order. Returns the bytes written and the response's headers, or the
+    ``digest`` in order (None: nothing to check, so no hashing). Returns the bytes written and the response's headers, or the
     response when its status is not one of ``expect``; network trouble raises (OSError,
     http.client.HTTPException)."""
     connection = pool.take()
@@ -130,7 +130,8 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
 def _receive(response: http.client.HTTPResponse, fd: int, offset: int, digest: Any,
              progress: Callable[[int], None] | None, stop: threading.Event) -> int:
     length = response.length  # None: chunked or until close
-    hasher = _Hasher(digest) if length is None or length >= _PIPELINE_FROM else None
+    pipelined = digest is not None and (length is None or length >= _PIPELINE_FROM)
+    hasher = _Hasher(digest) if pipelined else None
     buffers = [bytearray(CHUNK) for _ in range(_RING if hasher else 1)]
     written, turn = 0, 0
     try:
@@ -142,7 +143,7 @@ def _receive(response: http.client.HTTPResponse, fd: int, offset: int, digest: A
             write_all(fd, view[:count], offset + written)
             if hasher:
                 hasher.put(view[:count])
-            else:
+            elif digest is not None:
                 digest.update(view[:count])
             written, turn = written + count, turn + 1
             if progress:
@@ -180,7 +181,8 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     """Fetch the rest of an object whose first ``written`` bytes are in ``path`` (hashed
     into ``digest``; none for a whole object) from one stream read on a worker thread,
     pinned by If-Match to ``etag``; when the answer shows the ETag is an md5, the whole is
-    checked against it."""
+    checked against it. ``digest`` None: the ETag is known to be no md5 (a multipart
+    upload's), and nothing is hashed."""
     what = f"download {full}"
     target, headers = await wire.prepare("GET", full, headers={
         "Range": f"bytes={written}-", "If-Match": f'"{etag}"'})
@@ -207,5 +209,5 @@ async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int
     count, headers = got
     if written + count != total:
         raise TransientError(f"{what}: {written + count} of {total} bytes")
-    if is_md5_etag(etag, headers):
+    if digest is not None and is_md5_etag(etag, headers):
         check_md5(what, digest.hexdigest(), etag)

@@ -70,8 +70,9 @@ async def stream_to_file(what: str, resp: Any, path: Path, expected: str | None,
                          progress: Progress | None, digest: Any = None) -> int:
     """Write a response body to ``path`` as it arrives, a few MiB per thread hop, hashed
     there too (into ``digest`` when given, to go on with); compared with the ``expected``
-    md5 at the end. Returns the bytes written."""
-    digest = digest or hashlib.md5(usedforsecurity=False)
+    md5 at the end. With neither, nothing is hashed. Returns the bytes written."""
+    if digest is None and expected:
+        digest = hashlib.md5(usedforsecurity=False)
     fd = await anyio.to_thread.run_sync(preallocate, path, resp.content_length or 0)
     try:
         written = await write_body(resp, fd, 0, digest, progress)
