@@ -21,7 +21,8 @@ from tpi_core import layout, registry
 from tpi_core.backend import Backend, Launch, Observation, TaskRef
 from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError
 from tpi_core.model import State, Task, TaskStatus
-from tpi_core.reports import BootLog, build_status, read_events, read_reports, read_spec
+from tpi_core.reports import (BootLog, build_status, count_stop, read_events, read_reports,
+                              read_spec)
 from tpi_core.steps import delete_steps, run_steps
 from tpi_core.storage import Storage
 from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
@@ -201,8 +202,10 @@ class Engine:
                                        exclude=exclude, delete=False, progress=progress)
 
     async def stop(self, ref: TaskRef) -> None:
-        """Scale to zero machines, keeping storage."""
+        """Scale to zero machines, keeping storage, and count the stop: the boot ``start``
+        brings then resumes each replica, and ``status`` counts no recovery for it."""
         await self.backend(ref.cloud).set_capacity(ref, 0)
+        await count_stop(await self.storage(ref))
 
     async def start(self, task: Task) -> None:
         """Scale a stopped task back to its parallelism."""

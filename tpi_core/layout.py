@@ -7,6 +7,8 @@
     reports/replica-N/boot-AAAA.log   timestamped output of boot (attempt) AAAA
     reports/replica-N/boot-AAAA.events.jsonl   the agent's events of that boot
     reports/replica-N/manifest.json   what this replica's agent synced (sync manifest)
+    reports/stops.json                how many times ``tpi stop`` stopped the task: a boot
+                                      after one resumes it, and is no recovery
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ SPEC = "spec.json"
 DATA = "data"
 REPORTS = "reports"
 UPLOAD_MANIFEST = "reports/upload-manifest.json"
+STOPS = "reports/stops.json"
 
 
 def replica_prefix(index: int) -> str:

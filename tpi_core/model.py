@@ -160,6 +160,15 @@ class ReplicaStatus:
     started: float | None = None
     finished: float | None = None
     reason: str = ""
+    stops: int = 0
+    """How many ``tpi stop`` the agent had seen at its last boot (``reports/stops.json``)."""
+    resumes: int = 0
+    """Boots that followed a ``tpi stop`` rather than a lost machine: no recoveries."""
+
+    @property
+    def recoveries(self) -> int:
+        """Boots after the first that the cloud made to replace a lost machine."""
+        return max(0, self.attempt - 1 - self.resumes)
 
     def to_json(self) -> dict:
         """A JSON-ready dict."""

@@ -47,6 +47,21 @@ async def read_spec(storage: Storage) -> dict | None:
         return None
 
 
+async def read_stops(storage: Storage) -> int:
+    """How many times ``tpi stop`` stopped the task (``reports/stops.json``; 0 without it)."""
+    try:
+        return int(json.loads(await storage.read(layout.STOPS)).get("stops", 0))
+    except (ObjectNotFound, ValueError, AttributeError):
+        return 0
+
+
+async def count_stop(storage: Storage) -> None:
+    """Record one more ``tpi stop``: the next boot of each replica then resumes the task
+    rather than recovering it (only the CLI writes this object)."""
+    stops = await read_stops(storage) + 1
+    await storage.write(layout.STOPS, json.dumps({"stops": stops}).encode())
+
+
 async def read_reports(storage: Storage) -> Reports:
     """List ``reports/`` once and read every replica status."""
     status_keys: list[tuple[int, str]] = []
@@ -124,7 +139,7 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
     return TaskStatus(
         task_id=spec["id"], name=spec.get("name", ""), cloud=spec.get("cloud", ""),
         state=state, parallelism=count, replicas=replicas,
-        recoveries=sum(max(0, r.attempt - 1) for r in replicas),
+        recoveries=sum(r.recoveries for r in replicas),
         machines=seen.machines, created=spec.get("created"), deadline=spec.get("deadline"),
         events=tuple(everything))
 

@@ -122,6 +122,24 @@ async def test_status_derives_from_reports(tmp_path, fake):
     assert status.count(ReplicaState.SUCCEEDED) == 2
 
 
+async def test_stop_is_counted_so_the_boot_start_brings_is_no_recovery(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path, parallelism=2))
+    ref = TaskRef.of(tasks[0])
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        storage = fake.storages[tasks[0].id]
+        await engine.stop(ref)
+        await engine.start(tasks[0])
+        await engine.stop(ref)
+        assert json.loads(await storage.read(layout.STOPS)) == {"stops": 2}
+        # replica 0 resumed after a stop, then was lost once; replica 1 only resumed
+        for status in (ReplicaStatus(0, ReplicaState.RUNNING, attempt=3, stops=2, resumes=1),
+                       ReplicaStatus(1, ReplicaState.RUNNING, attempt=2, stops=2, resumes=1)):
+            await storage.write(layout.status_key(status.index),
+                                json.dumps(status.to_json()).encode())
+        assert (await engine.status(ref)).recoveries == 1
+
+
 async def test_destroy_pulls_only_output_then_deletes_everything(tmp_path, fake):
     tasks = fake_tasks(write_tasks(tmp_path))
     task = tasks[0]

@@ -28,6 +28,7 @@ from tpi_core.agent.script import Script, run_script, script_environment
 from tpi_core.agent.workdir import fingerprint
 from tpi_core.errors import ObjectNotFound, TaskNotFound, TpiError
 from tpi_core.model import ReplicaState, ReplicaStatus
+from tpi_core.reports import read_stops
 from tpi_core.storage import Storage, open_storage
 from tpi_core.storage.sync import Excludes, download_tree, upload_tree
 
@@ -65,6 +66,8 @@ class Agent:
         self.notice = anyio.Event()
         self._storage = storage
         self._synced: str | None = None
+        self.stops = self.resumes = 0
+        self._resumed = False
 
     async def run(self) -> int:
         """Boot: claim a replica if none was given, restore, run, report.
@@ -103,6 +106,11 @@ class Agent:
             return EXIT_DONE
         self.reports.attempt = previous.attempt + 1
         self.started = previous.started or time.time()
+        # a `tpi stop` since the last boot: this boot resumes the task, it recovers nothing
+        self.stops = await retry(read_stops, self.storage)
+        resumed = previous.attempt > 0 and self.stops > previous.stops
+        self.resumes = previous.resumes + int(resumed)
+        self._resumed = resumed
         self.environ = {**self.environ, **await self.hooks.environment(self.spec)}
         with tempfile.TemporaryDirectory(prefix="tpi-agent-") as tmp:
             self.log = BootLog(Path(tmp) / "boot.log")
@@ -120,7 +128,8 @@ class Agent:
 
     async def _start(self) -> int:
         await self.reports.write_status(self._status(ReplicaState.RUNNING))
-        await self.reports.event("boot", f"attempt {self.reports.attempt}")
+        await self.reports.event("boot", f"attempt {self.reports.attempt}"
+                                 + (", resumed after tpi stop" if self._resumed else ""))
         await self._restore()
         if time.time() >= self._deadline:
             return await self._finish(ReplicaState.TIMED_OUT, None, "deadline passed before start")
@@ -210,7 +219,7 @@ class Agent:
     def _status(self, state: ReplicaState, code: int | None = None, reason: str = "",
                 finished: float | None = None) -> ReplicaStatus:
         return ReplicaStatus(self.reports.index, state, self.reports.attempt, code,
-                             self.started, finished, reason)
+                             self.started, finished, reason, self.stops, self.resumes)
 
     async def _flush(self) -> None:
         await retry(self._push_log)

@@ -15,6 +15,7 @@ environment and go to the agents the same way; nothing here writes them down.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -124,8 +125,8 @@ class Supervisor:
     async def _lose(self, index: int, status: ReplicaStatus, crashes: int) -> None:
         reason = "machine lost" if self.spot < 0 else (
             f"agent failed {crashes} times in a row; see {self.compute.path}/replica-{index}.log")
-        lost = ReplicaStatus(index, ReplicaState.FAILED, status.attempt, None, status.started,
-                             time.time(), reason)
+        lost = dataclasses.replace(status, state=ReplicaState.FAILED, exit_code=None,
+                                   finished=time.time(), reason=reason)
         await self.storage.write(layout.status_key(index), json.dumps(lost.to_json()).encode())
         self.compute.add_event("replica_lost", reason, index)
 

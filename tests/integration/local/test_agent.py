@@ -117,6 +117,29 @@ def test_script_gets_task_keys_basics_and_tpi_variables(store: Path, tmp_path: P
     assert status(store, 2).started == 1.0  # the replica's first start is kept
 
 
+def test_a_boot_after_tpi_stop_is_a_resume_and_a_later_one_a_recovery(store: Path,
+                                                                        tmp_path: Path) -> None:
+    write_spec(store, "exit 9")
+    (store / "reports/replica-0").mkdir(parents=True)
+    stopped = ReplicaStatus(0, ReplicaState.PREEMPTED, attempt=2, started=1.0, resumes=0)
+    (store / layout.status_key(0)).write_text(json.dumps(stopped.to_json()))
+    (store / layout.STOPS).write_text(json.dumps({"stops": 1}))  # what `tpi stop` left
+    assert run_agent(store, tmp_path / "wd") == EXIT_DONE
+    resumed = status(store)
+    assert (resumed.attempt, resumed.stops, resumed.resumes, resumed.recoveries) == (3, 1, 1, 1)
+    boot = json.loads((store / layout.events_key(0, 3)).read_text().splitlines()[0])
+    assert boot["message"] == "attempt 3, resumed after tpi stop"
+
+    # the machine is lost later, with no stop since: that boot is a recovery
+    lost = ReplicaStatus(0, ReplicaState.PREEMPTED, attempt=3, started=1.0, stops=1, resumes=1)
+    (store / layout.status_key(0)).write_text(json.dumps(lost.to_json()))
+    assert run_agent(store, tmp_path / "wd") == EXIT_DONE
+    recovered = status(store)
+    assert (recovered.attempt, recovered.resumes, recovered.recoveries) == (4, 1, 2)
+    boot = json.loads((store / layout.events_key(0, 4)).read_text().splitlines()[0])
+    assert boot["message"] == "attempt 4"
+
+
 def test_a_finished_replica_is_never_run_again(store: Path, tmp_path: Path) -> None:
     write_spec(store, "touch ran")
     (store / "reports/replica-0").mkdir(parents=True)

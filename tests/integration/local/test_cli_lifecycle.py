@@ -116,6 +116,23 @@ def test_preempted_replica_resumes_and_every_boot_is_logged(project):
     assert (project / "results" / "epoch.txt").read_text().strip() == "12"
 
 
+def test_stop_then_start_resumes_without_counting_a_recovery(project):
+    write_tasks(project, epochs=10)
+    tpi(project, "apply")
+    _wait_for(project, lambda s: s["state"] == "running" and _epoch_logged(project, 2))
+    tpi(project, "stop", "train")
+    _wait_for(project, lambda s: s["state"] == "stopped")
+    tpi(project, "start", "train")
+    assert tpi(project, "logs", "--follow").returncode == 0
+    final = status(project)
+    assert final["state"] == "succeeded" and final["recoveries"] == 0
+    lines = tpi(project, "logs").stdout.splitlines()
+    assert {l.split(" ", 1)[0] for l in lines if " stdout epoch" in l} == {
+        "train[0.1]", "train[0.2]"}  # two boots: the second resumed the first
+    tpi(project, "destroy", "--yes")
+    assert (project / "results" / "epoch.txt").read_text().strip() == "10"
+
+
 def test_parallel_replicas_and_timeout(project):
     write_tasks(project, epochs=1000, parallelism=3, timeout="3s")
     tpi(project, "apply")
