@@ -269,3 +269,27 @@ async def test_a_mirror_of_nothing_deletes_nothing(tmp_path: Path) -> None:
     # nothing local under the prefix to lose: no refusal
     empty = await download_tree(remote, tmp_path / "dst", prefix="elsewhere", delete=True)
     assert (empty.sent, empty.deleted) == (0, 0) and tree(dst) == {"ot/mine": b"m", "other": b"o"}
+
+
+async def test_a_dry_run_reads_and_tells_but_writes_nothing(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", FILES)
+    remote = MemoryStorage()
+    await upload_tree(src, remote, manifest=(remote, MANIFEST))
+    (src / "a.txt").write_bytes(b"changed")
+    (src / "d").unlink()
+    told: list[tuple] = []
+    remote.calls.clear()
+    result = await upload_tree(src, remote, manifest=(remote, MANIFEST), delete=True,
+                               dry_run=lambda *change: told.append(change))
+    assert told == [("send", "a.txt", 7), ("delete", "d", None)]
+    assert (result.sent, result.bytes_sent, result.unchanged, result.deleted) == (1, 7, 2, 1)
+    assert remote.calls == {"list": 1, "download": 1}  # the listing and the manifest only
+    assert remote.objects["a.txt"] == b"alpha" and "d" in remote.objects
+
+    told.clear()
+    local = make_tree(tmp_path / "local", {"a.txt": b"alpha", "mine": b"x"})
+    result = await download_tree(remote, local, delete=True,
+                                 dry_run=lambda *change: told.append(change))
+    assert sorted(told) == [("delete", "mine", None), ("fetch", "d", 5),
+                            ("fetch", "sub/b.bin", 3000), ("fetch", "sub/deep/c", 0)]
+    assert tree(local) == {"a.txt": b"alpha", "mine": b"x"}

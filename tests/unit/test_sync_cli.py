@@ -137,3 +137,43 @@ def test_mirroring_an_empty_source_into_files_is_refused(tmp_path: Path, monkeyp
     mirrored = sync((tmp_path / "bucket" / "data").as_uri(), "dst", "--delete")
     assert (mirrored["sent"], mirrored["deleted"]) == (1, 2)
     assert tree(tmp_path / "dst") == {"a": "1"}
+
+
+def test_dry_run_prints_what_a_mirror_would_do_and_changes_nothing(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"same": "s", "edited": "old", "gone": "g"})
+    url = (tmp_path / "bucket").as_uri()
+    sync(str(src), url)
+    make_tree(src, {"edited": "new!", "new/file": "n"})
+    (src / "gone").unlink()
+    before = tree(tmp_path / "bucket")
+
+    shown = CliRunner().invoke(cli, ["sync", str(src), url, "--delete", "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines() == ["would send edited (4 B)", "would send new/file (1 B)",
+                                         "would delete gone"]
+    assert "dry run, nothing changed: 2 to send (5 B), 1 unchanged, 1 to delete" in shown.stderr
+    assert tree(tmp_path / "bucket") == before  # not even the manifest was rewritten
+
+    as_json = sync(str(src), url, "--delete", "-n")
+    assert as_json["dry_run"] is True and as_json["actions"] == [
+        {"action": "send", "key": "edited", "size": 4},
+        {"action": "send", "key": "new/file", "size": 1},
+        {"action": "delete", "key": "gone"}]
+    assert tree(tmp_path / "bucket") == before
+
+    done = sync(str(src), url, "--delete")  # the real run does what the dry run said
+    assert (done["sent"], done["unchanged"], done["deleted"]) == (2, 1, 1)
+
+
+def test_dry_run_download_creates_and_deletes_nothing(tmp_path: Path) -> None:
+    url = make_tree(tmp_path / "bucket", {"a": "1", "d/b": "22"}).as_uri()
+    missing = tmp_path / "fresh"
+    fresh = sync(url, str(missing), "--dry-run")
+    assert [(a["action"], a["key"]) for a in fresh["actions"]] == [("fetch", "a"), ("fetch", "d/b")]
+    assert not missing.exists()
+
+    local = make_tree(tmp_path / "local", {"extra": "mine"})
+    mirror = sync(url, str(local), "--delete", "--dry-run")
+    assert [(a["action"], a["key"]) for a in mirror["actions"]] == [
+        ("fetch", "a"), ("fetch", "d/b"), ("delete", "extra")]
+    assert tree(local) == {"extra": "mine"}

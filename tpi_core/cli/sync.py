@@ -29,10 +29,13 @@ MANIFEST_KEY = ".tpi/manifest.json"
                    "Repeatable.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 512), default=DEFAULT_JOBS,
               show_default=True, help="Files transferred at once.")
+@click.option("--dry-run", "-n", is_flag=True,
+              help="Print what would be sent, fetched and deleted, one line each; change "
+                   "nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[str, ...],
-            jobs: int, as_json: bool) -> None:
+            jobs: int, dry_run: bool, as_json: bool) -> None:
     """Copy SRC to DST, sending only what changed.
 
     Each side is a local directory or a storage URL (file:///path, s3://bucket/prefix, ...).
@@ -41,11 +44,15 @@ def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[
     nothing; .tpi/ itself is never copied.
     """
     rules = [_rule(pattern) for pattern in excludes]
-    result = app.run(_sync, app, src, dst, delete, rules, jobs)
+    actions: list[dict] = []
+    plan = None
+    if dry_run:
+        plan = _collect(actions) if as_json else _print(app)
+    result = app.run(_sync, app, src, dst, delete, rules, jobs, plan)
     if as_json:
-        app.out_json(asdict(result))
+        app.out_json(asdict(result) | ({"dry_run": True, "actions": actions} if dry_run else {}))
     else:
-        _summary(app, result)
+        _summary(app, result, dry_run)
 
 
 def _rule(pattern: str) -> str:
@@ -56,8 +63,23 @@ def _is_url(side: str) -> bool:
     return "://" in side
 
 
+def _print(app: Application):
+    from tpi_core.sync.result import size_text
+
+    def would(verb: str, key: str, size: int | None) -> None:
+        app.out(f"would {verb} {key}" + (f" ({size_text(size)})" if size is not None else ""))
+    return would
+
+
+def _collect(actions: list[dict]):
+    def would(verb: str, key: str, size: int | None) -> None:
+        actions.append({"action": verb, "key": key} | ({"size": size} if size is not None
+                                                        else {}))
+    return would
+
+
 async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[str],
-                jobs: int) -> SyncResult:
+                jobs: int, dry_run) -> SyncResult:
     from tpi_core.errors import UsageError
     from tpi_core.storage import open_storage
     from tpi_core.storage.sync import download_tree, upload_tree
@@ -65,18 +87,20 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
     if _is_url(src) and _is_url(dst):
         raise UsageError("sync between two storage URLs is not supported yet; "
                          "sync through a local directory")
-    with _progress_bar(app) as progress:
+    with _progress_bar(app, quiet=dry_run is not None) as progress:
         if _is_url(src):
             async with open_storage(src) as remote:
                 _check_file_side(remote, dst, reading=True)
                 return await download_tree(remote, _local(dst, must_exist=False),
                                            exclude=rules, delete=delete, jobs=jobs,
-                                           manifest=(remote, MANIFEST_KEY), progress=progress)
+                                           manifest=(remote, MANIFEST_KEY), progress=progress,
+                                           dry_run=dry_run)
         async with open_storage(dst) as remote:
             _check_file_side(remote, src, reading=False)
             return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
                                      delete=delete, jobs=jobs,
-                                     manifest=(remote, MANIFEST_KEY), progress=progress)
+                                     manifest=(remote, MANIFEST_KEY), progress=progress,
+                                     dry_run=dry_run)
 
 
 def _check_file_side(storage: object, local: str, *, reading: bool) -> None:
@@ -111,21 +135,26 @@ def _local(side: str, *, must_exist: bool):
     return path
 
 
-def _progress_bar(app: Application):
+def _progress_bar(app: Application, *, quiet: bool = False):
     import contextlib
 
     from tpi_core.cli._progress import progress_factory
 
-    if app.quiet or app.plain_stderr:  # no bar: spare the import of rich
+    if quiet or app.quiet or app.plain_stderr:  # no bar: spare the import of rich
         return contextlib.nullcontext(None)
     rows = progress_factory(app)
     return rows("sync") if rows else contextlib.nullcontext(None)
 
 
-def _summary(app: Application, result: SyncResult) -> None:
+def _summary(app: Application, result: SyncResult, dry_run: bool = False) -> None:
     from tpi_core.sync.result import size_text
 
     for line in result.skipped:
         app.say(f"skipped {line}")
+    if dry_run:
+        app.say(f"dry run, nothing changed: {result.sent} to send ({size_text(result.bytes_sent)})"
+                f", {result.unchanged} unchanged, {result.deleted} to delete, "
+                f"{len(result.skipped)} skipped")
+        return
     app.say(f"{result.sent} sent ({size_text(result.bytes_sent)}), {result.unchanged} "
             f"unchanged, {result.deleted} deleted, {len(result.skipped)} skipped")

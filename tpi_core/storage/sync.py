@@ -12,17 +12,18 @@ from pathlib import Path
 from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.storage import Storage
 from tpi_core.sync.excludes import ALWAYS_EXCLUDED, Excludes
-from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
 
-__all__ = ["ALWAYS_EXCLUDED", "Excludes", "RetryPolicy", "SyncProgress", "SyncResult",
-           "download_tree", "upload_tree"]
+__all__ = ["ALWAYS_EXCLUDED", "DryRun", "Excludes", "RetryPolicy", "SyncProgress",
+           "SyncResult", "download_tree", "upload_tree"]
 
 
 async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = (),
                       delete: bool = False, manifest: tuple[Storage, str] | None = None,
                       jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
-                      retry: RetryPolicy | None = None) -> SyncResult:
+                      retry: RetryPolicy | None = None,
+                      dry_run: DryRun | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local``, sending changed files only.
 
     One listing of ``remote`` is compared with the local tree. ``manifest=(storage, key)``
@@ -34,11 +35,13 @@ async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = 
     nothing is deleted when part of the tree could not be read).
     Symlinks that leave ``local`` are not followed but reported in ``result.skipped``.
     Transfers run ``jobs`` at a time and are retried by ``retry`` on transient errors.
+    ``dry_run``: a callable told each upload and deletion instead of their being made
+    (the result counts them; no manifest is written).
     """
     from tpi_core.sync.upload import upload
 
     return await upload(local, remote, exclude=exclude, delete=delete, manifest=manifest,
-                        jobs=jobs, progress=progress, retry=retry)
+                        jobs=jobs, progress=progress, retry=retry, dry_run=dry_run)
 
 
 async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
@@ -46,7 +49,8 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         manifest: tuple[Storage, str] | None = None,
                         jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                         retry: RetryPolicy | None = None, fsync: bool = False,
-                        record: tuple[Storage, str] | None = None) -> SyncResult:
+                        record: tuple[Storage, str] | None = None,
+                        dry_run: DryRun | None = None) -> SyncResult:
     """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.
 
     A key ``k`` lands at ``local/k`` (the prefix is kept); ``prefix`` names a directory or a
@@ -60,9 +64,11 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
     ``record=(storage, key)`` writes an upload manifest of the files as restored, so a later
     ``upload_tree`` with that manifest sends only what changed locally after the restore
     (and never overwrites a newer object another writer made meanwhile).
+    ``dry_run``: a callable told each fetch and deletion instead of their being made
+    (nothing is written, not even ``local`` itself).
     """
     from tpi_core.sync.download import download
 
     return await download(remote, local, prefix=prefix, exclude=exclude, delete=delete,
                           manifest=manifest, jobs=jobs, progress=progress, retry=retry,
-                          fsync=fsync, record=record)
+                          fsync=fsync, record=record, dry_run=dry_run)

@@ -29,7 +29,7 @@ from tpi_core.sync import manifest as mf
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun
 from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
-from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.spill import Cursor
 from tpi_core.sync.upload import Listing, OldManifest, local_root, manifest_and_listing
@@ -46,7 +46,8 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                    exclude: Excludes | Sequence[str] = (), delete: bool = False,
                    manifest: tuple[Storage, str] | None = None, jobs: int = DEFAULT_JOBS,
                    progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
-                   fsync: bool = False, record: tuple[Storage, str] | None = None) -> SyncResult:
+                   fsync: bool = False, record: tuple[Storage, str] | None = None,
+                   dry_run: DryRun | None = None) -> SyncResult:
     """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
     root = local_root(local)
     excludes = Excludes.coerce(exclude)
@@ -57,7 +58,8 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
         # byte is written
         return _wanted(key, top, excludes) and bool(checked_key(key))
 
-    run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry)
+    run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry,
+                    dry_run=dry_run)
     with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
         old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
                                                   Path(scratch), accept)
@@ -65,12 +67,13 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
             if delete and not listing:
                 await anyio.to_thread.run_sync(_refuse_empty_mirror, remote, top, root,
                                                walk(root, excludes, top))
-            await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
+            if dry_run is None:
+                await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
             await run.run(plan_download(listing, old and old.entries(), stat_local=run.tree.stat,
                                         hash_file=run.tree.md5))
-            if delete:
+            if delete and (dry_run is None or root.is_dir()):
                 await run.delete_local(walk(root, excludes, top), listing)
-            if record is not None:
+            if record is not None and dry_run is None:
                 await _record(record, listing, run, old, Path(scratch))
     return run.result
 
@@ -222,6 +225,11 @@ class _Download(SyncRun):
     async def delete_local(self, files: Iterator, listing: Listing) -> None:
         """Remove local files under the prefix that the listing does not have."""
         doomed = plan_local_deletions(files, listing)
+        if self.dry_run is not None:
+            while batch := await anyio.to_thread.run_sync(_next_batch, doomed):
+                for delete in batch:
+                    self.would_delete(delete.key)
+            return
         while batch := await anyio.to_thread.run_sync(_delete_some, self.tree.root, doomed):
             self.result.deleted += batch
 
@@ -261,6 +269,10 @@ def _verify(temp: Path, action: Fetch, mismatches: dict[str, tuple[int, str | No
     mismatches[action.key] = got
     raise IntegrityError(f"{action.key}: downloaded bytes do not match the listing "
                          f"(size {got[0]}, expected {action.size})")
+
+
+def _next_batch(doomed, limit: int = 500) -> list:
+    return list(itertools.islice(doomed, limit))
 
 
 def _delete_some(root: Path, doomed, limit: int = 500) -> int:

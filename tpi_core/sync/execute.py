@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from tpi_core.sync import spill
 from tpi_core.sync.plan import Action, Delete, Fetch, Forget, Send, Unchanged
-from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
 from tpi_core.sync.walk import Skipped
 
@@ -49,9 +49,12 @@ class SyncRun:
     Subclasses (upload, download) implement :meth:`transfer` and may hook :meth:`keep`.
     """
 
-    def __init__(self, *, jobs: int, progress: SyncProgress | None, retry: RetryPolicy | None):
+    def __init__(self, *, jobs: int, progress: SyncProgress | None, retry: RetryPolicy | None,
+                 dry_run: DryRun | None = None):
         self.jobs = max(1, int(jobs))
         self.progress = progress
+        self.dry_run = dry_run
+        """When set, transfers and deletions are told to it and not done."""
         self.retry = retry or RetryPolicy()
         self.result = SyncResult()
         self.deletions = spill.keys()
@@ -138,10 +141,28 @@ class SyncRun:
         with small, large:
             while batch := await anyio.to_thread.run_sync(_take, plan):
                 todo = [action for action in batch if self._handle(action)]
+                if self.dry_run is not None:
+                    self._would(todo)
+                    continue
                 self._report_plan()
                 for action in todo:
                     await (large if size_of(action) > LARGE else small).send(action)
             self._report_plan()  # at least once, even for an empty plan
+
+    def _would(self, actions: list[Action]) -> None:
+        for action in actions:
+            assert self.dry_run is not None and isinstance(action, Send | Fetch)
+            size = size_of(action)
+            self.dry_run("send" if isinstance(action, Send) else "fetch",
+                         action.file.key if isinstance(action, Send) else action.key, size)
+            self.result.sent += 1
+            self.result.bytes_sent += size
+
+    def would_delete(self, key: str) -> None:
+        """Count a deletion a dry run would make, and tell it."""
+        assert self.dry_run is not None
+        self.dry_run("delete", key, None)
+        self.result.deleted += 1
 
     async def _work(self, receive: MemoryObjectReceiveStream[Action],
                     slots: anyio.CapacityLimiter) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+DryRun = Callable[[str, str, "int | None"], None]
+"""Told what a dry run would do, one call per change, and nothing is changed:
+``("send" | "fetch" | "delete", key, size)`` (size None for a deletion)."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun, alongside
 from tpi_core.sync.plan import Action, RemoteObject, Send, Unchanged, plan_upload
-from tpi_core.sync.result import SyncProgress, SyncResult
+from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.spill import Cursor
 from tpi_core.sync.walk import LocalFile, walk
@@ -35,14 +35,15 @@ MANIFEST_SAVE_SECONDS = 15
 async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequence[str] = (),
                  delete: bool = False, manifest: tuple[Storage, str] | None = None,
                  jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
-                 retry: RetryPolicy | None = None) -> SyncResult:
+                 retry: RetryPolicy | None = None, dry_run: DryRun | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local`` (see ``upload_tree``)."""
     root = local_root(local, must_exist=True)
     excludes = Excludes.coerce(exclude)
     # the manifest is no file of the tree: never delete it
     own = manifest[1] if manifest is not None and manifest[0].url == remote.url else None
     with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
-        run = _Upload(remote, manifest, Path(scratch), jobs=jobs, progress=progress, retry=retry)
+        run = _Upload(remote, manifest, Path(scratch), jobs=jobs, progress=progress, retry=retry,
+                      dry_run=dry_run)
         old, listing = await manifest_and_listing(manifest, remote, "", run.retry, Path(scratch),
                                                   lambda key: key != own)
         with listing, run.deletions, run.changes, run.dropped:
@@ -50,7 +51,7 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
                                excludes=excludes, delete=delete,
                                hash_file=lambda f: _md5_or_none(f.path))
             try:
-                prehash = manifest is not None and not remote.UPLOAD_MD5
+                prehash = manifest is not None and not remote.UPLOAD_MD5 and dry_run is None
                 await run.run(_hash_small(plan) if prehash else plan)
                 await run.delete_remote()
             except BaseException:
@@ -112,6 +113,9 @@ class _Upload(SyncRun):
         """Delete what the plan marked, in batches, after every upload (rclone's default)."""
         batch: list[str] = []
         for key in self.deletions:
+            if self.dry_run is not None:
+                self.would_delete(key)
+                continue
             batch.append(key)
             if len(batch) == DELETE_BATCH:
                 await self._delete(batch)
@@ -125,7 +129,8 @@ class _Upload(SyncRun):
 
     async def save_manifest(self, old: OldManifest | None, *, complete: bool) -> None:
         """Write the manifest if it changed; after a failure keep the old entries too."""
-        if self.manifest is None or (not self.changes and (old is None or old.path is None)):
+        if self.manifest is None or self.dry_run is not None or (
+                not self.changes and (old is None or old.path is None)):
             return
         if complete:
             await self._write_manifest(old, complete)
