@@ -177,3 +177,32 @@ def test_dry_run_download_creates_and_deletes_nothing(tmp_path: Path) -> None:
     assert [(a["action"], a["key"]) for a in mirror["actions"]] == [
         ("fetch", "a"), ("fetch", "d/b"), ("delete", "extra")]
     assert tree(local) == {"extra": "mine"}
+
+
+def refused(capsys, *args: str) -> str:
+    """Run ``tpi sync ARGS`` expecting exit 2; its one line of error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_max_delete_refuses_every_deletion_over_the_limit(tmp_path: Path, capsys) -> None:
+    src = make_tree(tmp_path / "src", {"keep": "k", "new": "n"})
+    bucket = make_tree(tmp_path / "bucket", {"keep": "k", "old1": "1", "old2": "2", "old3": "3"})
+    url = bucket.as_uri()
+    assert refused(capsys, str(src), url, "--delete", "--max-delete", "2") == (
+        "tpi: error: 3 files to delete, more than the 2 allowed (--max-delete): "
+        "nothing was deleted\n")
+    assert {"old1", "old2", "old3", "new"} <= set(tree(bucket))  # copied, nothing deleted
+    assert "nothing was deleted" in refused(capsys, str(src), url, "--delete", "-n",
+                                            "--max-delete", "2")
+    assert sync(str(src), url, "--delete", "--max-delete", "3")["deleted"] == 3
+
+    local = make_tree(tmp_path / "local", {"keep": "k", "new": "n", "mine1": "1", "mine2": "2"})
+    assert "2 files to delete, more than the 1 allowed" in refused(
+        capsys, url, str(local), "--delete", "--max-delete", "1")
+    assert {"mine1", "mine2"} <= set(tree(local))
+    assert sync(url, str(local), "--delete", "--max-delete", "2")["deleted"] == 2
+    assert set(tree(local)) == {"keep", "new"}

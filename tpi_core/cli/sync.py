@@ -29,13 +29,16 @@ MANIFEST_KEY = ".tpi/manifest.json"
                    "Repeatable.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 512), default=DEFAULT_JOBS,
               show_default=True, help="Files transferred at once.")
+@click.option("--max-delete", type=click.IntRange(0), metavar="N",
+              help="With --delete: when more than N files would be deleted, delete none and "
+                   "fail (after the copy).")
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print what would be sent, fetched and deleted, one line each; change "
                    "nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[str, ...],
-            jobs: int, dry_run: bool, as_json: bool) -> None:
+            jobs: int, max_delete: int | None, dry_run: bool, as_json: bool) -> None:
     """Copy SRC to DST, sending only what changed.
 
     Each side is a local directory or a storage URL (file:///path, s3://bucket/prefix, ...).
@@ -48,7 +51,7 @@ def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[
     plan = None
     if dry_run:
         plan = _collect(actions) if as_json else _print(app)
-    result = app.run(_sync, app, src, dst, delete, rules, jobs, plan)
+    result = app.run(_sync, app, src, dst, delete, rules, jobs, plan, max_delete)
     if as_json:
         app.out_json(asdict(result) | ({"dry_run": True, "actions": actions} if dry_run else {}))
     else:
@@ -79,7 +82,7 @@ def _collect(actions: list[dict]):
 
 
 async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[str],
-                jobs: int, dry_run) -> SyncResult:
+                jobs: int, dry_run, max_delete: int | None) -> SyncResult:
     from tpi_core.errors import UsageError
     from tpi_core.storage import open_storage
     from tpi_core.storage.sync import download_tree, upload_tree
@@ -94,13 +97,13 @@ async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[
                 return await download_tree(remote, _local(dst, must_exist=False),
                                            exclude=rules, delete=delete, jobs=jobs,
                                            manifest=(remote, MANIFEST_KEY), progress=progress,
-                                           dry_run=dry_run)
+                                           dry_run=dry_run, max_delete=max_delete)
         async with open_storage(dst) as remote:
             _check_file_side(remote, src, reading=False)
             return await upload_tree(_local(src, must_exist=True), remote, exclude=rules,
                                      delete=delete, jobs=jobs,
                                      manifest=(remote, MANIFEST_KEY), progress=progress,
-                                     dry_run=dry_run)
+                                     dry_run=dry_run, max_delete=max_delete)
 
 
 def _check_file_side(storage: object, local: str, *, reading: bool) -> None:

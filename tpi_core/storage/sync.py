@@ -22,8 +22,8 @@ __all__ = ["ALWAYS_EXCLUDED", "DryRun", "Excludes", "RetryPolicy", "SyncProgress
 async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = (),
                       delete: bool = False, manifest: tuple[Storage, str] | None = None,
                       jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
-                      retry: RetryPolicy | None = None,
-                      dry_run: DryRun | None = None) -> SyncResult:
+                      retry: RetryPolicy | None = None, dry_run: DryRun | None = None,
+                      max_delete: int | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local``, sending changed files only.
 
     One listing of ``remote`` is compared with the local tree. ``manifest=(storage, key)``
@@ -36,12 +36,14 @@ async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = 
     Symlinks that leave ``local`` are not followed but reported in ``result.skipped``.
     Transfers run ``jobs`` at a time and are retried by ``retry`` on transient errors.
     ``dry_run``: a callable told each upload and deletion instead of their being made
-    (the result counts them; no manifest is written).
+    (the result counts them; no manifest is written). ``max_delete``: with more deletions
+    due than this, none is made and UsageError is raised (after the uploads).
     """
     from tpi_core.sync.upload import upload
 
     return await upload(local, remote, exclude=exclude, delete=delete, manifest=manifest,
-                        jobs=jobs, progress=progress, retry=retry, dry_run=dry_run)
+                        jobs=jobs, progress=progress, retry=retry, dry_run=dry_run,
+                        max_delete=max_delete)
 
 
 async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
@@ -50,7 +52,8 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                         retry: RetryPolicy | None = None, fsync: bool = False,
                         record: tuple[Storage, str] | None = None,
-                        dry_run: DryRun | None = None) -> SyncResult:
+                        dry_run: DryRun | None = None,
+                        max_delete: int | None = None) -> SyncResult:
     """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.
 
     A key ``k`` lands at ``local/k`` (the prefix is kept); ``prefix`` names a directory or a
@@ -65,10 +68,12 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
     ``upload_tree`` with that manifest sends only what changed locally after the restore
     (and never overwrites a newer object another writer made meanwhile).
     ``dry_run``: a callable told each fetch and deletion instead of their being made
-    (nothing is written, not even ``local`` itself).
+    (nothing is written, not even ``local`` itself). ``max_delete`` limits deletions as
+    for ``upload_tree``.
     """
     from tpi_core.sync.download import download
 
     return await download(remote, local, prefix=prefix, exclude=exclude, delete=delete,
                           manifest=manifest, jobs=jobs, progress=progress, retry=retry,
-                          fsync=fsync, record=record, dry_run=dry_run)
+                          fsync=fsync, record=record, dry_run=dry_run,
+                          max_delete=max_delete)

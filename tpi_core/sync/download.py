@@ -26,6 +26,7 @@ from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError, Usa
 from tpi_core.storage import Storage
 from tpi_core.storage.local import checked_key
 from tpi_core.sync import manifest as mf
+from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun
 from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
@@ -47,7 +48,7 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                    manifest: tuple[Storage, str] | None = None, jobs: int = DEFAULT_JOBS,
                    progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
                    fsync: bool = False, record: tuple[Storage, str] | None = None,
-                   dry_run: DryRun | None = None) -> SyncResult:
+                   dry_run: DryRun | None = None, max_delete: int | None = None) -> SyncResult:
     """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
     root = local_root(local)
     excludes = Excludes.coerce(exclude)
@@ -59,7 +60,7 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
         return _wanted(key, top, excludes) and bool(checked_key(key))
 
     run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry,
-                    dry_run=dry_run)
+                    dry_run=dry_run, max_delete=max_delete)
     with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
         old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
                                                   Path(scratch), accept)
@@ -223,15 +224,20 @@ class _Download(SyncRun):
             raise
 
     async def delete_local(self, files: Iterator, listing: Listing) -> None:
-        """Remove local files under the prefix that the listing does not have."""
-        doomed = plan_local_deletions(files, listing)
-        if self.dry_run is not None:
-            while batch := await anyio.to_thread.run_sync(_next_batch, doomed):
-                for delete in batch:
-                    self.would_delete(delete.key)
-            return
-        while batch := await anyio.to_thread.run_sync(_delete_some, self.tree.root, doomed):
-            self.result.deleted += batch
+        """Remove local files under the prefix that the listing does not have: counted
+        first (on disk beyond a run), so that over ``max_delete`` none is."""
+        with spill.keys() as doomed:
+            await anyio.to_thread.run_sync(
+                doomed.extend, (delete.key for delete in plan_local_deletions(files, listing)))
+            self.check_deletions(len(doomed))
+            keys = iter(doomed)
+            while batch := await anyio.to_thread.run_sync(_next_batch, keys):
+                if self.dry_run is not None:
+                    for key in batch:
+                        self.would_delete(key)
+                    continue
+                await anyio.to_thread.run_sync(_delete_keys, self.tree.root, batch)
+                self.result.deleted += len(batch)
 
 
 def _place(temp: Path, target: Path, action: Fetch, fsync: bool,
@@ -271,16 +277,11 @@ def _verify(temp: Path, action: Fetch, mismatches: dict[str, tuple[int, str | No
                          f"(size {got[0]}, expected {action.size})")
 
 
-def _next_batch(doomed, limit: int = 500) -> list:
-    return list(itertools.islice(doomed, limit))
+def _next_batch(keys: Iterator[str], limit: int = 500) -> list[str]:
+    return list(itertools.islice(keys, limit))
 
 
-def _delete_some(root: Path, doomed, limit: int = 500) -> int:
-    count = 0
-    for delete in doomed:
+def _delete_keys(root: Path, keys: list[str]) -> None:
+    for key in keys:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(root / delete.key)
-        count += 1
-        if count >= limit:
-            break
-    return count
+            os.unlink(root / key)

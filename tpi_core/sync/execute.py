@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from tpi_core.errors import UsageError
 from tpi_core.sync import spill
 from tpi_core.sync.plan import Action, Delete, Fetch, Forget, Send, Unchanged
 from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
@@ -50,11 +51,13 @@ class SyncRun:
     """
 
     def __init__(self, *, jobs: int, progress: SyncProgress | None, retry: RetryPolicy | None,
-                 dry_run: DryRun | None = None):
+                 dry_run: DryRun | None = None, max_delete: int | None = None):
         self.jobs = max(1, int(jobs))
         self.progress = progress
         self.dry_run = dry_run
         """When set, transfers and deletions are told to it and not done."""
+        self.max_delete = max_delete
+        """More deletions than this, and none is made (None: no limit)."""
         self.retry = retry or RetryPolicy()
         self.result = SyncResult()
         self.deletions = spill.keys()
@@ -157,6 +160,13 @@ class SyncRun:
                          action.file.key if isinstance(action, Send) else action.key, size)
             self.result.sent += 1
             self.result.bytes_sent += size
+
+    def check_deletions(self, count: int) -> None:
+        """Refuse all ``count`` deletions when they are more than ``max_delete`` (a listing
+        cut short, or the wrong directory, would otherwise empty the destination)."""
+        if self.max_delete is not None and count > self.max_delete:
+            raise UsageError(f"{count} files to delete, more than the {self.max_delete} allowed "
+                             "(--max-delete): nothing was deleted")
 
     def would_delete(self, key: str) -> None:
         """Count a deletion a dry run would make, and tell it."""

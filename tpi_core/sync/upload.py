@@ -35,7 +35,8 @@ MANIFEST_SAVE_SECONDS = 15
 async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequence[str] = (),
                  delete: bool = False, manifest: tuple[Storage, str] | None = None,
                  jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
-                 retry: RetryPolicy | None = None, dry_run: DryRun | None = None) -> SyncResult:
+                 retry: RetryPolicy | None = None, dry_run: DryRun | None = None,
+                 max_delete: int | None = None) -> SyncResult:
     """Make ``remote`` hold the files under ``local`` (see ``upload_tree``)."""
     root = local_root(local, must_exist=True)
     excludes = Excludes.coerce(exclude)
@@ -43,7 +44,7 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
     own = manifest[1] if manifest is not None and manifest[0].url == remote.url else None
     with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
         run = _Upload(remote, manifest, Path(scratch), jobs=jobs, progress=progress, retry=retry,
-                      dry_run=dry_run)
+                      dry_run=dry_run, max_delete=max_delete)
         old, listing = await manifest_and_listing(manifest, remote, "", run.retry, Path(scratch),
                                                   lambda key: key != own)
         with listing, run.deletions, run.changes, run.dropped:
@@ -111,6 +112,7 @@ class _Upload(SyncRun):
 
     async def delete_remote(self) -> None:
         """Delete what the plan marked, in batches, after every upload (rclone's default)."""
+        self.check_deletions(len(self.deletions))
         batch: list[str] = []
         for key in self.deletions:
             if self.dry_run is not None:
