@@ -49,6 +49,9 @@ class Storage(ABC):
     UPLOAD_MD5: ClassVar[bool] = False
     """True when ``upload`` returns the hex md5 of the bytes it sent (hashed while sending),
     so callers that keep hashes need not read the file a second time."""
+    LISTS_AFTER: ClassVar[bool] = False
+    """True when ``list`` lists in key order and takes ``start_after`` (only keys after it),
+    served by the service: a sync then reads a large listing as several ranges at once."""
 
     @classmethod
     @abstractmethod
@@ -66,7 +69,8 @@ class Storage(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, streamed, in no promised order."""
+        """Every object whose key starts with ``prefix``, streamed, in no promised order
+        (see ``LISTS_AFTER`` for storages that promise key order and take ``start_after``)."""
 
     @abstractmethod
     async def read(self, key: str) -> bytes:

@@ -20,7 +20,8 @@ from tpi_core.sync import manifest as mf
 from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun, alongside
-from tpi_core.sync.plan import Action, RemoteObject, Send, Unchanged, plan_upload
+from tpi_core.sync.listing import Listing, every_page, list_remote
+from tpi_core.sync.plan import Action, Send, Unchanged, plan_upload
 from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.spill import Cursor
@@ -239,28 +240,6 @@ async def load_manifest(manifest: tuple[Storage, str], retry: RetryPolicy,
     return OldManifest(path)
 
 
-Listing = spill.SortedSpill[tuple[str, RemoteObject]]
-"""A listing sorted by key: ``(key, (size, etag, mtime))`` pairs."""
-
-
-async def list_remote(storage: Storage, prefix: str, retry: RetryPolicy,
-                      accept: Callable[[str], bool] = lambda key: True) -> Listing:
-    """One listing under ``prefix`` (retried whole), sorted by key whatever order the
-    storage lists in, held in memory up to a run and on disk beyond it."""
-    async def attempt(_moved: object) -> Listing:
-        listing = spill.pairs(list, tuple)  # (size, etag, mtime) as a JSON array
-        try:
-            async for info in storage.list(prefix):
-                if accept(info.key):
-                    listing.add((info.key, (info.size, info.etag, info.mtime)))
-        except BaseException:
-            listing.close()
-            raise
-        return listing
-
-    return await retrying(retry, attempt)
-
-
 async def manifest_and_listing(manifest: tuple[Storage, str] | None, storage: Storage,
                                prefix: str, retry: RetryPolicy, scratch: Path,
                                accept: Callable[[str], bool] = lambda key: True,
@@ -270,16 +249,31 @@ async def manifest_and_listing(manifest: tuple[Storage, str] | None, storage: St
     found: dict[str, Any] = {}
     failed: dict[str, Exception] = {}
 
+    loaded = anyio.Event()
+
     async def fetch(name: str, call: Callable[[], Awaitable[Any]]) -> None:
         try:
             found[name] = await call()
         except Exception as exc:
             failed[name] = exc
+        finally:
+            if name == "manifest":
+                loaded.set()
+
+    async def bounds() -> list[str]:
+        """Every page-th key of the old manifest: the last sync's keys split the listing."""
+        await loaded.wait()
+        old = found.get("manifest")
+        if old is None or old.path is None:
+            return []
+        return await anyio.to_thread.run_sync(
+            lambda: every_page((key for key, _entry in old.entries()), prefix))
 
     async with anyio.create_task_group() as group:
         if manifest is not None:
             group.start_soon(fetch, "manifest", partial(load_manifest, manifest, retry, scratch))
-        group.start_soon(fetch, "listing", partial(list_remote, storage, prefix, retry, accept))
+        group.start_soon(fetch, "listing", partial(list_remote, storage, prefix, retry, accept,
+                                                   bounds if manifest is not None else None))
     if failed:
         if "listing" in found:
             found["listing"].close()

@@ -94,10 +94,13 @@ class MemoryStorage(Storage):
             raise ValueError("an empty storage key")
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    LISTS_AFTER = True
+
+    async def list(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         self.calls["list"] += 1
         start = self.prefix + "/" if self.prefix else ""
-        keys = sorted(k for k in self._store.objects if k.startswith(start + prefix))
+        after = start + start_after if start_after else ""
+        keys = sorted(k for k in self._store.objects if k.startswith(start + prefix) and k > after)
         for index, full in enumerate(keys):
             if index % _PAGE == 0:
                 await anyio.sleep(0)  # a page boundary: let others run, as a network list would
@@ -171,6 +174,7 @@ class FlakyStorage(Storage):
         self.inner, self.rate, self.methods = inner, rate, frozenset(methods)
         self.random = random.Random(seed)
         self.failures = 0
+        self.LISTS_AFTER = inner.LISTS_AFTER
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> FlakyStorage:
@@ -191,10 +195,10 @@ class FlakyStorage(Storage):
             return True
         return False
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str = "", **after: str) -> AsyncIterator[ObjectInfo]:
         fail_at = self.random.randrange(1, 50) if self._fails("list") else None
         count = 0
-        async for info in self.inner.list(prefix):
+        async for info in self.inner.list(prefix, **after):
             if count == fail_at:
                 raise TransientError("injected: listing connection reset")
             count += 1

@@ -507,6 +507,29 @@ async def test_list_is_one_request_per_page_with_relative_keys_and_plain_etags(
     assert listed[0].mtime and listed[0].mtime > 1e9
 
 
+async def test_a_listing_starts_after_a_key_and_a_sync_reads_it_in_ranges(
+        s3, via_proxy, proxy, monkeypatch) -> None:
+    from tpi_core.sync import listing
+
+    keys = [f"k{i:04d}" for i in range(450)]
+    for key in keys:
+        s3.put_object(Bucket=via_proxy.bucket, Key=f"root/{key}", Body=b"x")
+    assert [info.key async for info in via_proxy.list(start_after="k0439")] == keys[440:]
+    monkeypatch.setattr(listing, "LIST_PAGE", 100)  # ranges of 100 keys, to need few objects
+
+    async def bounds() -> list[str]:
+        return listing.every_page(iter(keys), "")
+
+    proxy.clear()
+    found = await listing.list_remote(via_proxy, "", RetryPolicy(), bounds=bounds)
+    with found:
+        assert [key for key, _obj in found] == keys
+    targets = [target for _m, target, _o in proxy.log]
+    assert len(targets) == 5 and all("list-type=2" in target for target in targets)
+    assert sorted(t.split("start-after=")[1] for t in targets if "start-after=" in t) == [
+        f"root%2Fk{n:04d}" for n in (99, 199, 299, 399)]
+
+
 async def test_keys_with_spaces_plus_percent_and_unicode_round_trip(via_proxy, tmp_path):
     keys = ["a b+c%20d/ü é.txt", "sym/~!$&'()*,;=@.bin", "x/%2F.txt"]
     for key in keys:

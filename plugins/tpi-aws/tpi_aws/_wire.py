@@ -66,9 +66,13 @@ class Wire:
         path = f"{self._root}/{quote(key, safe='/~')}" if key else self._root or "/"
         return path, "&".join(f"{k}={v}" for k, v in pairs)
 
-    async def list_pages(self, prefix: str, what: str) -> AsyncIterator[list[Listed]]:
-        """ListObjectsV2 page by page: ``(key, size, etag without quotes, mtime)``."""
+    async def list_pages(self, prefix: str, what: str,
+                         start_after: str = "") -> AsyncIterator[list[Listed]]:
+        """ListObjectsV2 page by page: ``(key, size, etag without quotes, mtime)``, of the
+        keys after ``start_after`` when given."""
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        if start_after:
+            query["start-after"] = start_after
         while True:
             async with self.request("GET", "", query=query, what=what) as response:
                 page, fields = _parse_listing(await response.read())

@@ -51,6 +51,7 @@ class S3Storage(Storage):
     SCHEME = "s3"
     VERIFIES_MD5 = True  # every body is checked against an md5 ETag (see _write_checked)
     UPLOAD_MD5 = True  # every upload hashes what it sends
+    LISTS_AFTER = True  # ListObjectsV2: key order, start-after
 
     def __init__(self, bucket: str, prefix: str = "", *, region: str | None = None,
                  endpoint_url: str | None = None, tagging: str = "",
@@ -97,11 +98,12 @@ class S3Storage(Storage):
         """The bucket key of a storage key, exactly (no stripping: S3 keys are not paths)."""
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         wire = await self._conn.wire()
         full = self._full(prefix) if self.prefix else prefix
         cut = len(self.prefix) + 1 if self.prefix else 0
-        async for page in wire.list_pages(full, f"list {self.url}"):
+        after = self._full(start_after) if start_after else ""
+        async for page in wire.list_pages(full, f"list {self.url}", after):
             for key, size, etag, mtime in page:
                 if key[cut:] and not key.endswith("/"):
                     self._listed.saw(key, size, etag)
