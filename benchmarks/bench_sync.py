@@ -16,10 +16,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import html
+import http.client
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,6 +44,9 @@ SCENARIOS = [("upload", "upload"), ("resync", "re-sync, no change"),
 Times = dict[tuple[str, str, str, str], list[float]]  # (server, set, scenario, tool) -> s
 Peaks = Times  # the same keys -> peak resident memory of each command, MiB
 PEAKS: Peaks = defaultdict(list)
+FLOOR_RUNS = 5
+START_FLOOR = [sys.executable, "-c", "import asyncio, anyio, anyio._backends._asyncio, click"]
+"""A Python that has loaded tpi's chosen stack (asyncio, anyio, click) and done nothing."""
 
 
 def measure(key: tuple[str, str, str, str], command: list[str], env: dict[str, str],
@@ -137,7 +145,35 @@ def bench_set(server: Server, tools: list[Tool], data: DataSet, runs: int,
                   flush=True)
             time_sync(server, tool, data, run_no, times)
             time_download(server, tool, data, times)
+    if server.name == "s3rver":
+        times[(server.name, data.name, "floor", "listing")] = [
+            list_seconds(server, f"{data.name}/tpi/0/") for _ in range(FLOOR_RUNS)]
+        times[(server.name, data.name, "floor", "start")] = [
+            run(START_FLOOR, server.env())[0] for _ in range(FLOOR_RUNS)]
     fresh_bucket(server)
+
+
+def list_seconds(server: Server, prefix: str) -> float:
+    """Seconds the server takes to list ``prefix`` (every page of 1,000 keys) asked from
+    this process on one open connection, unsigned: less than any client's listing costs."""
+    url = urllib.parse.urlsplit(server.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    start, token = time.perf_counter(), None
+    try:
+        while True:
+            query = {"list-type": "2", "prefix": prefix} | (
+                {"continuation-token": token} if token else {})
+            connection.request("GET", f"/{BUCKET}?{urllib.parse.urlencode(query)}")
+            answer = connection.getresponse()
+            body = answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"listing {prefix}: {answer.status} {body[:200]!r}")
+            found = re.search(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", body)
+            if found is None:
+                return time.perf_counter() - start
+            token = html.unescape(found.group(1).decode())
+    finally:
+        connection.close()
 
 
 def count_requests(server: Server, tools: list[Tool], data: DataSet) -> dict[str, dict]:
@@ -230,8 +266,13 @@ def targets(times: Times, counts: dict[str, dict]) -> list[str]:
     for data in SETS:
         first, again = med(data.name, "upload", "tpi"), med(data.name, "resync", "tpi")
         if first == first and again == again:  # not NaN: the set ran
+            listing, start = med(data.name, "floor", "listing"), med(data.name, "floor", "start")
             lines.append(f"- {data.label}: no-change re-sync / first sync = "
-                         f"{again / first:.2f} (target < 0.10)")
+                         f"{again / first:.2f} (target < 0.10; {again * 1000:.0f} ms against "
+                         f"{first * 100:.0f} ms). Floor: s3rver lists the set in "
+                         f"{listing * 1000:.0f} ms and Python starts with asyncio, anyio and "
+                         f"click in {start * 1000:.0f} ms, together "
+                         f"{(listing + start) / first:.2f} of the first sync")
     return lines
 
 

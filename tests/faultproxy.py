@@ -14,6 +14,8 @@ For a share ``rate`` of requests it injects one of ``kinds`` (picked at random):
                body) is flipped: for integrity checks, not in the default ``kinds``
 
 ``when(method, target, headers)`` (headers lower-cased) limits faults to some requests.
+``latency`` seconds pass before each request goes on, as a round trip to a cloud would
+(requests on different connections wait at the same time).
 Requests pass through unchanged (Host included, so a server that checks signatures still
 accepts them); each goes to the emulator on a fresh connection. ``log`` records every request
 as ``(method, target, outcome)``, which the benchmark uses to count requests. The proxy runs
@@ -43,10 +45,11 @@ class FaultProxy:
     """The proxy; ``rate`` and ``kinds`` may be changed while it runs."""
 
     def __init__(self, upstream: str, *, rate: float = 0.0, kinds: tuple[str, ...] = KINDS,
-                 seed: int | None = None, when: Selector | None = None):
+                 seed: int | None = None, when: Selector | None = None, latency: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate, self.kinds, self.when = rate, kinds, when
+        self.latency = latency
         self.log: list[tuple[str, str, str]] = []
         self.url = ""
         self._random = random.Random(seed)
@@ -113,6 +116,8 @@ class FaultProxy:
             while request := await _read_request(reader, writer):
                 method, target, headers, head, body = request
                 outcome = self._pick(method, target, headers)
+                if self.latency:
+                    await asyncio.sleep(self.latency)
                 if not await self._answer(outcome, method, head, body, writer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):

@@ -5,7 +5,7 @@ A listing comes a page of 1,000 keys per request, each request waiting for the o
 lists in key order and starts after a given key (``Storage.LISTS_AFTER``, S3's
 ``start-after``) can be read in ranges instead. The first range starts at once; the old
 manifest, fetched meanwhile, holds the keys of the last sync in order, so every 1,000th of
-them splits the rest into ranges of about a page, read ``LIST_RANGES`` at a time. The ranges
+them splits the rest into ranges of a page, read ``LIST_RANGES`` at a time. The ranges
 cover every key exactly once whatever the bounds (a key after the last bound belongs to the
 last range), so bounds that no longer match the storage cost speed, never objects.
 """
@@ -24,7 +24,10 @@ from tpi_core.sync.plan import RemoteObject
 from tpi_core.sync.retry import RetryPolicy, retrying
 
 LIST_PAGE = 1000
-"""Keys per listing request (S3's most): the size of a range."""
+"""Keys per listing request (S3's most)."""
+SLACK = 10
+"""Keys a range leaves free in its page: a range of LIST_PAGE - SLACK keys of the last sync
+takes one request even with a few new keys in it (or the manifest itself, in the first)."""
 LIST_RANGES = 8
 """Ranges of one listing read at once, beside the first."""
 
@@ -77,6 +80,8 @@ async def _read(storage: Storage, prefix: str, accept: Callable[[str], bool], li
                     part.last = info.key
                     if accept(info.key):
                         listing.add((info.key, (info.size, info.etag, info.mtime)))
+                    if info.key == part.stop:
+                        break  # the range's last key: no request for a page after it
         except Exception as exc:  # raised below as is, not inside an exception group
             errors.append(exc)
             group.cancel_scope.cancel()
@@ -103,6 +108,8 @@ async def _read(storage: Storage, prefix: str, accept: Callable[[str], bool], li
 
 
 def every_page(keys: Iterator[str], prefix: str) -> list[str]:
-    """Every LIST_PAGE-th key under ``prefix``, in order (bounds of ranges of about a page)."""
+    """Every (LIST_PAGE - SLACK)-th key under ``prefix``, in order: bounds of ranges that
+    each fit in one page."""
     under = (key for key in keys if key.startswith(prefix))
-    return list(itertools.islice(under, LIST_PAGE - 1, None, LIST_PAGE))
+    step = max(1, LIST_PAGE - SLACK)
+    return list(itertools.islice(under, step - 1, None, step))
