@@ -11,7 +11,7 @@ from tpi_core.cli._app import Application, pass_app
 from tpi_core.sync import DEFAULT_JOBS
 
 if TYPE_CHECKING:
-    from tpi_core.storage.sync import SyncResult
+    from tpi_core.storage.sync import DryRun, SyncResult
 
 MANIFEST_KEY = ".tpi/manifest.json"
 """Where an upload keeps its manifest, under the destination (``.tpi/`` never syncs)."""
@@ -48,10 +48,10 @@ def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[
     """
     rules = [_rule(pattern) for pattern in excludes]
     actions: list[dict] = []
-    plan = None
+    tell = None  # a dry run's listener: each change it would make
     if dry_run:
-        plan = _collect(actions) if as_json else _print(app)
-    result = app.run(_sync, app, src, dst, delete, rules, jobs, plan, max_delete)
+        tell = _collect(actions) if as_json else _print(app)
+    result = app.run(_sync, app, src, dst, delete, rules, jobs, tell, max_delete)
     if as_json:
         app.out_json(asdict(result) | ({"dry_run": True, "actions": actions} if dry_run else {}))
     else:
@@ -82,7 +82,7 @@ def _collect(actions: list[dict]):
 
 
 async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[str],
-                jobs: int, dry_run, max_delete: int | None) -> SyncResult:
+                jobs: int, dry_run: DryRun | None, max_delete: int | None) -> SyncResult:
     from tpi_core.errors import UsageError
     from tpi_core.storage import open_storage
     from tpi_core.storage.sync import download_tree, upload_tree
@@ -155,9 +155,9 @@ def _summary(app: Application, result: SyncResult, dry_run: bool = False) -> Non
     for line in result.skipped:
         app.say(f"skipped {line}")
     if dry_run:
-        app.say(f"dry run, nothing changed: {result.sent} to send ({size_text(result.bytes_sent)})"
-                f", {result.unchanged} unchanged, {result.deleted} to delete, "
-                f"{len(result.skipped)} skipped")
+        app.say(f"dry run, nothing changed: {result.sent} to send "
+                f"({size_text(result.bytes_sent)}), {result.unchanged} unchanged, "
+                f"{result.deleted} to delete, {len(result.skipped)} skipped")
         return
     app.say(f"{result.sent} sent ({size_text(result.bytes_sent)}), {result.unchanged} "
             f"unchanged, {result.deleted} deleted, {len(result.skipped)} skipped")

@@ -105,9 +105,9 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
                stop: threading.Event, expect: tuple[int, ...] = (200,),
                ) -> Failed | tuple[int, Any]:
     """GET ``target`` and write its body into ``fd`` from ``offset``, hashing it into
-    ``digest`` in order (None: nothing to check, so no hashing). Returns the bytes written and the response's headers, or the
-    response when its status is not one of ``expect``; network trouble raises (OSError,
-    http.client.HTTPException)."""
+    ``digest`` in order (None: nothing to check, so no hashing). Returns the bytes written
+    and the response's headers, or the response when its status is not one of ``expect``;
+    network trouble raises (OSError, http.client.HTTPException)."""
     connection = pool.take()
     try:
         connection.request("GET", pool.prefix + target, headers={**headers, **pool.headers})
