@@ -72,7 +72,7 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                 await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
             await run.run(plan_download(listing, old and old.entries(), stat_local=run.tree.stat,
                                         hash_file=run.tree.md5))
-            if delete and (dry_run is None or root.is_dir()):
+            if delete:  # (a walk of a directory a dry run did not make finds nothing)
                 await run.delete_local(walk(root, excludes, top), listing)
             if record is not None and dry_run is None:
                 await _record(record, listing, run, old, Path(scratch))
@@ -229,13 +229,10 @@ class _Download(SyncRun):
         with spill.keys() as doomed:
             await anyio.to_thread.run_sync(
                 doomed.extend, (delete.key for delete in plan_local_deletions(files, listing)))
-            self.check_deletions(len(doomed))
+            if not self.to_delete(doomed):
+                return
             keys = iter(doomed)
             while batch := await anyio.to_thread.run_sync(_next_batch, keys):
-                if self.dry_run is not None:
-                    for key in batch:
-                        self.would_delete(key)
-                    continue
                 await anyio.to_thread.run_sync(_delete_keys, self.tree.root, batch)
                 self.result.deleted += len(batch)
 

@@ -161,18 +161,19 @@ class SyncRun:
             self.result.sent += 1
             self.result.bytes_sent += size
 
-    def check_deletions(self, count: int) -> None:
-        """Refuse all ``count`` deletions when they are more than ``max_delete`` (a listing
-        cut short, or the wrong directory, would otherwise empty the destination)."""
-        if self.max_delete is not None and count > self.max_delete:
-            raise UsageError(f"{count} files to delete, more than the {self.max_delete} allowed "
-                             "(--max-delete): nothing was deleted")
-
-    def would_delete(self, key: str) -> None:
-        """Count a deletion a dry run would make, and tell it."""
-        assert self.dry_run is not None
-        self.dry_run("delete", key, None)
-        self.result.deleted += 1
+    def to_delete(self, keys: spill.SortedSpill[str]) -> bool:
+        """Whether the caller is to delete ``keys`` now. All of them are refused when they
+        are more than ``max_delete`` (a listing cut short, or the wrong directory, would
+        otherwise empty the destination); a dry run tells and counts each instead."""
+        if self.max_delete is not None and len(keys) > self.max_delete:
+            raise UsageError(f"{len(keys)} files to delete, more than the {self.max_delete} "
+                             "allowed (--max-delete): nothing was deleted")
+        if self.dry_run is None:
+            return True
+        for key in keys:
+            self.dry_run("delete", key, None)
+            self.result.deleted += 1
+        return False
 
     async def _work(self, receive: MemoryObjectReceiveStream[Action],
                     slots: anyio.CapacityLimiter) -> None:

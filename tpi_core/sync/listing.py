@@ -4,7 +4,7 @@ A listing comes a page of 1,000 keys per request, each request waiting for the o
 (its continuation token): 100,000 objects on S3 are 100 round trips in a row. A storage that
 lists in key order and starts after a given key (``Storage.LISTS_AFTER``, S3's
 ``start-after``) can be read in ranges instead. The first range starts at once; the old
-manifest, fetched meanwhile, holds the keys of the last sync in order, so every 1,000th of
+manifest, fetched meanwhile, holds the keys of the last sync in order, so every 990th of
 them splits the rest into ranges of a page, read ``LIST_RANGES`` at a time. The ranges
 cover every key exactly once whatever the bounds (a key after the last bound belongs to the
 last range), so bounds that no longer match the storage cost speed, never objects.

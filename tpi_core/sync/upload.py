@@ -113,12 +113,10 @@ class _Upload(SyncRun):
 
     async def delete_remote(self) -> None:
         """Delete what the plan marked, in batches, after every upload (rclone's default)."""
-        self.check_deletions(len(self.deletions))
+        if not self.to_delete(self.deletions):
+            return
         batch: list[str] = []
         for key in self.deletions:
-            if self.dry_run is not None:
-                self.would_delete(key)
-                continue
             batch.append(key)
             if len(batch) == DELETE_BATCH:
                 await self._delete(batch)
