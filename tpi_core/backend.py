@@ -77,10 +77,14 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """What ``create_steps`` needs besides the task: where its storage is."""
+    """What ``create_steps`` needs besides the task: where its storage is, and where the
+    agent bundle its machines install is (for a backend with ``AGENT``)."""
 
     storage_url: str
     deadline: float
+    agent_url: str = ""
+    """URL of the agent bundle (``<agent_storage>/<digest>``); empty without ``AGENT``."""
+    agent_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,11 @@ class Backend(ABC):
 
     NAME: ClassVar[str]
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset()
+    AGENT: ClassVar[tuple[str, str] | None] = None
+    """``(distribution, import package)`` of the plugin a machine of this backend runs the
+    agent with, e.g. ``("tpi-aws", "tpi_aws")``. When set, apply puts an agent bundle
+    (:mod:`tpi_core.boot.bundle`) into :meth:`agent_storage` and passes its URL in
+    :class:`Launch`; the machines boot with :func:`tpi_core.boot.script.render`."""
 
     def validate(self, task: Task) -> None:
         """Raise :class:`~tpi_core.errors.UsageError` for settings this backend cannot use
@@ -115,6 +124,12 @@ class Backend(ABC):
         ``create`` is the task being applied: make its container first (idempotent), with
         whatever of the task that takes (a claim's size, a bucket's tags, a server's image).
         """
+
+    async def agent_storage(self, ref: TaskRef) -> Storage:
+        """Where agent bundles are kept for the task, one ``<digest>/`` each; the task's
+        machines must be able to read it. Default: ``.tpi-agent/`` of the task's storage
+        (not shared); a cloud shares one place between the tasks of an account."""
+        return (await self.storage(ref)).child(".tpi-agent")
 
     @abstractmethod
     def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:

@@ -56,6 +56,7 @@ class Engine:
         self._report = report or (lambda message: None)
         self._progress = progress_factory or (lambda label: contextlib.nullcontext(None))
         self._backends: dict[str, Backend] = dict(backends or {})
+        self._bundles: dict[tuple[str, str], object] = {}
 
     async def __aenter__(self) -> Engine:
         return self
@@ -130,14 +131,31 @@ class Engine:
             if task.workdir is not None:
                 result = await self.upload(task, storage)
                 self.say(task, f"uploaded {result.moved()}")
-            await run_steps(backend.create_steps(task, Launch(storage.url, deadline)),
-                            lambda m: self.say(task, m))
+            launch = await self._launch(backend, ref, storage, deadline)
+            await run_steps(backend.create_steps(task, launch), lambda m: self.say(task, m))
         except BaseException:
             # without spec.json the next apply plans a create again instead of "unchanged"
             with anyio.CancelScope(shield=True):
                 await storage.delete([layout.SPEC])
             raise
         self.say(task, "launched")
+
+    async def _launch(self, backend: Backend, ref: TaskRef, storage: Storage,
+                      deadline: float) -> Launch:
+        """The launch of a task: with the agent bundle in place when its backend wants one."""
+        if backend.AGENT is None:
+            return Launch(storage.url, deadline)
+        from tpi_core.boot import bundle
+
+        if backend.AGENT not in self._bundles:
+            self._bundles[backend.AGENT] = await anyio.to_thread.run_sync(
+                bundle.build, [backend.AGENT])
+        built = self._bundles[backend.AGENT]
+        place = await backend.agent_storage(ref)
+        prefix, uploaded = await bundle.publish(built, place)
+        self.say(ref, f"agent bundle {built.digest} " + ("uploaded" if uploaded else
+                                                          "already in storage"))
+        return Launch(storage.url, deadline, f"{place.url.rstrip('/')}/{prefix}", built.digest)
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:
         """Upload the workdir into ``data/`` (changed files only)."""
@@ -214,7 +232,8 @@ class Engine:
         if spec is None:
             raise TaskNotFound(f"task {task.name} was not applied")
         backend = self.backend(task.cloud)
-        await run_steps(backend.create_steps(task, Launch(storage.url, spec["deadline"])))
+        launch = await self._launch(backend, TaskRef.of(task), storage, spec["deadline"])
+        await run_steps(backend.create_steps(task, launch))
 
     async def destroy(self, ref: TaskRef, workdir: Path | None, output: str) -> SyncResult | None:
         """Pull the output, delete every resource in reverse order, then the task's storage."""

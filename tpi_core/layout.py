@@ -9,6 +9,8 @@
     reports/replica-N/manifest.json   what this replica's agent synced (sync manifest)
     reports/stops.json                how many times ``tpi stop`` stopped the task: a boot
                                       after one resumes it, and is no recovery
+    reports/boot-failed/NAME.log      the log of a machine whose boot failed before its agent
+                                      started (written by the boot script, NAME: time-host)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ DATA = "data"
 REPORTS = "reports"
 UPLOAD_MANIFEST = "reports/upload-manifest.json"
 STOPS = "reports/stops.json"
+BOOT_FAILED = "reports/boot-failed"
 
 
 def replica_prefix(index: int) -> str:

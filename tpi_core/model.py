@@ -212,6 +212,10 @@ class TaskStatus:
     created: float | None = None
     deadline: float | None = None
     events: tuple[Event, ...] = ()
+    reason: str = ""
+    """Why the task is where it is, when a replica's state does not say (a failed boot)."""
+    boot_failures: int = 0
+    """Machines whose boot failed before the agent started."""
 
     def count(self, state: ReplicaState) -> int:
         """How many replicas are in ``state``."""

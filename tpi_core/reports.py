@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -22,12 +22,13 @@ from tpi_core.storage import Storage
 
 @dataclass(frozen=True, slots=True)
 class BootLog:
-    """One boot's log object."""
+    """One boot's log object (``machine``: a failed machine boot's name, replica -1)."""
 
     replica: int
     attempt: int
     key: str
     size: int
+    machine: str = ""
 
 
 @dataclass
@@ -37,6 +38,10 @@ class Reports:
     statuses: dict[int, ReplicaStatus]
     logs: list[BootLog]
     event_keys: list[str]
+    boot_failures: list[BootLog] = field(default_factory=list)
+    """Logs of machines whose boot failed, oldest first (also at the head of ``logs``)."""
+    failure_reason: str = ""
+    """The ``boot failed: ...`` line of the newest of them."""
 
 
 async def read_spec(storage: Storage) -> dict | None:
@@ -67,7 +72,12 @@ async def read_reports(storage: Storage) -> Reports:
     status_keys: list[tuple[int, str]] = []
     logs: list[BootLog] = []
     events: list[str] = []
+    failed: list[BootLog] = []
     async for info in storage.list(layout.REPORTS + "/"):
+        if info.key.startswith(layout.BOOT_FAILED + "/") and info.key.endswith(".log"):
+            name = info.key[len(layout.BOOT_FAILED) + 1:-4]
+            failed.append(BootLog(-1, 0, info.key, info.size, name))
+            continue
         parsed = layout.parse_report_key(info.key)
         if parsed is None:
             continue
@@ -90,7 +100,25 @@ async def read_reports(storage: Storage) -> Reports:
         for replica, key in status_keys:
             tg.start_soon(load, replica, key)
     logs.sort(key=lambda b: (b.replica, b.attempt))
-    return Reports(statuses, logs, sorted(events))
+    # NAME starts with the failure's epoch seconds: numeric order is time order
+    failed.sort(key=lambda b: (int(b.machine.partition("-")[0] or 0)
+                               if b.machine.partition("-")[0].isdigit() else 0, b.machine))
+    failed = [BootLog(-1, n, b.key, b.size, b.machine) for n, b in enumerate(failed, 1)]
+    reason = await _failure_reason(storage, failed[-1]) if failed else ""
+    return Reports(statuses, failed + logs, sorted(events), failed, reason)
+
+
+async def _failure_reason(storage: Storage, log: BootLog) -> str:
+    """The ``boot failed: STEP: LAST LINE`` line of a failed boot's log."""
+    try:
+        text = (await storage.read(log.key)).decode("utf-8", "replace")
+    except ObjectNotFound:
+        return ""
+    for line in reversed(text.splitlines()):
+        _, _, rest = line.partition(" ")
+        if rest.startswith("boot failed: "):
+            return rest
+    return "boot failed"
 
 
 async def read_events(storage: Storage, keys: list[str]) -> list[Event]:
@@ -111,13 +139,21 @@ async def read_events(storage: Storage, keys: list[str]) -> list[Event]:
 
 
 def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
-                 seen: Observation) -> State:
-    """The task state from replica reports plus what the cloud shows (DESIGN.md section 4)."""
+                 seen: Observation, boot_failures: int = 0) -> State:
+    """The task state from replica reports plus what the cloud shows (DESIGN.md section 4).
+
+    ``boot_failures``: machines whose boot failed; from :data:`MAX_FAILURES` on, their
+    machines leave the group instead of being replaced, so the task has failed.
+    """
+    from tpi_core.boot.script import MAX_FAILURES
+
     states = {r.state for r in replicas}
     if replicas and all(r.state.final for r in replicas) and len(replicas) >= parallelism:
         if ReplicaState.TIMED_OUT in states:
             return State.TIMED_OUT
         return State.FAILED if ReplicaState.FAILED in states else State.SUCCEEDED
+    if boot_failures >= MAX_FAILURES:
+        return State.FAILED
     if not seen.exists:
         return State.STOPPED if replicas else State.QUEUED
     if seen.desired == 0:
@@ -134,14 +170,15 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
     """Put spec, reports and observation together into a :class:`TaskStatus`."""
     count = int(spec.get("parallelism", 1))
     replicas = tuple(reports.statuses.get(i, ReplicaStatus(i)) for i in range(count))
-    state = derive_state(count, replicas, seen)
+    failures = len(reports.boot_failures)
+    state = derive_state(count, replicas, seen, failures)
     everything = sorted([*events, *seen.events], key=lambda e: e.time)
     return TaskStatus(
         task_id=spec["id"], name=spec.get("name", ""), cloud=spec.get("cloud", ""),
         state=state, parallelism=count, replicas=replicas,
         recoveries=sum(r.recoveries for r in replicas),
         machines=seen.machines, created=spec.get("created"), deadline=spec.get("deadline"),
-        events=tuple(everything))
+        events=tuple(everything), reason=reports.failure_reason, boot_failures=failures)
 
 
 def group_logs(logs: list[BootLog]) -> dict[int, list[BootLog]]:

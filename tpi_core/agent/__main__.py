@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                         default=_interval("TPI_AGENT_SYNC_INTERVAL", "10"))
     parser.add_argument("--stop-grace", type=float,
                         default=_interval("TPI_AGENT_STOP_GRACE", "5"))
+    parser.add_argument("--machine-log", type=Path, default=None,
+                        help="the machine's boot log, put at the head of this boot's log")
     return parser
 
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one boot; the exit code (0 final, 143 preempted)."""
     args = _parser().parse_args(argv)
     config = AgentConfig(args.storage, args.replica, args.workdir.absolute(),
-                         args.log_interval, args.sync_interval, args.stop_grace)
+                         args.log_interval, args.sync_interval, args.stop_grace,
+                         args.machine_log)
     try:
         return anyio.run(Agent(config, load_hooks(args.hooks)).run)
     except TpiError as exc:

@@ -34,9 +34,9 @@ class BootLog:
         self._written = 0
         self._pushed = 0
 
-    def add(self, stream: str, text: str) -> None:
-        """Append one line of ``stream`` (stdout, stderr)."""
-        os.write(self._fd, f"{utc_stamp()} {stream} {text}\n".encode())
+    def add(self, stream: str, text: str, when: float | None = None) -> None:
+        """Append one line of ``stream`` (stdout, stderr, boot), stamped ``when`` (now)."""
+        os.write(self._fd, f"{utc_stamp(when)} {stream} {text}\n".encode())
         self._written += 1
 
     @property

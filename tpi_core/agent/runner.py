@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from tpi_core import layout
 from tpi_core.agent.bootlog import BootLog
 from tpi_core.agent.hooks import AgentHooks
+from tpi_core.agent.machinelog import MachineLog
 from tpi_core.agent.reports import Reports, retry
 from tpi_core.agent.script import Script, run_script, script_environment
 from tpi_core.agent.workdir import fingerprint
@@ -53,6 +54,8 @@ class AgentConfig:
     log_interval: float = 5.0
     sync_interval: float = 10.0
     stop_grace: float = 5.0
+    machine_log: Path | None = None
+    """The machine's boot log (``--machine-log``), copied to the head of this boot's log."""
 
 
 class Agent:
@@ -127,6 +130,9 @@ class Agent:
                                "applied, or was destroyed") from None
 
     async def _start(self) -> int:
+        self._machine = MachineLog.read(self.config.machine_log)
+        for when, text in self._machine.lines:
+            self.log.add("boot", text, when)
         await self.reports.write_status(self._status(ReplicaState.RUNNING))
         await self.reports.event("boot", f"attempt {self.reports.attempt}"
                                  + (", resumed after tpi stop" if self._resumed else ""))
@@ -152,6 +158,8 @@ class Agent:
             self.environ, self.spec.get("environment_keys", ()), task_id=self.spec["id"],
             replica=self.reports.index, count=int(self.spec.get("parallelism", 1)),
             attempt=self.reports.attempt)
+        if (summary := self._machine.summary(time.time())) is not None:
+            self.log.add("boot", summary)
         async with run_script(self.spec["script"], self.config.workdir, env, self.log) as script:
             await self.reports.event("started", f"pid {script.pid}")
             outcome = await self._race(script)

@@ -35,8 +35,10 @@ async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int]
             continue
         data = await engine.read_log(target.ref, log, seen)
         complete = data[: data.rfind(b"\n") + 1]
+        label = (f"{target.label}[boot failed {log.machine}]" if log.machine
+                 else prefix(target, log.replica, log.attempt))
         for line in complete.decode("utf-8", "replace").splitlines():
-            emit(f"{prefix(target, log.replica, log.attempt)} {line}")
+            emit(f"{label} {line}")
         offsets[log.key] = seen + len(complete)
 
 

@@ -40,7 +40,7 @@ def _table(app: Application, statuses, events: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tpi_core.model import ReplicaState
+    from tpi_core.model import ReplicaState, State
     from tpi_core.reports import elapsed
 
     table = Table(box=None, pad_edge=False)
@@ -56,6 +56,10 @@ def _table(app: Application, statuses, events: bool) -> None:
     if not console.is_terminal:
         console.width = 200  # a pipe or a file: never cut an id short
     console.print(table)
+    for s in statuses:
+        if s.reason and s.state != State.SUCCEEDED:
+            app.out(f"{s.name}: {s.reason}" + (f" ({s.boot_failures} failed boots)"
+                                                 if s.boot_failures > 1 else ""))
     if events:
         for s in statuses:
             for e in s.events:

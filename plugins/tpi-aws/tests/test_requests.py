@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
 
 from tpi_aws import backend as aws
 from tpi_aws.resources import Image, task_policy
-from tpi_aws.userdata import parse
+from tpi_aws.userdata import decode, parse
 from tpi_core.backend import Launch, TaskRef
 from tpi_core.errors import UsageError
 from tpi_core.model import Secrets, Task
@@ -81,7 +80,8 @@ def make_task(**changes) -> Task:
 async def create(task: Task, fake: FakeClient) -> None:
     backend = aws.AWSBackend()
     backend._clients["us-west-1"] = fake
-    await run_steps(backend.create_steps(task, Launch(f"s3://bkt/{task.id}", 2e9)))
+    await run_steps(backend.create_steps(task, Launch(f"s3://bkt/{task.id}", 2e9,
+                                                      "s3://bkt/tpi-agent/abc", "abc")))
 
 
 def test_on_demand_group_uses_the_template_alone():
@@ -132,6 +132,9 @@ def test_task_policy_reaches_only_the_tasks_own_things():
     assert resources["LeaveOwnGroup"].endswith(":autoScalingGroupName/tpi-x")
     listing = next(s for s in policy["Statement"] if s["Sid"] == "TaskListing")
     assert listing["Condition"]["StringLike"]["s3:prefix"] == ["tpi-x/*", "tpi-x"]
+    assert resources["AgentBundles"] == "arn:aws:s3:::bkt/tpi-agent/*"  # read only
+    bundles = next(s for s in policy["Statement"] if s["Sid"] == "AgentBundles")
+    assert bundles["Action"] == "s3:GetObject"
     wildcard = [s for s in policy["Statement"] if s["Resource"] == "*"]
     assert [s["Action"] for s in wildcard] == ["autoscaling:DescribeAutoScalingInstances"]
 
@@ -167,11 +170,11 @@ async def test_user_data_and_requests_carry_no_secret(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "aws-token-from-env")
     fake = FakeClient()
     await create(make_task(), fake)
-    script = base64.b64decode(
-        fake.params("create_launch_template")["LaunchTemplateData"]["UserData"]).decode()
+    script = decode(fake.params("create_launch_template")["LaunchTemplateData"]["UserData"])
     for secret in (SECRET, "aws-secret-from-env", "aws-token-from-env", "TOKEN"):
         assert secret not in script
-    assert parse(script).storage_url == f"s3://bkt/{TASK_ID}"
+    boot = parse(script)
+    assert (boot["storage_url"], boot["bundle"]) == (f"s3://bkt/{TASK_ID}", "tpi-agent/abc")
     # the one request that carries the value is the SecureString parameter
     carrying = [op for _, op, p in fake.calls if SECRET in json.dumps(p, default=str)]
     assert carrying == ["put_parameter"]

@@ -1,44 +1,47 @@
-"""The bootstrap user-data: what it carries, and that the harness can read it back."""
+"""The user-data: the core boot script with the AWS fetcher, packed under EC2's limit."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import subprocess
 
 from tpi_aws import userdata
-from tpi_aws.userdata import AgentLaunch, encode, parse, render
 
-LAUNCH = AgentLaunch("s3://tpi-1-us-west-1/tpi-x-abcdefgh-12345678", "tpi-x-abcdefgh-12345678",
-                     "us-west-1", "tpi[aws]==0.1.0")
-
-
-def test_round_trip_plain_and_base64():
-    script = render(LAUNCH)
-    assert parse(script) == LAUNCH
-    assert parse(encode(script)) == LAUNCH
+STORAGE = "s3://tpi-123456789012-us-west-1/tpi-x-abcdefgh-12345678"
+AGENT = "s3://tpi-123456789012-us-west-1/tpi-agent/0123456789abcdef0123456789abcdef"
+BOOT = userdata.machine_boot(storage_url=STORAGE, agent_url=AGENT,
+                             digest="0123456789abcdef0123456789abcdef", region="us-west-1",
+                             group="tpi-x-abcdefgh-12345678")
 
 
-def test_the_unit_runs_the_agent_with_the_aws_hooks():
-    script = render(LAUNCH)
-    command = " ".join(LAUNCH.argv())
-    assert f"ExecStart={command}" in script
-    assert LAUNCH.argv()[1:5] == ["-m", "tpi_core.agent", "--storage", LAUNCH.storage_url]
-    assert LAUNCH.argv()[-2:] == ["--hooks", "tpi_aws.agent:AwsHooks"]
-    assert "AWS_REGION=us-west-1" in script
-    assert "'tpi[aws]==0.1.0'" in script  # quoted for the shell
+def test_round_trip_through_the_launch_template_encoding():
+    script = userdata.render(BOOT)
+    encoded = userdata.encode(script)
+    raw = base64.b64decode(encoded)
+    assert raw[:2] == b"\x1f\x8b" and len(raw) <= userdata.LIMIT  # gzip, as cloud-init takes
+    assert gzip.decompress(raw).decode() == userdata.decode(encoded) == script
+    assert userdata.parse(encoded) == userdata.parse(script) == BOOT.config()
+    assert userdata.encode(script) == encoded  # no time inside: same template, same bytes
 
 
-def test_it_is_valid_bash_and_holds_no_credential_variable():
-    script = render(LAUNCH)
+def test_fetcher_reads_the_task_bucket_and_the_shared_bundle():
+    assert BOOT.fetcher_config == {"bucket": "tpi-123456789012-us-west-1", "region": "us-west-1",
+                                   "group": "tpi-x-abcdefgh-12345678"}
+    assert BOOT.bundle == "tpi-agent/0123456789abcdef0123456789abcdef"
+    assert BOOT.failures == "tpi-x-abcdefgh-12345678/reports/boot-failed"
+    script = userdata.render(BOOT)
+    assert BOOT.fetcher.strip() in script
+    assert "ExecStart=/opt/tpi/venv/bin/python -m tpi_core.agent --storage " + STORAGE in script
+    assert "--hooks tpi_aws.agent:AwsHooks --machine-log /var/log/tpi/boot.log" in script
+    assert "import tpi_core.agent, tpi_aws.agent" in script
+
+
+def test_valid_bash_and_nothing_secret_or_installed_by_name():
+    script = userdata.render(BOOT)
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)
     for word in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "RCLONE_REMOTE"):
-        assert word not in script
-    assert re.findall(r"export (\w+)=", script) == ["DEBIAN_FRONTEND"]
-
-
-def test_package_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv(userdata.PACKAGE_ENV, raising=False)
-    assert userdata.package() == "tpi[aws]"
-    monkeypatch.setenv(userdata.PACKAGE_ENV, "tpi[aws] @ https://example.invalid/tpi.whl")
-    assert userdata.package().endswith("tpi.whl")
+                 "X-Amz-Signature", "tpi[aws]", "pip install tpi"):
+        assert word not in script, word
+    assert not re.search(r"pip install [^\\\n]*\btpi\b", script)

@@ -60,10 +60,10 @@ def object_tagging(ref: TaskRef) -> str:
     return urlencode([*own.items(), *extra][:OBJECT_TAG_LIMIT])
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> ``("bucket", "prefix")``."""
-    bucket, _, prefix = url.removeprefix("s3://").partition("?")[0].partition("/")
-    return bucket, prefix.strip("/")
+split_url = userdata.split_url
+AGENT_PREFIX = "tpi-agent"
+"""Agent bundles of every task of a bucket, one ``<digest>/`` each (shared, never destroyed
+with a task; a bundle is about 200 kB)."""
 
 
 def template_data(*, image: resources.Image, instance_type: str, security_group: str,
@@ -184,6 +184,7 @@ class AWSBackend(Backend):
     NAME = "aws"
     CAPABILITIES = frozenset({Capability.STOP_START, Capability.SPOT, Capability.GPU,
                               Capability.FIND})
+    AGENT = ("tpi-aws", "tpi_aws")
 
     def __init__(self, session=None):
         self._session = session
@@ -222,6 +223,19 @@ class AWSBackend(Backend):
             self._storages[url, region, tagging] = S3Storage.from_url(
                 url, region=region, tagging=tagging)
         return self._storages[url, region, tagging]
+
+    async def agent_storage(self, ref: TaskRef) -> Storage:
+        """``tpi-agent/`` of the task's bucket: shared by the bucket's tasks."""
+        from tpi_aws.storage import S3Storage
+
+        c = self.client(ref.region)
+        bucket, _ = await self._location(c, ref)
+        region = ref.container_opts.get("region") or c.region
+        url = f"s3://{bucket}/{AGENT_PREFIX}"
+        if (url, region, "") not in self._storages:
+            self._storages[url, region, ""] = S3Storage.from_url(
+                url, region=region, tagging=urlencode({resources.TAG_MANAGED: "true"}))
+        return self._storages[url, region, ""]
 
     async def _location(self, c: AwsClient, ref: TaskRef) -> tuple[str, str]:
         if not ref.container:
@@ -343,7 +357,7 @@ class _Creation:
         policy = resources.task_policy(
             bucket=bucket, prefix=prefix, region=self.c.region, group=self.name,
             account=await self.backend.account(self.c),
-            parameter=resources.parameter_name(self.name))
+            parameter=resources.parameter_name(self.name), agent=AGENT_PREFIX)
         self.profile = await resources.create_role(self.c, self.name, policy, self.tags)
 
     async def environment(self) -> None:
@@ -353,8 +367,9 @@ class _Creation:
 
     async def template(self) -> None:
         image = await resources.find_image(self.c, self.image_query)
-        script = userdata.render(userdata.AgentLaunch(
-            self.launch.storage_url, self.name, self.c.region, userdata.package()))
+        script = userdata.render(userdata.machine_boot(
+            storage_url=self.launch.storage_url, agent_url=self.launch.agent_url,
+            digest=self.launch.agent_digest, region=self.c.region, group=self.name))
         data = template_data(image=image, instance_type=self.types[0],
                              security_group=self.group_id, profile_arn=self.profile,
                              disk_size=self.task.disk_size, user_data=userdata.encode(script),

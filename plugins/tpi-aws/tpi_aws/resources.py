@@ -168,14 +168,17 @@ async def delete_security_group(c: AwsClient, name: str, wait: float = 300) -> N
 # IAM role and instance profile -------------------------------------------------------------
 
 def task_policy(*, bucket: str, prefix: str, region: str, account: str, group: str,
-                parameter: str) -> dict:
-    """What a task's machines may do: its own prefix, its parameter, leave its own group."""
+                parameter: str, agent: str = "tpi-agent") -> dict:
+    """What a task's machines may do: its own prefix, read the agent bundles (``agent``
+    prefix), its parameter, leave its own group."""
     objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
     listed = [f"{prefix}/*", prefix] if prefix else ["*"]
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "TaskObjects", "Effect": "Allow", "Resource": objects,
          "Action": ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject",
                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]},
+        {"Sid": "AgentBundles", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": f"arn:aws:s3:::{bucket}/{agent}/*"},
         {"Sid": "TaskListing", "Effect": "Allow", "Resource": f"arn:aws:s3:::{bucket}",
          "Action": "s3:ListBucket", "Condition": {"StringLike": {"s3:prefix": listed}}},
         {"Sid": "TaskEnvironment", "Effect": "Allow", "Action": "ssm:GetParameter",

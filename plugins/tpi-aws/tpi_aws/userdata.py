@@ -1,117 +1,74 @@
-"""The user-data that boots a task machine: install the agent, start it under systemd.
+"""The user-data of a task machine: the core's boot script with the AWS fetcher.
 
-It carries where the task's storage is and nothing else of the task: no credential (the
-machine has its instance profile) and no environment value (the agent reads those from
-SSM Parameter Store). The agent's settings sit in one JSON document inside the script, so
-the test harness that plays EC2 reads them back with :func:`parse`.
+The core's boot script (:mod:`tpi_core.boot.script`) finds or brings Python, installs the
+task's agent bundle and starts the agent. AWS adds only how the machine reads and writes its
+bucket: ``bootfetch.py``, a standard-library program that signs S3 and Auto Scaling
+requests with the instance profile's credentials from IMDSv2. Nothing of the task's is in
+the user-data but where its storage and bundle are: no credential, no presigned URL, no
+environment value (the agent reads those from SSM Parameter Store).
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import os
-import shlex
-from dataclasses import asdict, dataclass
+import gzip
+from importlib import metadata, resources
+
+from tpi_core.boot import script
+from tpi_core.boot.script import MachineBoot
+from tpi_core.errors import BackendError
 
 HOOKS = "tpi_aws.agent:AwsHooks"
-PACKAGE_ENV = "TPI_AWS_AGENT_PACKAGE"
-"""Where machines install the agent from (a pip requirement); set it at apply time."""
-DEFAULT_PACKAGE = "tpi[aws]"
-CONFIG_PATH = "/etc/tpi/agent.json"
-WORKDIR = "/opt/tpi/task"
-VENV = "/opt/tpi/venv"
-_MARK = "TPI_AGENT_CONFIG"
+LIMIT = 16384
+"""EC2 takes at most 16 KB of user-data, before base64."""
 
 
-@dataclass(frozen=True, slots=True)
-class AgentLaunch:
-    """What a task machine needs to start its agent."""
-
-    storage_url: str
-    task_id: str
-    region: str
-    package: str = DEFAULT_PACKAGE
-    hooks: str = HOOKS
-    workdir: str = WORKDIR
-
-    def argv(self, python: str = f"{VENV}/bin/python", workdir: str | None = None) -> list[str]:
-        """The agent's command line (the harness runs it with its own python and workdir)."""
-        return [python, "-m", "tpi_core.agent", "--storage", self.storage_url,
-                "--workdir", workdir or self.workdir, "--hooks", self.hooks]
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> ``("bucket", "prefix")``."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("?")[0].partition("/")
+    return bucket, prefix.strip("/")
 
 
-def package() -> str:
-    """The agent requirement machines install: ``$TPI_AWS_AGENT_PACKAGE`` or ``tpi[aws]``."""
-    return os.environ.get(PACKAGE_ENV) or DEFAULT_PACKAGE
+def machine_boot(*, storage_url: str, agent_url: str, digest: str, region: str,
+                 group: str) -> MachineBoot:
+    """How a machine of the task's group boots."""
+    if not agent_url:
+        raise BackendError("no agent bundle for the task's machines (Launch.agent_url)")
+    bucket, prefix = split_url(storage_url)
+    agent_bucket, agent_prefix = split_url(agent_url)
+    fetcher = resources.files(__package__).joinpath("bootfetch.py").read_text()
+    return MachineBoot(
+        fetcher=fetcher, fetcher_config={"bucket": bucket, "region": region, "group": group},
+        bundle=agent_prefix if agent_bucket == bucket else agent_url,
+        failures=f"{prefix}/reports/boot-failed".lstrip("/"), storage_url=storage_url,
+        hooks=HOOKS, digest=digest, imports=("tpi_core.agent", "tpi_aws.agent"),
+        environment={"AWS_REGION": region, "AWS_DEFAULT_REGION": region},
+        version=metadata.version("tpi"))
 
 
-def render(launch: AgentLaunch) -> str:
-    """The bootstrap script."""
-    doc = json.dumps(asdict(launch), sort_keys=True)
-    region = shlex.quote(launch.region)
-    command = " ".join(shlex.quote(a) for a in launch.argv())
-    return _TEMPLATE.format(mark=_MARK, config=doc, config_path=CONFIG_PATH, venv=VENV,
-                            workdir=shlex.quote(launch.workdir), region=region,
-                            package=shlex.quote(launch.package), command=command)
+def render(boot: MachineBoot) -> str:
+    """The user-data script."""
+    return script.render(boot)
 
 
-def encode(script: str) -> str:
-    """Base64, as launch templates take user-data."""
-    return base64.b64encode(script.encode()).decode()
+def encode(text: str) -> str:
+    """Gzip, then base64, as launch templates take user-data. cloud-init, on every image
+    tpi supports, unpacks gzip user-data; packed, the script is well under EC2's 16 KB."""
+    packed = gzip.compress(text.encode(), mtime=0)
+    if len(packed) > LIMIT:
+        raise AssertionError(f"user-data is {len(packed)} bytes packed, over EC2's {LIMIT}")
+    return base64.b64encode(packed).decode()
 
 
-def parse(user_data: str) -> AgentLaunch:
-    """The agent settings inside a rendered script (plain or base64)."""
-    text = user_data if user_data.startswith("#!") else base64.b64decode(user_data).decode()
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.endswith(f"<<'{_MARK}'")]
-    if not starts:
-        raise ValueError("not a tpi bootstrap script")
-    return AgentLaunch(**json.loads(lines[starts[0] + 1]))
+def decode(user_data: str) -> str:
+    """The script of a launch template's user-data (base64, gzip or not), as cloud-init
+    reads it."""
+    if user_data.startswith("#!"):
+        return user_data
+    raw = base64.b64decode(user_data)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
 
 
-_TEMPLATE = """#!/bin/bash
-# tpi task bootstrap. No credential and no environment value is written here: the machine
-# uses its instance profile, and the agent reads the task's environment from SSM.
-set -euo pipefail
-# a machine that cannot start its agent powers off (the template terminates it on shutdown)
-trap 'shutdown -h now' ERR
-mkdir -p /etc/tpi {workdir}
-cat > {config_path} <<'{mark}'
-{config}
-{mark}
-if [ ! -x {venv}/bin/python ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  if command -v apt-get >/dev/null; then
-    apt-get update -q && apt-get install -yq python3-venv
-  elif command -v dnf >/dev/null; then
-    dnf install -yq python3
-  fi
-  python3 -m venv {venv}
-  {venv}/bin/pip install -q --upgrade pip
-  {venv}/bin/pip install -q {package}
-fi
-cat > /etc/systemd/system/tpi-agent.service <<'TPI_UNIT'
-[Unit]
-Description=tpi agent
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-Environment=AWS_REGION={region} AWS_DEFAULT_REGION={region} HOME=/root
-ExecStart={command}
-KillSignal=SIGTERM
-# an agent that failed (not finished, not preempted) gives its machine back: the group
-# replaces it and the replacement retries the replica
-ExecStopPost=/bin/sh -c 'case "$$EXIT_STATUS" in 0|143) ;; *) shutdown -h now ;; esac'
-TimeoutStopSec=100
-Restart=no
-
-[Install]
-WantedBy=multi-user.target
-TPI_UNIT
-systemctl daemon-reload
-systemctl enable --now tpi-agent.service
-"""
+def parse(user_data: str) -> dict:
+    """The boot settings inside a rendered user-data (plain, or as :func:`encode` made it)."""
+    return script.parse(decode(user_data))

@@ -26,6 +26,7 @@ from pathlib import Path
 import boto3
 
 from tpi_aws.userdata import parse
+from tpi_core.boot.script import agent_argv
 
 HERE = Path(__file__).parent
 
@@ -164,16 +165,18 @@ class Ec2Player:
         version = self.ec2.describe_launch_template_versions(
             LaunchTemplateId=tags["aws:ec2launchtemplate:id"],
             Versions=[tags.get("aws:ec2launchtemplate:version", "$Latest")])
-        launch = parse(version["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"])
+        boot = parse(version["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"])
+        region = boot["environment"]["AWS_REGION"]
         instance_id = instance["InstanceId"]
-        imds = FakeImds(instance_id, launch.region)
+        imds = FakeImds(instance_id, region)
         workdir = self.root / instance_id / "task"
         workdir.mkdir(parents=True)
         log = self.root / instance_id / "agent.log"
         env = {**self.env, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
-               "AWS_REGION": launch.region, "AWS_DEFAULT_REGION": launch.region}
+               "AWS_REGION": region, "AWS_DEFAULT_REGION": region}
         with log.open("wb") as out:
-            process = subprocess.Popen(agent_command(launch.argv(sys.executable, str(workdir))),
+            process = subprocess.Popen(agent_command(agent_argv(boot, sys.executable,
+                                                                str(workdir))),
                                        env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         return Machine(instance_id, process, imds, log)

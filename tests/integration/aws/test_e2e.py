@@ -7,7 +7,6 @@ so a replacement that starts from the last synced checkpoint is visible in its l
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tpi_aws import userdata
 
 from .conftest import FAKE_CREDENTIALS, REGION
 from .harness import Ec2Player
@@ -131,7 +132,7 @@ def _check_resources(task_id: str) -> None:
             task_id, "true", "e2e"), kind
     data = c["ec2"].describe_launch_template_versions(
         LaunchTemplateName=task_id)["LaunchTemplateVersions"][0]["LaunchTemplateData"]
-    script = base64.b64decode(data["UserData"]).decode()
+    script = userdata.decode(data["UserData"])
     for secret in (SECRET, FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in script
 

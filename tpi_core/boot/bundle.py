@@ -1,0 +1,231 @@
+"""The agent bundle: what a task's machines install, made from what the CLI runs.
+
+A bundle holds a wheel of each tpi distribution the machine needs (the core and the cloud's
+plugin), built from the installed package's own files, and ``requirements.txt``: every
+third-party distribution they need, pinned to the version installed beside the CLI. Nothing
+is installed on a machine by a name an index resolves: the tpi wheels are installed by file
+and the index only serves the pinned third-party versions (on PyPI the name ``tpi`` is
+another project's).
+
+The bundle is content-addressed. Its files are built byte for byte the same from the same
+installation (fixed zip times and order), so its digest changes only when the code or a
+pin does; it is stored under ``<digest>/`` beside every task of the account, uploaded once
+(``manifest.json`` last, as the mark of a whole bundle) and shared by tasks of the same
+version::
+
+    <digest>/manifest.json        {"digest", "wheels", "requirements", "python", "built_by"}
+    <digest>/requirements.txt     name==version, one a line, sorted
+    <digest>/tpi-0.1.0-py3-none-any.whl
+    <digest>/tpi_aws-0.1.0-py3-none-any.whl
+    <digest>/python-<arch>.tar.gz  only when the user gives a standalone Python (TPI_AGENT_PYTHON)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata as metadata
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from tpi_core.errors import BackendError, ObjectNotFound, UsageError
+from tpi_core.storage import Storage
+
+CORE = ("tpi", "tpi_core")
+"""The core distribution and its import package: in every bundle."""
+PYTHON_ENV = "TPI_AGENT_PYTHON"
+"""A standalone CPython archive (python-build-standalone's ``install_only`` layout:
+``python/bin/python3``) for machines whose image has no Python 3.11+ to install."""
+MANIFEST = "manifest.json"
+REQUIREMENTS = "requirements.txt"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_SKIP_DIRS = {"__pycache__"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A built bundle: its files by name, and its digest."""
+
+    files: dict[str, bytes]
+    wheels: tuple[str, ...]
+    python: str = ""
+    """The standalone Python's file name, when the bundle carries one."""
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", _digest(self.files))
+
+    def manifest(self) -> bytes:
+        """``manifest.json``: what the boot script reads to install."""
+        return json.dumps({
+            "digest": self.digest, "wheels": list(self.wheels), "requirements": REQUIREMENTS,
+            "python": self.python, "built_by": f"tpi {metadata.version(CORE[0])}",
+        }, indent=2, sort_keys=True).encode()
+
+
+def build(distributions: Sequence[tuple[str, str]], *, python: Path | None = None) -> Bundle:
+    """The bundle of the core plus ``distributions`` (``(distribution, import package)``
+    pairs, e.g. ``("tpi-aws", "tpi_aws")``), as installed beside this process."""
+    wanted = [CORE, *[d for d in distributions if canonicalize_name(d[0]) != CORE[0]]]
+    ours = {canonicalize_name(name): _installed(name).version for name, _ in wanted}
+    files: dict[str, bytes] = {}
+    wheels = []
+    for name, package in wanted:
+        filename, data = build_wheel(name, package, ours)
+        files[filename] = data
+        wheels.append(filename)
+    files[REQUIREMENTS] = "".join(f"{line}\n" for line in pins([n for n, _ in wanted])).encode()
+    python = python or (Path(os.environ[PYTHON_ENV]) if os.environ.get(PYTHON_ENV) else None)
+    python_name = ""
+    if python is not None:
+        try:
+            files[python_name := "python-" + python.name] = python.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{PYTHON_ENV}={python}: {exc.strerror or exc}") from None
+    return Bundle(files, tuple(wheels), python_name)
+
+
+def build_wheel(name: str, package: str, ours: dict[str, str]) -> tuple[str, bytes]:
+    """A wheel of an installed distribution made from its import package's files.
+
+    Works the same for an editable install and a regular one. Its metadata keeps the
+    headers, drops requirements given by direct URL (an extra pointing at the build
+    machine's ``file:///`` path), and pins requirements on other tpi distributions
+    (``ours``: canonical name to version) to the exact version.
+    """
+    dist = _installed(name)
+    try:
+        module = __import__(package)
+    except ImportError as exc:
+        raise BackendError(f"cannot bundle {name}: {exc}") from None
+    root = Path(module.__file__).parent
+    version = dist.version
+    stem = f"{canonicalize_name(name).replace('-', '_')}-{version}"
+    entries: list[tuple[str, bytes]] = []
+    for path in sorted(_package_files(root)):
+        entries.append((f"{package}/{path.relative_to(root).as_posix()}", path.read_bytes()))
+    info = f"{stem}.dist-info"
+    entries.append((f"{info}/METADATA", _metadata(dist, ours).encode()))
+    entries.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: tpi-bundle\n"
+                                     b"Root-Is-Purelib: true\nTag: py3-none-any\n"))
+    points = dist.read_text("entry_points.txt")
+    if points:
+        entries.append((f"{info}/entry_points.txt", points.encode()))
+    record = "".join(f"{path},sha256={_b64(hashlib.sha256(data).digest())},{len(data)}\n"
+                     for path, data in entries) + f"{info}/RECORD,,\n"
+    entries.append((f"{info}/RECORD", record.encode()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for path, data in entries:
+            item = zipfile.ZipInfo(path, _ZIP_TIME)
+            item.external_attr = 0o644 << 16
+            item.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(item, data)
+    return f"{stem}-py3-none-any.whl", out.getvalue()
+
+
+def pins(names: Iterable[str]) -> list[str]:
+    """``name==version`` of every third-party distribution the named ones need, as
+    installed here (markers evaluated for this interpreter, extras followed)."""
+    ours = {canonicalize_name(n) for n in names}
+    found: dict[str, str] = {}
+    todo: list[tuple[str, frozenset[str]]] = [(n, frozenset()) for n in names]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (key := (canonicalize_name(name), extras)) in done:
+            continue
+        done.add(key)
+        for req in _requirements(_installed(name), extras):
+            canonical = canonicalize_name(req.name)
+            if canonical not in ours:
+                found[canonical] = f"{canonical}=={_installed(req.name).version}"
+            todo.append((req.name, frozenset(req.extras)))
+    return sorted(found.values())
+
+
+def _requirements(dist: metadata.Distribution, extras: frozenset[str]) -> list[Requirement]:
+    wanted = []
+    environment = default_environment()
+    for line in dist.requires or ():
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.url:
+            continue  # a direct reference (tpi's own extras): never followed
+        if req.marker is None or any(req.marker.evaluate({**environment, "extra": e})
+                                     for e in (extras or {""})):
+            wanted.append(req)
+    return wanted
+
+
+def _metadata(dist: metadata.Distribution, ours: dict[str, str]) -> str:
+    lines = []
+    for key, value in dist.metadata.items():
+        if key == "Description":
+            continue
+        if key == "Requires-Dist":
+            try:
+                req = Requirement(value)
+            except InvalidRequirement:
+                continue
+            if req.url:
+                continue
+            if (canonical := canonicalize_name(req.name)) in ours:
+                value = f"{canonical}=={ours[canonical]}" + (
+                    f" ; {req.marker}" if req.marker else "")
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _package_files(root: Path) -> Iterable[Path]:
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for name in names:
+            if not name.endswith(_SKIP_SUFFIXES):
+                yield Path(folder) / name
+
+
+def _installed(name: str) -> metadata.Distribution:
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise BackendError(f"cannot bundle the agent: {name} is not installed beside tpi "
+                           f"(pip install {name})") from None
+
+
+def _digest(files: dict[str, bytes]) -> str:
+    total = hashlib.sha256()
+    for name in sorted(files):
+        total.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
+    return total.hexdigest()[:32]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def publish(bundle: Bundle, storage: Storage) -> tuple[str, bool]:
+    """Put the bundle under ``<digest>/`` of ``storage`` unless it is there already;
+    ``(prefix, uploaded)``. The manifest goes last: a bundle with a manifest is whole."""
+    prefix = bundle.digest
+    try:
+        await storage.read(f"{prefix}/{MANIFEST}")
+        return prefix, False
+    except ObjectNotFound:
+        pass
+    for name, data in sorted(bundle.files.items()):
+        await storage.write(f"{prefix}/{name}", data)
+    await storage.write(f"{prefix}/{MANIFEST}", bundle.manifest())
+    return prefix, True

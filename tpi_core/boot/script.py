@@ -1,0 +1,132 @@
+"""The boot script every VM cloud's machines run first (user-data, startup script, custom data).
+
+One script for every cloud (``boot.sh`` beside this module). A cloud adds only how its
+machine reads and writes its storage with its own identity: a fetcher, a single-file
+standard-library Python program run with whatever ``python3`` the image has, taking
+``--config FILE VERB ARGS`` with the verbs ``get KEY DEST`` (exit 3: no such key),
+``put FILE KEY``, ``count PREFIX`` and ``leave`` (remove this machine from its group,
+lowering the group's size). The script:
+
+1. uses the newest ``python3.1x`` of 3.11 or later on the image; otherwise installs one from
+   the distribution (apt, dnf); otherwise brings a standalone one (from the bundle when the
+   user put one there, else through uv);
+2. fetches the bundle (:mod:`tpi_core.boot.bundle`) and a pinned uv (from PyPI, its sha256
+   checked), makes a virtual environment with uv (no pip or ``python3-venv`` needed) and
+   installs the tpi wheels by file with the bundle's pins as constraints;
+3. starts the agent as a systemd unit, with ``--machine-log`` so the agent puts the boot's
+   timed steps at the head of its log.
+
+A step that fails ends the boot: the log goes to ``failures`` in the task's storage, where
+``tpi status`` and ``tpi logs`` find it; the machine powers off, and once the task has
+:data:`MAX_FAILURES` failed boots it leaves its group first, so the group is not refilled.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+
+from tpi_core.model import frozen_map
+
+MAX_FAILURES = 3
+"""Failed boots of a task after which its machines leave the group instead of being replaced."""
+MACHINE_LOG = "/var/log/tpi/boot.log"
+"""The boot's timed steps on the machine (``--machine-log`` of the agent)."""
+VENV_PYTHON = "/opt/tpi/venv/bin/python"
+WORKDIR = "/opt/tpi/task"
+MARK = "TPI_BOOT_CONFIG"
+
+UV_VERSION = "0.13.9"
+"""The uv that builds the machine's environment, pinned with its wheels' sha256 (PyPI)."""
+UV_WHEELS = {
+    "x86_64": (
+        "https://files.pythonhosted.org/packages/3d/aa/26d64642d808de4a652579ef950d7cd2d37f080a8b"
+        "abf9c67c6b75fc4c3f/uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19"),
+    "aarch64": (
+        "https://files.pythonhosted.org/packages/fe/2f/51a5de367c602592c018a42a23d57fba5f2689fe6c"
+        "3bf025dcf043b39c61/uv-0.13.9-py3-none-manylinux_2_28_aarch64.whl",
+        "ecb6028d79dc96fbeafffe5c8af62a7099487ebc05a701e76714eebcffd06375"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MachineBoot:
+    """What one cloud's machines need to boot a task."""
+
+    fetcher: str
+    """The cloud's fetcher program (its text)."""
+    fetcher_config: Mapping[str, str]
+    """The fetcher's ``--config`` document: where the storage is; nothing secret."""
+    bundle: str
+    """Key prefix of the agent bundle, as the fetcher names keys."""
+    failures: str
+    """Key prefix under which failed boots' logs go (the task's ``reports/boot-failed``)."""
+    storage_url: str
+    """The task's storage, for the agent."""
+    hooks: str
+    """The agent's hooks, ``module:Class``."""
+    digest: str
+    imports: Sequence[str] = ("tpi_core.agent",)
+    """Modules the boot imports once installed, so a broken bundle fails the boot visibly."""
+    environment: Mapping[str, str] = field(default_factory=frozen_map)
+    """Plain settings for the agent's unit (a region); never a secret."""
+    version: str = ""
+
+    def agent_argv(self) -> list[str]:
+        """The agent's command line on the machine."""
+        return agent_argv(self.config(), VENV_PYTHON, WORKDIR, MACHINE_LOG)
+
+    def config(self) -> dict:
+        """What :func:`parse` reads back from a rendered script."""
+        return {"storage_url": self.storage_url, "hooks": self.hooks, "bundle": self.bundle,
+                "digest": self.digest, "failures": self.failures,
+                "environment": dict(self.environment)}
+
+
+def render(boot: MachineBoot) -> str:
+    """The boot script of a task's machines."""
+    text = _read("boot.sh")
+    values = {
+        "MARK": MARK, "BOOT_CONFIG": json.dumps(boot.config(), sort_keys=True),
+        "FETCH_CONFIG": json.dumps(dict(boot.fetcher_config), sort_keys=True),
+        "FETCHER": boot.fetcher.rstrip("\n"), "GET_UV": _read("getuv.py").rstrip("\n"),
+        "BUNDLE": boot.bundle, "FAILURES": boot.failures, "DIGEST": boot.digest,
+        "MAX_FAILURES": str(MAX_FAILURES), "VERSION": boot.version or "?",
+        "UV_VERSION": UV_VERSION, "UV_URL_X86_64": UV_WHEELS["x86_64"][0],
+        "UV_SHA256_X86_64": UV_WHEELS["x86_64"][1], "UV_URL_AARCH64": UV_WHEELS["aarch64"][0],
+        "UV_SHA256_AARCH64": UV_WHEELS["aarch64"][1],
+        "IMPORTS": ", ".join(boot.imports), "WORKDIR": shlex.quote(WORKDIR),
+        "ENVIRONMENT": " ".join(shlex.quote(f"{k}={v}") for k, v in
+                                sorted({**boot.environment, "HOME": "/root"}.items())),
+        "AGENT": " ".join(shlex.quote(a) for a in boot.agent_argv()),
+    }
+    for name, value in values.items():
+        text = text.replace(f"@@{name}@@", value)
+    if "@@" in text.replace("$$", ""):
+        raise AssertionError(f"boot.sh: a placeholder was left: {text[text.index('@@'):][:40]}")
+    return text
+
+
+def agent_argv(config: Mapping, python: str, workdir: str,
+               machine_log: str | None = None) -> list[str]:
+    """The agent's command line from a boot's settings (:func:`parse`)."""
+    argv = [python, "-m", "tpi_core.agent", "--storage", config["storage_url"],
+            "--workdir", workdir, "--hooks", config["hooks"]]
+    return [*argv, "--machine-log", machine_log] if machine_log else argv
+
+
+def parse(script: str) -> dict:
+    """The settings inside a rendered boot script (the test harnesses read them)."""
+    lines = script.splitlines()
+    for i, line in enumerate(lines):
+        if line.endswith(f"<<'{MARK}'"):
+            return json.loads(lines[i + 1])
+    raise ValueError("not a tpi boot script")
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
