@@ -15,8 +15,6 @@ import pytest
 from tests.boot import rootfs
 from tests.boot.nspawn import NspawnMachine, kill_all
 
-Boot = Callable[..., NspawnMachine]
-
 
 @pytest.fixture(scope="session")
 def debian_root() -> Iterator[Path]:
@@ -27,7 +25,7 @@ def debian_root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def boot(debian_root: Path, tmp_path: Path) -> Iterator[Boot]:
+def boot(debian_root: Path, tmp_path: Path) -> Iterator[Callable[..., NspawnMachine]]:
     """Start a machine: ``boot(name, user_data, environment=None, binds=None)``.
 
     Its files go to ``tmp_path / name``; machines still running at teardown are killed.

@@ -84,7 +84,7 @@ class NspawnMachine:
         global _atexit_registered
         if self.process is not None:
             raise RuntimeError(f"{self.name} was already started")
-        if any(machine.name == self.name for machine in _live):
+        if any(machine.name == self.name and machine.running for machine in _live):
             # nspawn keeps per-name state in /run/systemd/nspawn/propagate/NAME
             raise ValueError(f"a machine named {self.name} is running already")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,11 @@ class NspawnMachine:
         return code
 
     def stop(self, grace: float = 20) -> int:
-        """Terminate: an orderly poweroff inside, :meth:`kill` if not done in ``grace`` s."""
+        """Terminate: an orderly poweroff inside, :meth:`kill` if not done in ``grace`` s.
+
+        A stop in the first moments of the boot, before systemd handles signals, is lost
+        (PID 1 ignores what it does not handle): the kill after ``grace`` ends the machine.
+        """
         process = self._process()
         if process.poll() is None:
             try:
@@ -173,7 +177,7 @@ class NspawnMachine:
     def wait_user_data(self, timeout: float = 60) -> int:
         """Wait for the user-data to exit; its exit status."""
         console = self.wait_console(USER_DATA_EXITED, timeout)
-        return int(re.search(rf"{USER_DATA_EXITED} (\d+)", console).group(1))
+        return int(re.search(rf"{re.escape(USER_DATA_EXITED)} (\d+)", console).group(1))
 
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside (all the container's namespaces, a clean environment)."""
@@ -182,8 +186,8 @@ class NspawnMachine:
             raise RuntimeError(f"{self.name} is not running")
         command = ["nsenter", f"--target={leader}", "--all", "--",
                    "env", "-i", f"PATH={PATH}", *argv]
-        return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(command, check=False, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
 
     def read_file(self, path: str) -> str:
         """A file inside the running machine (its symlinks resolved inside)."""

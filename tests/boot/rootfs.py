@@ -125,7 +125,7 @@ def debian_root(release: str = "bookworm") -> Path:
         # A directory of our own around the root: mkdtemp's is private, "/" must be 0755
         parent = Path(tempfile.mkdtemp(prefix=f"tpi-debian-{release}-{os.getpid()}-",
                                        dir=scratch_dir()))
-        atexit.register(shutil.rmtree, parent, ignore_errors=True)
+        atexit.register(remove_tree, parent)
         root = parent / "root"
         root.mkdir(mode=0o755)
         _unpack(archive, root)
@@ -140,7 +140,7 @@ def remove_root(release: str = "bookworm") -> None:
     """Delete this process's unpacked root of ``release`` (no machine may still use it)."""
     root = _roots.pop(release, None)
     if root is not None:
-        shutil.rmtree(root.parent, ignore_errors=True)
+        remove_tree(root.parent)
 
 
 def remove_stale() -> None:
@@ -165,7 +165,22 @@ def remove_stale() -> None:
                 _say(f"killing systemd-nspawn {proc.name}, left running on {path}")
                 kill_orphan(int(proc.name))
         _say(f"removing {path}: process {match.group(1)} left it")
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf`` that never reaches into another file system.
+
+    A debootstrap killed in the middle leaves /proc and /sys mounted in its root, and under
+    lxc the host's /dev, bound: they are unmounted first, and rm stays on the tree's own file
+    system in any case.
+    """
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    for point in sorted((p for p in points if p.startswith(f"{path}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, stderr=subprocess.DEVNULL)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False,
+                   stderr=subprocess.DEVNULL)
 
 
 def cache_dir() -> Path:
@@ -227,7 +242,8 @@ def build_archive(release: str, archive: Path) -> None:
         with log.open("wb") as out:
             done = subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 release, str(root), mirror], stdout=out, stderr=subprocess.STDOUT)
+                 release, str(root), mirror], check=False, stdout=out,
+                stderr=subprocess.STDOUT)
         if done.returncode:
             tail = log.read_text(errors="replace").splitlines()[-5:]
             raise OSError(f"debootstrap exited with {done.returncode}: {' | '.join(tail)}")
@@ -236,7 +252,7 @@ def build_archive(release: str, archive: Path) -> None:
         os.replace(partial, archive)
     finally:
         partial.unlink(missing_ok=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
     size = archive.stat().st_size >> 20
     _say(f"built {archive.name} ({size} MB) in {time.monotonic() - started:.1f} s")
 
@@ -297,8 +313,8 @@ def _unpack(archive: Path, root: Path) -> None:
 
 def _run(command: list[str]) -> None:
     """Run ``command``; an OSError that tells its stderr if it fails."""
-    done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(command, check=False, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         raise OSError(f"{' '.join(command[:3])}... exited with {done.returncode}: "
                       f"{done.stderr.strip()[-500:]}")

@@ -15,17 +15,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.boot import rootfs
-from tests.boot.conftest import Boot
 from tests.boot.nspawn import NspawnMachine, machine_name
 
 # The first session on a machine builds the root (about a minute) inside its first test
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+Boot = Callable[..., NspawnMachine]  # the boot fixture (conftest.py)
 
 MARKER_SERVICE = """\
 cat > /etc/systemd/system/marker.service <<'UNIT'
@@ -72,9 +73,9 @@ def shared(tmp_path: Path, name: str) -> Path:
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
     """Every entry under ``root`` (symlinks not followed): mode, size, mtime."""
-    entries = {}
+    entries = {".": (root.lstat().st_mode, 0, root.lstat().st_mtime_ns)}
     for directory, dirs, files in os.walk(root):
-        for name in [".", *dirs, *files]:
+        for name in dirs + files:
             path = os.path.join(directory, name)
             st = os.lstat(path)
             entries[os.path.relpath(path, root)] = (st.st_mode, st.st_size, st.st_mtime_ns)
@@ -98,8 +99,9 @@ def test_the_root_has_python_without_pip_and_trusts_the_hosts_authorities(debian
     assert not list(debian_root.glob("usr/lib/python3*/dist-packages/pip"))
     assert not list(debian_root.glob("usr/lib/python3*/ensurepip/_bundled"))  # python3-venv
     bundle = (debian_root / "etc/ssl/certs/ca-certificates.crt").read_text()
+    certificate = rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----"
     for _, pem in rootfs.host_cas():
-        body = re.search(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+        body = re.search(certificate, pem, re.DOTALL)
         assert body and body.group().decode() in bundle
 
 
@@ -154,6 +156,26 @@ def test_stop_is_an_orderly_poweroff(boot: Boot, tmp_path):
     say(f"orderly stop in {time.monotonic() - started:.2f} s")
     assert (out / "marker").read_text() == "stop\nsigterm\nstoppost\n"
     assert "Powering off." in machine.console()
+
+
+def test_stop_kills_a_machine_that_does_not_power_off_in_time(boot: Boot, tmp_path):
+    out = shared(tmp_path, "stuck")
+    machine = boot("i-0stuck", """#!/bin/bash
+cat > /etc/systemd/system/stuck.service <<'UNIT'
+[Service]
+ExecStart=/bin/bash -c 'trap "" TERM; while :; do sleep 0.1; done'
+ExecStopPost=/bin/sh -c 'echo stoppost >> /shared/marker'
+TimeoutStopSec=infinity
+UNIT
+systemctl start stuck.service
+""", binds={str(out): "/shared"})
+    assert machine.wait_user_data(60) == 0
+    started = time.monotonic()
+    code = machine.stop(grace=2)
+    elapsed = time.monotonic() - started
+    say(f"stuck machine killed after {elapsed:.2f} s, nspawn exit {code}")
+    assert 2 <= elapsed < 10 and code != 0
+    assert not (out / "marker").exists()
 
 
 def test_kill_is_a_hard_stop_that_leaves_no_process(boot: Boot, tmp_path):

@@ -42,6 +42,10 @@ def test_the_agent_unit_runs_the_venv_agent_with_the_machine_log():
     assert argv[:3] == [script.VENV_PYTHON, "-m", "tpi_core.agent"]
     assert argv[-2:] == ["--machine-log", script.MACHINE_LOG]
     assert "ExecStart=" + " ".join(argv) in text
+    tagged = MachineBoot(**{**{f: getattr(BOOT, f) for f in BOOT.__dataclass_fields__},
+                            "storage_url": "s3://b/tpi-x?tagging=tpi%3Atask%3Dtpi-x"})
+    # a % starts a systemd specifier: a URL's escapes are doubled, or the unit does not load
+    assert "--storage 's3://b/tpi-x?tagging=tpi%%3Atask%%3Dtpi-x' " in script.render(tagged)
     assert "Environment=AWS_REGION=us-west-1 HOME=/root" in text
 
 

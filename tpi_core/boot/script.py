@@ -100,9 +100,9 @@ def render(boot: MachineBoot) -> str:
         "UV_SHA256_X86_64": UV_WHEELS["x86_64"][1], "UV_URL_AARCH64": UV_WHEELS["aarch64"][0],
         "UV_SHA256_AARCH64": UV_WHEELS["aarch64"][1],
         "IMPORTS": ", ".join(boot.imports), "WORKDIR": shlex.quote(WORKDIR),
-        "ENVIRONMENT": " ".join(shlex.quote(f"{k}={v}") for k, v in
-                                sorted({**boot.environment, "HOME": "/root"}.items())),
-        "AGENT": " ".join(shlex.quote(a) for a in boot.agent_argv()),
+        "ENVIRONMENT": _unit(" ".join(shlex.quote(f"{k}={v}") for k, v in
+                                      sorted({**boot.environment, "HOME": "/root"}.items()))),
+        "AGENT": _unit(" ".join(shlex.quote(a) for a in boot.agent_argv())),
     }
     for name, value in values.items():
         text = text.replace(f"@@{name}@@", value)
@@ -126,6 +126,12 @@ def parse(script: str) -> dict:
         if line.endswith(f"<<'{MARK}'"):
             return json.loads(lines[i + 1])
     raise ValueError("not a tpi boot script")
+
+
+def _unit(value: str) -> str:
+    """A value for a systemd unit file: ``%`` starts a specifier there (``%3A`` of a URL's
+    query is a bad setting that stops the unit from loading)."""
+    return value.replace("%", "%%")
 
 
 def _read(name: str) -> str:

@@ -1,0 +1,156 @@
+"""Machines that really boot: the user-data on a Debian root under systemd-nspawn.
+
+Nothing of tpi is on the machine: its user-data brings uv, fetches the agent bundle that
+apply put into the bucket, with the instance profile's credentials from the metadata
+service, installs it and starts the agent, which restores the workdir and runs the script.
+A preemption makes moto's group launch a replacement, which boots the same way. A bundle
+that cannot be fetched fails the boot visibly, and after three failed boots the task is
+failed and its group at zero. See :mod:`.booted`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.boot import rootfs
+from tpi_core.boot import bundle
+
+from .booted import ROLE_CREDENTIALS, BootedEc2
+from .conftest import FAKE_CREDENTIALS, REGION
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+BUCKET = f"tpi-123456789012-{REGION}"
+TASKS = '''
+[task.train]
+cloud = "aws"
+region = "us-west"
+machine = "m"
+spot = 0
+timeout = "15m"
+script = """
+#!/bin/bash
+mkdir -p results
+epoch=$(cat results/epoch.txt 2>/dev/null || echo 0)
+echo "resuming at $epoch, attempt $TPI_ATTEMPT on $(cat /proc/sys/kernel/hostname)"
+for ((; epoch < 6; epoch++)); do
+  echo "epoch $epoch"
+  echo "$((epoch + 1))" > results/epoch.txt
+  sleep 1
+done
+echo done
+"""
+
+[task.train.storage]
+workdir = "."
+output = "results"
+exclude = [".tpi"]
+'''
+
+
+@pytest.fixture(scope="module")
+def debian_root():
+    """The Debian root of tests/boot (built once, cached between runs)."""
+    yield rootfs.debian_root()
+
+
+def tpi(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, "-m", "tpi_core", *args], cwd=workdir,
+                         capture_output=True, text=True, timeout=120)
+    if check and run.returncode != 0:
+        raise AssertionError(f"tpi {' '.join(args)} exited {run.returncode}:\n{run.stderr}")
+    return run
+
+
+def status(workdir: Path) -> dict:
+    return json.loads(tpi(workdir, "status", "--json").stdout)[0]
+
+
+def machine_environment(aws_env: dict) -> dict[str, str]:
+    """What every unit of a machine sees: the endpoints and the index's CA, no credential."""
+    return {"AWS_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"],
+            "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+            "TPI_AGENT_LOG_INTERVAL": "0.5", "TPI_AGENT_SYNC_INTERVAL": "0.5",
+            "TPI_AWS_NOTICE_INTERVAL": "0.5"}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    (workdir / "tasks.toml").write_text(TASKS)
+    return workdir
+
+
+def test_machines_boot_the_agent_from_the_bundle_and_recover(aws_env, debian_root, project,
+                                                            tmp_path):
+    with BootedEc2(REGION, debian_root, tmp_path / "machines",
+                   machine_environment(aws_env)) as ec2:
+        tpi(project, "apply", "tasks.toml")
+        first = ec2.wait_for(lambda: list(ec2.machines), 30, "a machine")[0]
+        ec2.wait_for(lambda: "epoch 2" in tpi(project, "logs").stdout, 150,
+                     "epoch 2 in tpi logs")
+        ec2.notice(first)
+        ec2.wait_for(lambda: status(project)["replicas"][0]["state"] == "preempted", 60,
+                     "the agent to flush and stop on the notice")
+        ec2.terminate(first)
+        ec2.wait_for(lambda: [i for i in ec2.machines if i != first], 60, "a replacement")
+        done = ec2.wait_for(lambda: (s := status(project))["state"] in (
+            "succeeded", "failed", "timed_out") and s, 300, "the task to end")
+        assert done["state"] == "succeeded", (done, ec2.consoles())
+        assert done["recoveries"] == 1 and not ec2.errors
+        logs = tpi(project, "logs").stdout
+    assert logs.count("resuming at") == 2 and "resuming at 0, attempt 1" in logs
+    assert "attempt 2" in logs.split("resuming at")[2] and "done" in logs
+    # the boot's steps, with their times, at the head of each boot's log
+    for boot in ("[0.1]", "[0.2]"):
+        lines = [line for line in logs.splitlines() if line.startswith(f"train{boot}")]
+        steps = [line.split(" step ")[1] for line in lines if " boot step " in line]
+        assert steps[:2] == ["config", "python"] and "install" in steps, lines[:40]
+        summary = next(line for line in lines if "s from user-data to script" in line)
+        assert re.search(r"install \d+\.\d s \(\d+%\)", summary), summary
+    # the machine got its credentials from the metadata service, and none went into logs
+    assert ROLE_CREDENTIALS["SecretAccessKey"] not in logs
+    assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in logs
+    tpi(project, "destroy", "--yes")
+    assert (project / "results" / "epoch.txt").read_text() == "6\n"
+
+
+def test_a_boot_that_fails_is_visible_and_stops_after_three(aws_env, debian_root, project,
+                                                           tmp_path):
+    # a bundle whose wheel is missing, already in place: apply shares it, machines fail
+    digest = bundle.build([("tpi-aws", "tpi_aws")]).digest
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket=BUCKET, Key=f"tpi-agent/{digest}/{bundle.MANIFEST}", Body=json.dumps(
+        {"digest": digest, "wheels": ["tpi-0.1.0-py3-none-any.whl"],
+         "requirements": bundle.REQUIREMENTS, "python": ""}).encode())
+    with BootedEc2(REGION, debian_root, tmp_path / "machines",
+                   machine_environment(aws_env)) as ec2:
+        tpi(project, "apply", "tasks.toml")
+        task_id = status(project)["task_id"]
+        done = ec2.wait_for(lambda: (s := status(project))["state"] == "failed" and s, 240,
+                            "the task to fail")
+        autoscaling = boto3.client("autoscaling", region_name=REGION)
+        group = lambda: autoscaling.describe_auto_scaling_groups(  # noqa: E731
+            AutoScalingGroupNames=[task_id])["AutoScalingGroups"][0]
+        ec2.wait_for(lambda: group()["DesiredCapacity"] == 0 and not group()["Instances"], 60,
+                     "the group at zero")
+        assert len(ec2.machines) == 3, ec2.consoles()  # no fourth machine was launched
+        assert not ec2.errors
+    assert done["boot_failures"] == 3
+    assert done["reason"].startswith("boot failed: fetch: "), done["reason"]
+    assert "no such key" in done["reason"].lower() or "NoSuchKey" in done["reason"]
+    shown = tpi(project, "status").stdout
+    assert "boot failed: fetch:" in shown and "(3 failed boots)" in shown
+    logs = tpi(project, "logs").stdout
+    assert logs.count("[boot failed ") >= 3 * 3 and "step python" in logs
+    tpi(project, "destroy", "--yes")
