@@ -127,7 +127,12 @@ def install_hint(name: str, group: str = BACKEND_GROUP) -> str:
     """What to run to get a backend or storage scheme that is not installed."""
     extra = FIRST_PARTY.get(name)
     if extra:
-        return f"pip install 'tpi[{extra}]'"
+        source = _source()
+        if source:
+            return f"pip install '{source}[{extra}]'"
+        # the name tpi on PyPI is another project's: never point at it
+        return (f"pip install '<tpi source folder>[{extra}]' (or its plugins/tpi-{extra}); "
+                "the 'tpi' on PyPI is another project")
     hint = f"install a package that provides the {name!r} entry point in {group!r}"
     if name in PLANNED:
         return f"the first-party {PLANNED[name]} plugin is not published yet; {hint}"
@@ -199,3 +204,18 @@ def _load(name: str, value: str, base: type, group: str = BACKEND_GROUP) -> type
 def clear_cache() -> None:
     """Forget what was read from metadata (tests that install plugins on the fly)."""
     _entry_points.cache_clear()
+
+
+def _source() -> str:
+    """The folder tpi was installed from, when pip recorded one (an editable or local
+    install): the place its plugins are installed from too."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    try:
+        direct = json.loads(metadata.distribution("tpi").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return ""
+    url = urlparse(direct.get("url", ""))
+    return unquote(url.path) if url.scheme == "file" and "dir_info" in direct else ""

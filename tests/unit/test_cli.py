@@ -74,7 +74,9 @@ def test_missing_backend_names_the_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TPI_PLUGINS", "local")
     (tmp_path / "tasks.toml").write_text('[task.a]\nscript = "true"\n')
     code, _, err = run_main(["machines", "--cloud", "aws"], capsys)
-    assert code == 2 and "pip install 'tpi[aws]'" in err
+    # never the 'tpi' of PyPI, another project: the folder this tpi came from
+    assert code == 2 and "pip install '" in err and "tpi[aws]" not in err
+    assert f"{Path(__file__).parents[2]}[aws]" in err
     code, _, err = run_main(["machines", "--cloud", "gcp"], capsys)
     assert code == 2 and "gcp plugin is not published yet" in err and "tpi[" not in err
 

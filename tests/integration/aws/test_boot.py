@@ -116,6 +116,7 @@ def test_machines_boot_the_agent_from_the_bundle_and_recover(aws_env, debian_roo
         steps = [line.split(" step ")[1] for line in lines if " boot step " in line]
         assert steps[:2] == ["config", "python"] and "install" in steps, lines[:40]
         summary = next(line for line in lines if "s from user-data to script" in line)
+        print(summary)  # the boot's time and its steps' shares, in the test's output (-s)
         assert re.search(r"install \d+\.\d s \(\d+%\)", summary), summary
     # the machine got its credentials from the metadata service, and none went into logs
     assert ROLE_CREDENTIALS["SecretAccessKey"] not in logs
