@@ -65,11 +65,17 @@ def test_unimportable_plugin_gives_install_hint(fake_eps):
         registry.backend_class("missing")
 
 
-def test_unknown_first_party_backend_names_the_extra(fake_eps):
-    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[aws\]'"):
+def test_unknown_first_party_backend_names_the_extra(fake_eps, monkeypatch):
+    # the folder tpi was installed from, with the extra; never the 'tpi' of PyPI
+    with pytest.raises(BackendNotInstalled, match=r"pip install '/[^']+\[aws\]'"):
         registry.backend_class("aws")
-    with pytest.raises(BackendNotInstalled, match=r"pip install 'tpi\[k8s\]'"):
+    with pytest.raises(BackendNotInstalled, match=r"pip install '/[^']+\[k8s\]'"):
         registry.backend_class("kubernetes")
+    monkeypatch.setattr(registry, "_source", lambda: "")  # installed from a wheel
+    with pytest.raises(BackendNotInstalled) as raised:
+        registry.backend_class("aws")
+    assert "'<tpi source folder>[aws]'" in str(raised.value)
+    assert "the 'tpi' on PyPI is another project" in str(raised.value)
 
 
 def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps):
