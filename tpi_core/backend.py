@@ -85,6 +85,10 @@ class Launch:
     agent_url: str = ""
     """URL of the agent bundle (``<agent_storage>/<digest>``); empty without ``AGENT``."""
     agent_digest: str = ""
+    agent_wheels: tuple[str, ...] = ()
+    """The bundle's wheels, by file name."""
+    agent_python: str = ""
+    """The bundle's standalone Python archive, by file name, when it has one."""
 
 
 @dataclass(frozen=True, slots=True)

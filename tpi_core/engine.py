@@ -155,7 +155,8 @@ class Engine:
         prefix, uploaded = await bundle.publish(built, place)
         self.say(ref, f"agent bundle {built.digest} " + ("uploaded" if uploaded else
                                                           "already in storage"))
-        return Launch(storage.url, deadline, place.child(prefix).url, built.digest)
+        return Launch(storage.url, deadline, place.child(prefix).url, built.digest,
+                      built.wheels, built.python)
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:
         """Upload the workdir into ``data/`` (changed files only)."""

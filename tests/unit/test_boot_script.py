@@ -14,6 +14,7 @@ BOOT = MachineBoot(
     fetcher="#!/usr/bin/env python3\nprint('fetcher')\n", fetcher_config={"bucket": "b"},
     bundle="tpi-agent/0123abcd", failures="tpi-x/reports/boot-failed",
     storage_url="s3://b/tpi-x", hooks="tpi_aws.agent:AwsHooks", digest="0123abcd",
+    wheels=("tpi-0.1.0-py3-none-any.whl", "tpi_aws-0.1.0-py3-none-any.whl"),
     imports=("tpi_core.agent", "tpi_aws.agent"), environment={"AWS_REGION": "us-west-1"},
     version="0.1.0")
 

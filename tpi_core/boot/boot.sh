@@ -27,21 +27,25 @@ run() {
 fail() {
   log "boot failed: $STEP: $*"
   trap - ERR EXIT
-  if [ -n "$FETCHPY" ]; then
-    local key="@@FAILURES@@/$(date +%s)-$(cat /proc/sys/kernel/hostname)-$$.log" n
-    "$FETCHPY" "$TPI/fetch.py" --config /etc/tpi/fetch.json put "$LOG" "$key" || true
-    n=$("$FETCHPY" "$TPI/fetch.py" --config /etc/tpi/fetch.json count "@@FAILURES@@/") || n=0
-    if [ "${n:-0}" -ge @@MAX_FAILURES@@ ]; then
-      log "$n failed boots: this machine leaves its group, lowering its size"
-      "$FETCHPY" "$TPI/fetch.py" --config /etc/tpi/fetch.json leave || true
-    fi
+  local key="@@FAILURES@@/$(date +%s)-$(cat /proc/sys/kernel/hostname)-$$.log" n
+  fetcher put "$LOG" "$key" || true
+  n=$(fetcher count "@@FAILURES@@/") || n=0
+  if [ "${n:-0}" -ge @@MAX_FAILURES@@ ]; then
+    log "$n failed boots: this machine leaves its group, lowering its size"
+    fetcher leave || true
   fi
   sync
   shutdown -h now 2>/dev/null || poweroff
   exit 1
 }
 trap 'fail "line $LINENO: unexpected error"' ERR
-fetch() { run "$FETCHPY" "$TPI/fetch.py" --config /etc/tpi/fetch.json "$@"; }
+# the cloud's fetcher: its Python program with any python3, else its shell one (curl)
+fetcher() {
+  if [ -n "$FETCHPY" ]; then "$FETCHPY" "$TPI/fetch.py" --config /etc/tpi/fetch.json "$@"
+  else tpi_fetch "$@"; fi
+}
+fetch() { run fetcher "$@"; }
+@@SHELL_FETCHER@@
 # the newest python3.1x of 3.11 or later on the machine
 find_python() {
   local c p
@@ -61,14 +65,6 @@ any_python() {
     p=$(command -v "$c" 2>/dev/null) && { echo "$p"; return 0; }
   done
   return 1
-}
-# manifest FILE FIELD...: the named fields of the bundle's manifest, one value a line
-manifest() {
-  "$FETCHPY" -c 'import json, sys
-m = json.load(open(sys.argv[1]))
-for name in sys.argv[2:]:
-    value = m.get(name) or []
-    for item in (value if isinstance(value, list) else [value]): print(item)' "$@"
 }
 distro_python() {
   local v
@@ -110,23 +106,32 @@ if [ -z "$PY" ]; then
   distro_python && PY=$(find_python) || PY=""
 fi
 [ -n "$PY" ] && log "python: $PY ($("$PY" -V 2>&1))"
-FETCHPY=${PY:-$(any_python)} || fail "no python3 on the image to fetch the agent with"
+FETCHPY=${PY:-$(any_python || true)}
+[ -n "$FETCHPY" ] || log "no python3 on the image: fetching with curl"
 
 step fetch
 BUNDLE="$TPI/bundle/@@DIGEST@@"
 mkdir -p "$BUNDLE"
-if [ ! -s "$BUNDLE/manifest.json" ]; then
-  fetch get "@@BUNDLE@@/manifest.json" "$BUNDLE/manifest.json.part"
-  manifest "$BUNDLE/manifest.json.part" requirements wheels >"$TPI/files" \
-    || fail "the bundle's manifest cannot be read"
-  while IFS= read -r f; do fetch get "@@BUNDLE@@/$f" "$BUNDLE/$f"; done <"$TPI/files"
-  mv "$BUNDLE/manifest.json.part" "$BUNDLE/manifest.json"
-fi
+for f in requirements.txt @@WHEELS@@; do
+  [ -s "$BUNDLE/$f" ] || fetch get "@@BUNDLE@@/$f" "$BUNDLE/$f"
+done
 log "bundle: $(ls "$BUNDLE" | tr '\n' ' ')"
+
+if [ -z "$PY" ] && [ -n "@@PYTHON_ARCHIVE@@" ]; then
+  step standalone-python
+  log "the bundle's standalone Python: @@PYTHON_ARCHIVE@@"
+  [ -s "$BUNDLE/@@PYTHON_ARCHIVE@@" ] || fetch get "@@BUNDLE@@/@@PYTHON_ARCHIVE@@" "$BUNDLE/@@PYTHON_ARCHIVE@@"
+  run tar -xzf "$BUNDLE/@@PYTHON_ARCHIVE@@" -C "$TPI"
+  PY="$TPI/python/bin/python3"
+  run "$PY" -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+  log "python: $PY ($("$PY" -V 2>&1))"
+  FETCHPY=$PY
+fi
 
 step uv
 UV="$CACHE/uv-@@UV_VERSION@@/uv"
 if [ ! -x "$UV" ]; then
+  [ -n "$FETCHPY" ] || fail "no python3 on the image to unpack uv with"
   case "$(uname -m)" in
     x86_64|amd64) url="@@UV_URL_X86_64@@" sum="@@UV_SHA256_X86_64@@" ;;
     aarch64|arm64) url="@@UV_URL_AARCH64@@" sum="@@UV_SHA256_AARCH64@@" ;;
@@ -141,18 +146,9 @@ export UV_CACHE_DIR="$CACHE/uv-cache" UV_PYTHON_INSTALL_DIR="$TPI/python" UV_NO_
 
 if [ -z "$PY" ]; then
   step standalone-python
-  STANDALONE=$(manifest "$BUNDLE/manifest.json" python) || fail "the bundle's manifest cannot be read"
-  if [ -n "$STANDALONE" ]; then
-    log "the bundle's standalone Python: $STANDALONE"
-    [ -s "$BUNDLE/$STANDALONE" ] || fetch get "@@BUNDLE@@/$STANDALONE" "$BUNDLE/$STANDALONE"
-    run tar -xzf "$BUNDLE/$STANDALONE" -C "$TPI"
-    PY="$TPI/python/bin/python3"
-  else
-    log "a standalone Python through uv"
-    run "$UV" python install 3.12
-    PY=$("$UV" python find --python-preference only-managed 3.12) || fail "uv found no Python 3.12"
-  fi
-  run "$PY" -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+  log "a standalone Python through uv"
+  run "$UV" python install 3.12
+  PY=$("$UV" python find --python-preference only-managed 3.12) || fail "uv found no Python 3.12"
   log "python: $PY ($("$PY" -V 2>&1))"
 fi
 
@@ -161,9 +157,8 @@ VENV="$TPI/venv"
 if [ "$(cat "$VENV/.tpi-bundle" 2>/dev/null)" != "@@DIGEST@@" ]; then
   rm -rf "$VENV"
   run "$UV" venv --quiet --python "$PY" "$VENV"
-  manifest "$BUNDLE/manifest.json" wheels >"$TPI/files" || fail "the bundle's manifest cannot be read"
   WHEELS=()
-  while IFS= read -r f; do WHEELS+=("$BUNDLE/$f"); done <"$TPI/files"
+  for f in @@WHEELS@@; do WHEELS+=("$BUNDLE/$f"); done
   # the tpi wheels by file, everything else at the versions the CLI runs
   run "$UV" pip install --quiet --python "$VENV/bin/python" \
     --constraint "$BUNDLE/requirements.txt" "${WHEELS[@]}"

@@ -28,6 +28,7 @@ import importlib.metadata as metadata
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ def build(distributions: Sequence[tuple[str, str]], *, python: Path | None = Non
     python = python or (Path(os.environ[PYTHON_ENV]) if os.environ.get(PYTHON_ENV) else None)
     python_name = ""
     if python is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.tar\.gz", python.name):
+            raise UsageError(f"{PYTHON_ENV}={python}: a standalone Python is a .tar.gz whose "
+                             "name has only letters, digits and ._+-")
         try:
             files[python_name := "python-" + python.name] = python.read_bytes()
         except OSError as exc:

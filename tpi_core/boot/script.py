@@ -70,6 +70,13 @@ class MachineBoot:
     hooks: str
     """The agent's hooks, ``module:Class``."""
     digest: str
+    wheels: Sequence[str]
+    """The bundle's wheels (file names), installed by file."""
+    python_archive: str = ""
+    """The bundle's standalone Python (file name), when it carries one."""
+    shell_fetcher: str = ""
+    """The cloud's fetcher in shell (a ``tpi_fetch`` function taking the same verbs), for an
+    image with no python3 at all."""
     imports: Sequence[str] = ("tpi_core.agent",)
     """Modules the boot imports once installed, so a broken bundle fails the boot visibly."""
     environment: Mapping[str, str] = field(default_factory=frozen_map)
@@ -94,6 +101,10 @@ def render(boot: MachineBoot) -> str:
         "MARK": MARK, "BOOT_CONFIG": json.dumps(boot.config(), sort_keys=True),
         "FETCH_CONFIG": json.dumps(dict(boot.fetcher_config), sort_keys=True),
         "FETCHER": boot.fetcher.rstrip("\n"), "GET_UV": _read("getuv.py").rstrip("\n"),
+        "SHELL_FETCHER": boot.shell_fetcher.rstrip("\n") or
+        "tpi_fetch() { echo 'bootfetch: no python3 on the image' >&2; return 1; }",
+        "WHEELS": " ".join(shlex.quote(w) for w in boot.wheels),
+        "PYTHON_ARCHIVE": boot.python_archive,
         "BUNDLE": boot.bundle, "FAILURES": boot.failures, "DIGEST": boot.digest,
         "MAX_FAILURES": str(MAX_FAILURES), "VERSION": boot.version or "?",
         "UV_VERSION": UV_VERSION, "UV_URL_X86_64": UV_WHEELS["x86_64"][0],

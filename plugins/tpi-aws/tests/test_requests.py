@@ -81,7 +81,8 @@ async def create(task: Task, fake: FakeClient) -> None:
     backend = aws.AWSBackend()
     backend._clients["us-west-1"] = fake
     await run_steps(backend.create_steps(task, Launch(f"s3://bkt/{task.id}", 2e9,
-                                                      "s3://bkt/tpi-agent/abc", "abc")))
+                                                      "s3://bkt/tpi-agent/abc", "abc",
+                                                      ("tpi-0.1.0-py3-none-any.whl",))))
 
 
 def test_on_demand_group_uses_the_template_alone():

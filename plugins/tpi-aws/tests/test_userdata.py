@@ -12,7 +12,8 @@ from tpi_aws import userdata
 STORAGE = "s3://tpi-123456789012-us-west-1/tpi-x-abcdefgh-12345678"
 AGENT = "s3://tpi-123456789012-us-west-1/tpi-agent/0123456789abcdef0123456789abcdef"
 BOOT = userdata.machine_boot(storage_url=STORAGE, agent_url=AGENT,
-                             digest="0123456789abcdef0123456789abcdef", region="us-west-1",
+                             digest="0123456789abcdef0123456789abcdef",
+                             wheels=("tpi-0.1.0-py3-none-any.whl",), region="us-west-1",
                              group="tpi-x-abcdefgh-12345678")
 
 

@@ -369,7 +369,8 @@ class _Creation:
         image = await resources.find_image(self.c, self.image_query)
         script = userdata.render(userdata.machine_boot(
             storage_url=self.launch.storage_url, agent_url=self.launch.agent_url,
-            digest=self.launch.agent_digest, region=self.c.region, group=self.name))
+            digest=self.launch.agent_digest, wheels=self.launch.agent_wheels,
+            python=self.launch.agent_python, region=self.c.region, group=self.name))
         data = template_data(image=image, instance_type=self.types[0],
                              security_group=self.group_id, profile_arn=self.profile,
                              disk_size=self.task.disk_size, user_data=userdata.encode(script),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+from collections.abc import Sequence
 from importlib import metadata, resources
 
 from tpi_core.boot import script
@@ -29,19 +30,22 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def machine_boot(*, storage_url: str, agent_url: str, digest: str, region: str,
-                 group: str) -> MachineBoot:
+def machine_boot(*, storage_url: str, agent_url: str, digest: str, wheels: Sequence[str],
+                 python: str = "", region: str, group: str) -> MachineBoot:
     """How a machine of the task's group boots."""
     if not agent_url:
         raise BackendError("no agent bundle for the task's machines (Launch.agent_url)")
     bucket, prefix = split_url(storage_url)
     agent_bucket, agent_prefix = split_url(agent_url)
-    fetcher = resources.files(__package__).joinpath("bootfetch.py").read_text()
+    here = resources.files(__package__)
     return MachineBoot(
-        fetcher=fetcher, fetcher_config={"bucket": bucket, "region": region, "group": group},
+        fetcher=here.joinpath("bootfetch.py").read_text(),
+        shell_fetcher=here.joinpath("bootfetch.sh").read_text(),
+        fetcher_config={"bucket": bucket, "region": region, "group": group},
         bundle=agent_prefix if agent_bucket == bucket else agent_url,
         failures=f"{prefix}/reports/boot-failed".lstrip("/"), storage_url=storage_url,
-        hooks=HOOKS, digest=digest, imports=("tpi_core.agent", "tpi_aws.agent"),
+        hooks=HOOKS, digest=digest, wheels=tuple(wheels), python_archive=python,
+        imports=("tpi_core.agent", "tpi_aws.agent"),
         environment={"AWS_REGION": region, "AWS_DEFAULT_REGION": region},
         version=metadata.version("tpi"))
 

@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 import boto3
@@ -62,9 +64,36 @@ def debian_root():
     yield rootfs.debian_root()
 
 
-def tpi(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def no_python_root(debian_root, tmp_path_factory):
+    """The root as an image with no python3 at all and no reachable package mirror (a
+    private subnet), and a standalone Python made from its Python before it was removed:
+    ``python/bin/python3`` and ``python/lib/python3.11``, the layout of
+    python-build-standalone's ``install_only`` archives (which this machine cannot download)."""
+    place = Path(tempfile.mkdtemp(prefix="tpi-no-python-", dir=rootfs.scratch_dir()))
+    root = place / "root"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(debian_root), str(root)], check=True)
+    archive = tmp_path_factory.mktemp("standalone") / "cpython-3.11-x86_64-linux-gnu.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(debian_root / "usr/bin/python3.11", "python/bin/python3")
+        tar.add(debian_root / "usr/lib/python3.11", "python/lib/python3.11",
+                filter=lambda item: None if "__pycache__" in item.name else item)
+    subprocess.run(["chroot", str(root), "dpkg", "--purge", "--force-depends",
+                    "python3", "python3.11", "python3-minimal", "python3.11-minimal",
+                    "libpython3.11-minimal", "libpython3.11-stdlib"],
+                   check=True, capture_output=True)
+    for sources in [root / "etc/apt/sources.list", *root.glob("etc/apt/sources.list.d/*")]:
+        sources.write_text("")
+    assert not list(root.glob("usr/bin/python3*"))
+    yield root, archive
+    rootfs.remove_tree(place)
+
+
+def tpi(workdir: Path, *args: str, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     run = subprocess.run([sys.executable, "-m", "tpi_core", *args], cwd=workdir,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **(env or {})})
     if check and run.returncode != 0:
         raise AssertionError(f"tpi {' '.join(args)} exited {run.returncode}:\n{run.stderr}")
     return run
@@ -154,4 +183,25 @@ def test_a_boot_that_fails_is_visible_and_stops_after_three(aws_env, debian_root
     assert "boot failed: fetch:" in shown and "(3 failed boots)" in shown
     logs = tpi(project, "logs").stdout
     assert logs.count("[boot failed ") >= 3 * 3 and "step python" in logs
+    tpi(project, "destroy", "--yes")
+
+
+def test_an_image_without_python_gets_the_bundles_standalone_python(aws_env, no_python_root,
+                                                                   project, tmp_path):
+    root, archive = no_python_root
+    with BootedEc2(REGION, root, tmp_path / "machines", machine_environment(aws_env)) as ec2:
+        # the CLI puts the standalone Python into the bundle
+        tpi(project, "apply", "tasks.toml", env={bundle.PYTHON_ENV: str(archive)})
+        done = ec2.wait_for(lambda: (s := status(project))["state"] in (
+            "succeeded", "failed", "timed_out") and s, 300, "the task to end")
+        assert done["state"] == "succeeded", (done, ec2.consoles())
+        assert done["boot_failures"] == 0 and not ec2.errors
+        logs = tpi(project, "logs").stdout
+    # no python3: fetched with curl; no distribution Python: the bundle's standalone one
+    assert "no python3 on the image: fetching with curl" in logs
+    assert "apt-get update failed" in logs or "installing one from the distribution" in logs
+    steps = [line.split(" step ")[1] for line in logs.splitlines() if " boot step " in line]
+    assert steps[:4] == ["config", "python", "fetch", "standalone-python"], steps
+    assert f"python: /opt/tpi/python/bin/python3 (Python 3.11" in logs
+    assert "done" in logs
     tpi(project, "destroy", "--yes")
