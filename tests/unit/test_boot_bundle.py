@@ -105,3 +105,27 @@ def test_a_standalone_python_rides_along(tmp_path):
     assert with_python.python == "python-cpython-3.12-x86_64.tar.gz"
     assert with_python.files[with_python.python] == archive.read_bytes()
     assert with_python.digest != bundle.build([PLUGIN]).digest
+
+
+class _Dist:
+    def __init__(self, version: str, *requires: str):
+        self.version, self.requires = version, list(requires)
+
+
+def test_pins_follow_markers_as_the_machine_sees_them(monkeypatch):
+    fake = {
+        "app": _Dist("1", 'old-only ; python_version < "3.12"', 'mac-only ; sys_platform == "darwin"',
+                     'extra-only ; extra == "x"', "plain[x]", "absent>=2,<3",
+                     'arm-only ; platform_machine == "aarch64"'),
+        "old-only": _Dist("1.1"), "mac-only": _Dist("9"), "extra-only": _Dist("2"),
+        "plain": _Dist("3", 'deep ; extra == "x"', 'deeper ; extra == "y"'),
+        "deep": _Dist("4", 'only-312 ; python_version == "3.12"'), "deeper": _Dist("5"),
+        "only-312": _Dist("6"), "arm-only": _Dist("7"),
+    }
+    monkeypatch.setattr(bundle, "_installed", lambda name, required=True: fake.get(name))
+    assert bundle.pins(["app"]) == [
+        "absent<3,>=2",  # needed but not installed here: its own range, never unbounded
+        "arm-only==7", "deep==4",
+        'old-only==1.1 ; python_version in "3.11"',
+        'only-312==6 ; python_version in "3.12"',
+        "plain==3"]

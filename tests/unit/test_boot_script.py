@@ -30,8 +30,8 @@ def test_renders_valid_bash_with_every_placeholder_filled():
 def test_installs_nothing_by_name_and_nothing_unpinned():
     text = script.render(BOOT)
     installs = re.findall(r"pip install[^\n]*\\\n[^\n]*", text)
-    assert installs == ['pip install --quiet --python "$VENV/bin/python" \\\n'
-                        '    --constraint "$BUNDLE/requirements.txt" "${WHEELS[@]}"']
+    assert installs == ['pip install --quiet --no-deps --python "$VENV/bin/python" \\\n'
+                        '    --requirement "$BUNDLE/requirements.txt" "${WHEELS[@]}"']
     assert script.UV_VERSION in text
     for url, sha in script.UV_WHEELS.values():
         assert url in text and sha in text and url.startswith("https://files.pythonhosted.org/")

@@ -159,9 +159,9 @@ if [ "$(cat "$VENV/.tpi-bundle" 2>/dev/null)" != "@@DIGEST@@" ]; then
   run "$UV" venv --quiet --python "$PY" "$VENV"
   WHEELS=()
   for f in @@WHEELS@@; do WHEELS+=("$BUNDLE/$f"); done
-  # the tpi wheels by file, everything else at the versions the CLI runs
-  run "$UV" pip install --quiet --python "$VENV/bin/python" \
-    --constraint "$BUNDLE/requirements.txt" "${WHEELS[@]}"
+  # the tpi wheels by file and exactly the pinned requirements: nothing is resolved
+  run "$UV" pip install --quiet --no-deps --python "$VENV/bin/python" \
+    --requirement "$BUNDLE/requirements.txt" "${WHEELS[@]}"
   echo "@@DIGEST@@" >"$VENV/.tpi-bundle"
 fi
 run "$VENV/bin/python" -c 'import @@IMPORTS@@'

@@ -138,29 +138,59 @@ def build_wheel(name: str, package: str, ours: dict[str, str]) -> tuple[str, byt
     return f"{stem}-py3-none-any.whl", out.getvalue()
 
 
+TARGET_PYTHONS = ("3.11", "3.12", "3.13", "3.14")
+"""The Pythons a machine may run the agent with (the boot takes the newest 3.11+ it finds)."""
+
+
 def pins(names: Iterable[str]) -> list[str]:
-    """``name==version`` of every third-party distribution the named ones need, as
-    installed here (markers evaluated for this interpreter, extras followed)."""
+    """Every third-party distribution the named ones need on a machine, pinned to the
+    version installed here: ``name==version``, with ``; python_version in "..."`` when only
+    some of :data:`TARGET_PYTHONS` need it.
+
+    Markers are evaluated for the machine (Linux on x86_64 or aarch64, CPython, each target
+    Python), not for this computer, and extras are followed. A distribution the machine
+    needs but this computer does not have (a Linux-only dependency, seen from a Mac) cannot
+    be pinned: it keeps its requirement's own version range.
+    """
     ours = {canonicalize_name(n) for n in names}
-    found: dict[str, str] = {}
-    todo: list[tuple[str, frozenset[str]]] = [(n, frozenset()) for n in names]
-    done: set[tuple[str, frozenset[str]]] = set()
+    needed: dict[str, set[str]] = {}
+    lines: dict[str, str] = {}
+    seen: dict[tuple[str, frozenset[str]], set[str]] = {}
+    todo: list[tuple[str, frozenset[str], frozenset[str]]] = [
+        (n, frozenset(), frozenset(TARGET_PYTHONS)) for n in names]
     while todo:
-        name, extras = todo.pop()
-        if (key := (canonicalize_name(name), extras)) in done:
+        name, extras, pythons = todo.pop()
+        key = (canonicalize_name(name), extras)
+        pythons = pythons - seen.get(key, set())
+        if not pythons:
             continue
-        done.add(key)
-        for req in _requirements(_installed(name), extras):
+        seen.setdefault(key, set()).update(pythons)
+        dist = _installed(name, required=canonicalize_name(name) in ours)
+        if dist is None:
+            continue
+        for req, where in _requirements(dist, extras, pythons):
             canonical = canonicalize_name(req.name)
-            if canonical not in ours:
-                found[canonical] = f"{canonical}=={_installed(req.name).version}"
-            todo.append((req.name, frozenset(req.extras)))
-    return sorted(found.values())
+            if canonical in ours:
+                continue
+            needed.setdefault(canonical, set()).update(where)
+            installed = _installed(req.name, required=False)
+            lines[canonical] = (f"{canonical}=={installed.version}" if installed
+                                else f"{canonical}{req.specifier}")
+            todo.append((req.name, frozenset(req.extras), frozenset(where)))
+    return sorted(lines[name] + _python_marker(needed[name]) for name in lines)
 
 
-def _requirements(dist: metadata.Distribution, extras: frozenset[str]) -> list[Requirement]:
+def _python_marker(pythons: set[str]) -> str:
+    if pythons >= set(TARGET_PYTHONS):
+        return ""
+    return f' ; python_version in "{" ".join(sorted(pythons))}"'
+
+
+def _requirements(dist: metadata.Distribution, extras: frozenset[str],
+                  pythons: frozenset[str]) -> list[tuple[Requirement, set[str]]]:
+    """The requirements of ``dist`` a machine needs, each with the target Pythons that
+    need it."""
     wanted = []
-    environment = default_environment()
     for line in dist.requires or ():
         try:
             req = Requirement(line)
@@ -168,10 +198,19 @@ def _requirements(dist: metadata.Distribution, extras: frozenset[str]) -> list[R
             continue
         if req.url:
             continue  # a direct reference (tpi's own extras): never followed
-        if req.marker is None or any(req.marker.evaluate({**environment, "extra": e})
-                                     for e in (extras or {""})):
-            wanted.append(req)
+        where = {v for v in pythons if req.marker is None or any(
+            req.marker.evaluate({**_machine(v, arch), "extra": e})
+            for arch in ("x86_64", "aarch64") for e in (extras or {""}))}
+        if where:
+            wanted.append((req, where))
     return wanted
+
+
+def _machine(python: str, arch: str) -> dict[str, str]:
+    return {**default_environment(), "python_version": python, "python_full_version":
+            f"{python}.0", "sys_platform": "linux", "platform_system": "Linux",
+            "os_name": "posix", "platform_machine": arch, "implementation_name": "cpython",
+            "platform_python_implementation": "CPython"}
 
 
 def _metadata(dist: metadata.Distribution, ours: dict[str, str]) -> str:
@@ -201,10 +240,12 @@ def _package_files(root: Path) -> Iterable[Path]:
                 yield Path(folder) / name
 
 
-def _installed(name: str) -> metadata.Distribution:
+def _installed(name: str, required: bool = True) -> metadata.Distribution | None:
     try:
         return metadata.distribution(name)
     except metadata.PackageNotFoundError:
+        if not required:
+            return None
         raise BackendError(f"cannot bundle the agent: {name} is not installed beside tpi "
                            f"(pip install {name})") from None
 

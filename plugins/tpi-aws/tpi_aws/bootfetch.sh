@@ -2,7 +2,22 @@
 # bootfetch.py, with curl's --aws-sigv4 (curl 7.75 or later) and the instance profile's
 # credentials from IMDSv2. Secrets go to curl on stdin (--config -), never in its arguments.
 tpi_fetch() {
-  local conf=/etc/tpi/fetch.json imds token role doc bucket region base out code verb="$1"
+  local conf=${TPI_FETCH_CONFIG:-/etc/tpi/fetch.json}
+  local imds token role doc bucket region base out code verb="$1"
+  # percent-encodes all but A-Za-z0-9._~- (and / unless $2 replaces it), as S3 signs a key:
+  # a raw + is a space to S3, [ ] { } are curl's globs, a space is no URL at all
+  _tpi_enc() {
+    local LC_ALL=C s="$1" out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+      c=${s:i:1}
+      case "$c" in
+        [A-Za-z0-9._~-]) out+=$c ;;
+        /) out+=${2:-/} ;;
+        *) printf -v c '%%%02X' "'$c"; out+=$c ;;
+      esac
+    done
+    printf '%s' "$out"
+  }
   _tpi_field() { printf '%s' "$2" | tr ',{}' '\n\n\n' \
     | sed -n "s/^[[:space:]]*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" | head -n 1; }
   bucket=$(_tpi_field bucket "$(cat "$conf")")
@@ -29,7 +44,7 @@ tpi_fetch() {
   case "$verb" in
     get)
       code=$(_tpi_curl s3 -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$3.part" \
-        -w '%{http_code}' "$base/$2") || code=000
+        -w '%{http_code}' "$base/$(_tpi_enc "$2")") || code=000
       if [ "$code" = 200 ]; then mv "$3.part" "$3"; rm -f "$out"; return 0; fi
       rm -f "$3.part" "$out"
       echo "bootfetch: get $2: HTTP $code" >&2
@@ -38,10 +53,10 @@ tpi_fetch() {
     put)
       code=$(_tpi_curl s3 -X PUT -T "$2" -H "Content-Type: text/plain" \
         -H "x-amz-content-sha256: $(sha256sum "$2" | cut -d' ' -f1)" -o "$out" \
-        -w '%{http_code}' "$base/$3") || code=000 ;;
+        -w '%{http_code}' "$base/$(_tpi_enc "$3")") || code=000 ;;
     count)
       code=$(_tpi_curl s3 -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$out" \
-        -w '%{http_code}' "$base?list-type=2&prefix=$(printf '%s' "$2" | sed 's|/|%2F|g')") \
+        -w '%{http_code}' "$base?list-type=2&prefix=$(_tpi_enc "$2" %2F)") \
         || code=000
       [ "$code" = 200 ] && grep -o '<Key>' "$out" | wc -l ;;
     leave)
@@ -53,6 +68,7 @@ tpi_fetch() {
   esac
   rm -f "$out"
   [ "$code" = 200 ] && return 0
-  echo "bootfetch: $verb ${2:-}: HTTP $code" >&2
+  [ "$verb" = put ] && set -- put "$3"
+  echo "bootfetch: $verb${2:+ $2}: HTTP $code" >&2
   return 1
 }
