@@ -1,6 +1,7 @@
 # tpi bootfetch in shell, for an image with no python3: the verbs and exit codes of
-# bootfetch.py, with curl's --aws-sigv4 (curl 7.75 or later) and the instance profile's
-# credentials from IMDSv2. Secrets go to curl on stdin (--config -), never in its arguments.
+# bootfetch.py, with curl's --aws-sigv4 (curl 7.87 or later: older ones sign the hash of an
+# empty body) and the instance profile's credentials from IMDSv2. Secrets go to curl on
+# stdin (--config -), never in its arguments.
 tpi_fetch() {
   local conf=${TPI_FETCH_CONFIG:-/etc/tpi/fetch.json}
   local imds token role doc bucket region base out code verb="$1"
