@@ -131,7 +131,7 @@ class Engine:
             if task.workdir is not None:
                 result = await self.upload(task, storage)
                 self.say(task, f"uploaded {result.moved()}")
-            launch = await self._launch(backend, ref, storage, deadline)
+            launch = await self.launch(backend, ref, storage, deadline)
             await run_steps(backend.create_steps(task, launch), lambda m: self.say(task, m))
         except BaseException:
             # without spec.json the next apply plans a create again instead of "unchanged"
@@ -140,7 +140,7 @@ class Engine:
             raise
         self.say(task, "launched")
 
-    async def _launch(self, backend: Backend, ref: TaskRef, storage: Storage,
+    async def launch(self, backend: Backend, ref: TaskRef, storage: Storage,
                       deadline: float) -> Launch:
         """The launch of a task: with the agent bundle in place when its backend wants one."""
         if backend.AGENT is None:
@@ -233,7 +233,7 @@ class Engine:
         if spec is None:
             raise TaskNotFound(f"task {task.name} was not applied")
         backend = self.backend(task.cloud)
-        launch = await self._launch(backend, TaskRef.of(task), storage, spec["deadline"])
+        launch = await self.launch(backend, TaskRef.of(task), storage, spec["deadline"])
         await run_steps(backend.create_steps(task, launch))
 
     async def destroy(self, ref: TaskRef, workdir: Path | None, output: str) -> SyncResult | None:

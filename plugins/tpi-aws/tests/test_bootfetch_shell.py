@@ -30,6 +30,8 @@ from botocore.credentials import Credentials
 from tests.emulators import REGION, free_port
 from tests.test_bootfetch import (  # noqa: F401 (imds, proxy: pytest fixtures)
     INSTANCE, KEY_ID, SECRET, TOKEN, imds, one_line, proxy)
+# the same test as for bootfetch.py, collected here with this module's `run` (the shell)
+from tests.test_bootfetch import test_leave_lowers_the_desired_capacity  # noqa: F401, E402
 
 SCRIPT = Path(__file__).parents[1] / "tpi_aws" / "bootfetch.sh"
 
@@ -158,29 +160,6 @@ def test_count_reads_one_page(run, proxy, bucket):
     assert lists == [f"/{bucket}?list-type=2&prefix=runs%2Fa%20b%2F"]
     assert run("count", "runs/").stdout.strip() == "4"
     assert run("count", "nothing/").stdout.strip() == "0"
-
-
-def test_leave_lowers_the_desired_capacity(run, imds, proxy):
-    ec2 = boto3.client("ec2", region_name=REGION)
-    scaling = boto3.client("autoscaling", region_name=REGION)
-    ec2.create_launch_template(LaunchTemplateName="tpi-lt", LaunchTemplateData={
-        "ImageId": "ami-12c6146b", "InstanceType": "t3.micro"})
-    scaling.create_auto_scaling_group(
-        AutoScalingGroupName="tpi-g", LaunchTemplate={"LaunchTemplateName": "tpi-lt"},
-        MinSize=0, MaxSize=2, DesiredCapacity=2, AvailabilityZones=[f"{REGION}a"])
-    group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["tpi-g"])
-    members = [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
-    assert len(members) == 2
-    imds.instance = members[0]
-    result = run("leave")
-    assert result.returncode == 0, result.stderr
-    method, target, headers = proxy.seen[-1]
-    assert (method, target) == ("POST", "/")
-    assert f"/{REGION}/autoscaling/aws4_request" in headers["authorization"]
-    group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["tpi-g"])
-    group = group["AutoScalingGroups"][0]
-    assert group["DesiredCapacity"] == 1
-    assert [i["InstanceId"] for i in group["Instances"]] == members[1:]
 
 
 def test_under_the_boot_s_shell_options(run, bucket, tmp_path):

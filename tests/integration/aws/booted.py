@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests.boot import rootfs
 from tests.boot.nspawn import NspawnMachine
 from tpi_aws.userdata import decode
 
-from .harness import FakeImds
+from .harness import Ec2Player, FakeImds
 
 ROLE_CREDENTIALS = {"AccessKeyId": "ASIAMACHINEROLE00001", "SecretAccessKey": "machine-role-secret",
                     "Token": "machine-role-session-token"}
@@ -55,45 +54,24 @@ class Booted:
     imds: FakeImds
 
     def stop(self, grace: float = 30) -> None:
+        """Terminate: an orderly poweroff, then a kill after ``grace`` seconds."""
         if self.machine.process is not None:
             self.machine.stop(grace)
         self.imds.close()
 
 
 @dataclass
-class BootedEc2:
-    """Boots every running instance of a tpi group in moto (see module doc)."""
+class BootedEc2(Ec2Player):
+    """Boots every running instance of a tpi group in moto (see module doc): ``root`` holds
+    the machines' files, ``env`` is what every unit of a machine sees, ``image`` the Debian
+    root they boot."""
 
-    region: str
-    root: Path
-    workdir: Path
-    environment: dict[str, str]
-    machines: dict[str, Booted] = field(default_factory=dict)
+    image: Path | None = None
     terminated: set[str] = field(default_factory=set)
-    errors: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.ec2 = boto3.client("ec2", region_name=self.region)
+        super().__post_init__()
         self.iam = boto3.client("iam", region_name=self.region)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> BootedEc2:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        for booted in list(self.machines.values()):
-            booted.stop(grace=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.3):
-            try:
-                self.step()
-            except Exception as exc:  # keep playing; the test reads the errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def step(self) -> None:
         """Boot new running instances, terminate those whose machine shut down, power off
@@ -109,12 +87,6 @@ class BootedEc2:
         for instance_id, booted in self.machines.items():
             if instance_id not in running and booted.machine.running:
                 booted.stop()
-
-    def _instances(self) -> list[dict]:
-        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": "tag:tpi:managed", "Values": ["true"]},
-            {"Name": "instance-state-name", "Values": ["running"]}])
-        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
     def _boot(self, instance: dict) -> Booted:
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
@@ -135,9 +107,9 @@ class BootedEc2:
             "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
         machine = NspawnMachine(
-            self.root, instance_id, decode(data["UserData"]),
-            {**self.environment, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url},
-            self.workdir / instance_id, {str(cache()): "/var/cache/tpi"})
+            self.image, instance_id, decode(data["UserData"]),
+            {**self.env, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url},
+            self.root / instance_id, {str(cache()): "/var/cache/tpi"})
         return Booted(instance_id, machine.start(), imds)
 
     def notice(self, instance_id: str) -> None:
@@ -149,16 +121,9 @@ class BootedEc2:
         self.terminated.add(instance_id)
         self.ec2.terminate_instances(InstanceIds=[instance_id])
 
-    def wait_for(self, predicate, timeout: float, what: str):
-        """Poll ``predicate`` until it returns something true."""
-        limit = time.monotonic() + timeout
-        while time.monotonic() < limit:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}; harness errors: {self.errors}; "
-                             f"consoles: {self.consoles()}")
+    def agent_logs(self) -> dict[str, str]:
+        """The tail of each machine's console (for failure messages)."""
+        return self.consoles()
 
     def consoles(self) -> dict[str, str]:
         """The tail of each machine's console (for failure messages)."""

@@ -121,8 +121,8 @@ def project(tmp_path: Path) -> Path:
 
 def test_machines_boot_the_agent_from_the_bundle_and_recover(aws_env, debian_root, project,
                                                             tmp_path):
-    with BootedEc2(REGION, debian_root, tmp_path / "machines",
-                   machine_environment(aws_env)) as ec2:
+    with BootedEc2(REGION, tmp_path / "machines", machine_environment(aws_env),
+                   image=debian_root) as ec2:
         tpi(project, "apply", "tasks.toml")
         first = ec2.wait_for(lambda: list(ec2.machines), 30, "a machine")[0]
         ec2.wait_for(lambda: "epoch 2" in tpi(project, "logs").stdout, 150,
@@ -163,8 +163,8 @@ def test_a_boot_that_fails_is_visible_and_stops_after_three(aws_env, debian_root
     s3.put_object(Bucket=BUCKET, Key=f"tpi-agent/{digest}/{bundle.MANIFEST}", Body=json.dumps(
         {"digest": digest, "wheels": ["tpi-0.1.0-py3-none-any.whl"],
          "requirements": bundle.REQUIREMENTS, "python": ""}).encode())
-    with BootedEc2(REGION, debian_root, tmp_path / "machines",
-                   machine_environment(aws_env)) as ec2:
+    with BootedEc2(REGION, tmp_path / "machines", machine_environment(aws_env),
+                   image=debian_root) as ec2:
         tpi(project, "apply", "tasks.toml")
         task_id = status(project)["task_id"]
         done = ec2.wait_for(lambda: (s := status(project))["state"] == "failed" and s, 240,
@@ -189,7 +189,8 @@ def test_a_boot_that_fails_is_visible_and_stops_after_three(aws_env, debian_root
 def test_an_image_without_python_gets_the_bundles_standalone_python(aws_env, no_python_root,
                                                                    project, tmp_path):
     root, archive = no_python_root
-    with BootedEc2(REGION, root, tmp_path / "machines", machine_environment(aws_env)) as ec2:
+    with BootedEc2(REGION, tmp_path / "machines", machine_environment(aws_env),
+                   image=root) as ec2:
         # the CLI puts the standalone Python into the bundle
         tpi(project, "apply", "tasks.toml", env={bundle.PYTHON_ENV: str(archive)})
         done = ec2.wait_for(lambda: (s := status(project))["state"] in (

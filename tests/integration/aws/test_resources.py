@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
 import pytest
 
 from tpi_aws.backend import AWSBackend
-from tpi_aws.userdata import parse
-from tpi_core.backend import Launch, TaskRef
+from tpi_aws.userdata import decode, parse
+from tpi_core.backend import TaskRef
+from tpi_core.engine import Engine
 from tpi_core.identifier import random_id
 from tpi_core.model import Secrets, StorageSpec, Task
 from tpi_core.steps import delete_steps, run_steps
@@ -33,7 +33,11 @@ def make_task(**changes) -> Task:
 async def apply(backend: AWSBackend, task: Task) -> str:
     storage = await backend.storage(TaskRef.of(task), create=task)
     await storage.write("spec.json", json.dumps({"id": task.id}).encode())
-    await run_steps(backend.create_steps(task, Launch(storage.url, time.time() + 3600)))
+    launch = await Engine(backends={"aws": backend}).launch(
+        backend, TaskRef.of(task), storage, time.time() + 3600)
+    bucket = storage.url.removeprefix("s3://").split("/")[0]
+    assert launch.agent_url.startswith(f"s3://{bucket}/tpi-agent/{launch.agent_digest}?")
+    await run_steps(backend.create_steps(task, launch))
     await storage.aclose()
     return storage.url
 
@@ -84,11 +88,17 @@ async def test_launch_template_and_group_as_the_issue_asks(aws_env):
     assert version["BlockDeviceMappings"][0]["Ebs"] == {
         "VolumeSize": 50, "VolumeType": "gp3", "DeleteOnTermination": True}
     assert version["MetadataOptions"]["HttpTokens"] == "required"
-    script = base64.b64decode(version["UserData"]).decode()
+    script = decode(version["UserData"])
     for secret in (SECRET, FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                    FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"]):
         assert secret not in script
-    assert parse(version["UserData"]).storage_url == url
+    boot = parse(version["UserData"])
+    assert boot["storage_url"] == url
+    # the bundle the user-data names is in the bucket, whole (its manifest last)
+    bucket = url.removeprefix("s3://").split("/")[0]
+    keys = [o["Key"] for o in c["s3"].list_objects_v2(
+        Bucket=bucket, Prefix=boot["bundle"] + "/")["Contents"]]
+    assert f"{boot['bundle']}/manifest.json" in keys and len(keys) == 4, keys
     group = c["autoscaling"].describe_auto_scaling_groups(
         AutoScalingGroupNames=[task.id])["AutoScalingGroups"][0]
     policy = group["MixedInstancesPolicy"]
@@ -114,7 +124,10 @@ async def test_observe_stop_start_and_find(aws_env):
         assert [e.code for e in seen.events].count("instance-launched") == 2
         await backend.set_capacity(ref, 0)
         assert (await backend.observe(ref)).machines == 0
-        await run_steps(backend.create_steps(task, Launch("s3://b/x", time.time() + 60)))
+        storage = await backend.storage(ref)
+        launch = await Engine(backends={"aws": backend}).launch(backend, ref, storage,
+                                                                time.time() + 60)
+        await run_steps(backend.create_steps(task, launch))
         assert (await backend.observe(ref)).desired == 2
     async with _backend() as fresh:  # another laptop: no index, only tags
         found = await fresh.find(REGION)
