@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -26,6 +27,9 @@ from tpi_core.reports import (BootLog, build_status, count_stop, read_events, re
 from tpi_core.steps import delete_steps, run_steps
 from tpi_core.storage import Storage
 from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
+
+if TYPE_CHECKING:
+    from tpi_core.boot.bundle import Bundle
 
 Report = Callable[[str], None]
 
@@ -56,7 +60,7 @@ class Engine:
         self._report = report or (lambda message: None)
         self._progress = progress_factory or (lambda label: contextlib.nullcontext(None))
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._bundles: dict[tuple[str, str], object] = {}
+        self._bundles: dict[tuple[str, str], Bundle] = {}
 
     async def __aenter__(self) -> Engine:
         return self
@@ -145,7 +149,7 @@ class Engine:
         """The launch of a task: with the agent bundle in place when its backend wants one."""
         if backend.AGENT is None:
             return Launch(storage.url, deadline)
-        from tpi_core.boot import bundle
+        from tpi_core.boot import bundle  # packaging: only for a backend with machines
 
         if backend.AGENT not in self._bundles:
             self._bundles[backend.AGENT] = await anyio.to_thread.run_sync(

@@ -49,8 +49,7 @@ class MachineLog:
         begin = self.lines[0][0]
         total = max(script_start - begin, 0.0)
         marks = self.steps() + [("script", script_start)]
-        parts = [("user-data", begin, marks[0][1])] if marks[0][1] > begin else []
-        parts += [(name, start, marks[i + 1][1]) for i, (name, start) in enumerate(marks[:-1])]
+        parts = [(name, start, marks[i + 1][1]) for i, (name, start) in enumerate(marks[:-1])]
         shares = ", ".join(
             f"{name} {end - start:.1f} s ({(end - start) / total if total else 0:.0%})"
             for name, start, end in parts)

@@ -37,12 +37,14 @@ def machine_boot(*, storage_url: str, agent_url: str, digest: str, wheels: Seque
         raise BackendError("no agent bundle for the task's machines (Launch.agent_url)")
     bucket, prefix = split_url(storage_url)
     agent_bucket, agent_prefix = split_url(agent_url)
+    if agent_bucket != bucket:
+        raise BackendError(f"the agent bundle {agent_url} is not in the task's bucket {bucket}")
     here = resources.files(__package__)
     return MachineBoot(
         fetcher=here.joinpath("bootfetch.py").read_text(),
         shell_fetcher=here.joinpath("bootfetch.sh").read_text(),
         fetcher_config={"bucket": bucket, "region": region, "group": group},
-        bundle=agent_prefix if agent_bucket == bucket else agent_url,
+        bundle=agent_prefix,
         failures=f"{prefix}/reports/boot-failed".lstrip("/"), storage_url=storage_url,
         hooks=HOOKS, digest=digest, wheels=tuple(wheels), python_archive=python,
         imports=("tpi_core.agent", "tpi_aws.agent"),
