@@ -475,12 +475,17 @@ def test_signature_without_a_token_has_no_token_header(monkeypatch):
 # other interpreters, where this machine has them ----------------------------------------
 
 def _other_pythons() -> list[str]:
+    """Each other python3.6 to python3.14 on PATH, or else installed by pyenv."""
     found = []
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
     for minor in sorted(set(range(6, 15)) - {sys.version_info.minor}):
-        path = shutil.which(f"python3.{minor}")
-        if path and subprocess.run([path, "-c", "pass"], capture_output=True,
-                                   check=False).returncode == 0:
-            found.append(path)
+        candidates = [shutil.which(f"python3.{minor}"),
+                      *sorted(map(str, pyenv.glob(f"3.{minor}.*/bin/python3.{minor}")))]
+        for path in filter(None, candidates):
+            if subprocess.run([path, "-c", "pass"], capture_output=True,
+                              check=False).returncode == 0:
+                found.append(path)
+                break
     return found
 
 

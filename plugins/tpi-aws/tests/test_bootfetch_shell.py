@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,10 +29,22 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from tests.emulators import REGION, free_port
-from tests.test_bootfetch import (  # noqa: F401 (imds, proxy: pytest fixtures)
-    INSTANCE, KEY_ID, SECRET, TOKEN, imds, one_line, proxy)
+
+def _sibling(name: str):
+    # this folder is no package: the Python fetcher's tests are loaded by their path
+    spec = importlib.util.spec_from_file_location(f"_tpi_aws_{name}",
+                                                  Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_python = _sibling("test_bootfetch")
+INSTANCE, KEY_ID, SECRET, TOKEN = _python.INSTANCE, _python.KEY_ID, _python.SECRET, _python.TOKEN
+one_line = _python.one_line
+imds, proxy = _python.imds, _python.proxy  # pytest fixtures
 # the same test as for bootfetch.py, collected here with this module's `run` (the shell)
-from tests.test_bootfetch import test_leave_lowers_the_desired_capacity  # noqa: F401, E402
+test_leave_lowers_the_desired_capacity = _python.test_leave_lowers_the_desired_capacity
 
 SCRIPT = Path(__file__).parents[1] / "tpi_aws" / "bootfetch.sh"
 
