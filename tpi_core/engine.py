@@ -12,7 +12,7 @@ import enum
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +20,12 @@ import anyio
 
 from tpi_core import layout, registry
 from tpi_core.backend import Backend, Launch, Observation, TaskRef
-from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError
+from tpi_core.errors import (ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError,
+                             UsageError)
 from tpi_core.model import State, Task, TaskStatus
 from tpi_core.reports import (BootLog, build_status, count_stop, read_events, read_reports,
                               read_spec)
-from tpi_core.steps import delete_steps, run_steps
+from tpi_core.steps import crash_point, delete_steps, run_steps
 from tpi_core.storage import Storage
 from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
 
@@ -98,6 +99,10 @@ class Engine:
             return Planned(task, Action.CREATE, "new task")
         if spec.get("spec_hash") != task.spec_hash():
             return Planned(task, Action.REPLACE, "fields changed that need a new task")
+        if spec.get("destroying"):
+            return Planned(task, Action.CREATE, "an earlier destroy did not finish")
+        if not applied(spec):
+            return Planned(task, Action.CREATE, "an earlier apply did not finish")
         if (spec.get("output"), spec.get("exclude")) != (task.storage.output,
                                                            list(task.storage.exclude)):
             return Planned(task, Action.UPDATE, "storage.output or storage.exclude changed")
@@ -116,7 +121,8 @@ class Engine:
         if item.action == Action.UPDATE:
             storage = await self.storage(TaskRef.of(task))
             spec = await read_spec(storage)
-            await self._write_spec(storage, task, spec["deadline"], spec["created"])
+            await self._write_spec(storage, task, spec["deadline"], spec["created"],
+                                   applied=True)
             self.say(task, "updated storage.output/exclude")
             return
         if item.action == Action.REPLACE:
@@ -124,24 +130,36 @@ class Engine:
         await self._create(task)
 
     async def _create(self, task: Task) -> None:
+        """Upload, create every step, then mark the spec applied: a task whose spec is not
+        marked was interrupted (its next apply finishes it, ``destroy`` removes it).
+
+        Ctrl-C or an error rolls back the steps made and leaves the spec unmarked; a kill
+        (SIGKILL, SIGTERM) leaves the steps too. Either way the next apply completes the
+        task, with the deadline of the first.
+        """
         ref = TaskRef.of(task)
         backend = self.backend(task.cloud)
         self.say(task, f"creating {task.id} on {backend.NAME}")
         storage = await backend.storage(ref, create=task)
-        created = time.time()
-        deadline = created + task.timeout
-        await self._write_spec(storage, task, deadline, created)
-        try:
-            if task.workdir is not None:
-                result = await self.upload(task, storage)
-                self.say(task, f"uploaded {result.moved()}")
-            launch = await self.launch(backend, ref, storage, deadline)
-            await run_steps(backend.create_steps(task, launch), lambda m: self.say(task, m))
-        except BaseException:
-            # without spec.json the next apply plans a create again instead of "unchanged"
-            with anyio.CancelScope(shield=True):
-                await storage.delete([layout.SPEC])
-            raise
+        earlier = await read_spec(storage)
+        if (earlier and earlier.get("spec_hash") == task.spec_hash() and not applied(earlier)
+                and not earlier.get("destroying")):
+            created, deadline = earlier["created"], earlier["deadline"]
+            self.say(task, "finishing an apply that did not finish")
+        else:
+            created = time.time()
+            deadline = created + task.timeout
+        crash_point("apply:spec")
+        await self._write_spec(storage, task, deadline, created, applied=False)
+        if task.workdir is not None:
+            crash_point("apply:upload")
+            result = await self.upload(task, storage)
+            self.say(task, f"uploaded {result.moved()}")
+        crash_point("apply:bundle")
+        launch = await self.launch(backend, ref, storage, deadline)
+        await run_steps(backend.create_steps(task, launch), lambda m: self.say(task, m))
+        crash_point("apply:applied")
+        await self._write_spec(storage, task, deadline, created, applied=True)
         self.say(task, "launched")
 
     async def launch(self, backend: Backend, ref: TaskRef, storage: Storage,
@@ -170,8 +188,9 @@ class Engine:
                 delete=True, manifest=(storage, layout.UPLOAD_MANIFEST), progress=progress)
 
     @staticmethod
-    async def _write_spec(storage: Storage, task: Task, deadline: float, created: float) -> None:
-        spec = {
+    async def _write_spec(storage: Storage, task: Task, deadline: float, created: float, *,
+                          applied: bool) -> None:
+        spec = {"applied": applied,
             "id": task.id, "name": task.name, "cloud": task.cloud, "region": task.region,
             "machine": task.machine, "parallelism": task.parallelism, "spot": task.spot,
             "timeout": task.timeout, "deadline": deadline, "created": created,
@@ -196,7 +215,12 @@ class Engine:
         reports, seen = await _both(lambda: read_reports(storage),
                                     lambda: self.backend(ref.cloud).observe(ref))
         events = await read_events(storage, reports.event_keys)
-        return build_status(spec, reports, seen, events), reports.logs
+        status = build_status(spec, reports, seen, events)
+        if spec.get("destroying"):
+            status = replace(status, state=State.STOPPED, reason=NOT_DESTROYED)
+        elif not applied(spec):
+            status = replace(status, state=State.QUEUED, reason=NOT_APPLIED)
+        return status, reports.logs
 
     async def log_files(self, ref: TaskRef) -> list[BootLog]:
         """Every boot log of the task, in replica and boot order."""
@@ -236,6 +260,8 @@ class Engine:
         spec = await read_spec(storage)
         if spec is None:
             raise TaskNotFound(f"task {task.name} was not applied")
+        if not applied(spec):
+            raise UsageError(f"task {task.name}: {NOT_APPLIED}")
         backend = self.backend(task.cloud)
         launch = await self.launch(backend, TaskRef.of(task), storage, spec["deadline"])
         await run_steps(backend.create_steps(task, launch))
@@ -249,7 +275,12 @@ class Engine:
             pulled = await self.pull(ref, workdir, output)
             self.say(ref, f"downloaded {pulled.moved()} of {output}")
         backend = self.backend(ref.cloud)
+        if spec is not None and not spec.get("destroying"):
+            # from here on the task is visibly half gone until its storage is
+            await storage.write(layout.SPEC, json.dumps(
+                {**spec, "applied": False, "destroying": True}, indent=2).encode())
         await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m))
+        crash_point("destroy:storage")
         try:
             await storage.delete_prefix("")
         except ResourceNotFound:
@@ -261,6 +292,18 @@ class Engine:
         """Every task the named backends find without a local index."""
         found = await gather([lambda c=c: self.backend(c).find(region) for c in clouds])
         return [ref for refs in found for ref in refs]
+
+
+NOT_APPLIED = ("its apply did not finish (interrupted, or running now): "
+               "`tpi apply` finishes it, `tpi destroy` removes it")
+NOT_DESTROYED = ("its destroy did not finish (interrupted, or running now): "
+                 "`tpi destroy` finishes it, `tpi apply` makes the task again")
+
+
+def applied(spec: dict) -> bool:
+    """Whether the apply that wrote ``spec`` finished (a spec from before the mark was
+    kept counts as applied)."""
+    return bool(spec.get("applied", True))
 
 
 async def gather(calls):

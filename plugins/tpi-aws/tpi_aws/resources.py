@@ -204,8 +204,14 @@ async def create_role(c: AwsClient, name: str, policy: dict, tags: Mapping[str, 
     profile = (await c.call("iam", "get_instance_profile",
                             InstanceProfileName=name))["InstanceProfile"]
     if not any(role["RoleName"] == name for role in profile.get("Roles", [])):
-        await c.call("iam", "add_role_to_instance_profile", InstanceProfileName=name,
-                     RoleName=name)
+        # LimitExceeded: the profile holds a role already, ours when an earlier answer was
+        # lost on the way back (a profile holds one role); checked rather than assumed
+        if await c.call("iam", "add_role_to_instance_profile", ok=("LimitExceeded",),
+                        InstanceProfileName=name, RoleName=name) is None:
+            held = (await c.call("iam", "get_instance_profile",
+                                 InstanceProfileName=name))["InstanceProfile"]["Roles"]
+            if not any(role["RoleName"] == name for role in held):
+                raise BackendError(f"instance profile {name} holds another role")
     return profile["Arn"]
 
 
