@@ -25,6 +25,7 @@ from tpi_core.errors import (ObjectNotFound, ResourceNotFound, TaskNotFound, Tpi
 from tpi_core.model import State, Task, TaskStatus
 from tpi_core.reports import (BootLog, build_status, count_stop, read_events, read_reports,
                               read_spec)
+from tpi_core.retry import retry
 from tpi_core.steps import crash_point, delete_steps, run_steps
 from tpi_core.storage import Storage
 from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
@@ -198,7 +199,7 @@ class Engine:
             "spec_hash": task.spec_hash(), "output": task.storage.output,
             "exclude": list(task.storage.exclude), "tags": dict(task.tags),
         }
-        await storage.write(layout.SPEC, json.dumps(spec, indent=2).encode())
+        await retry(storage.write, layout.SPEC, json.dumps(spec, indent=2).encode())
 
     # read -------------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class Engine:
         spec = await read_spec(storage)
         if spec is None:
             return TaskStatus(ref.task_id, ref.name, ref.cloud, State.DESTROYED), []
-        reports, seen = await _both(lambda: read_reports(storage),
+        reports, seen = await _both(lambda: retry(read_reports, storage),
                                     lambda: self.backend(ref.cloud).observe(ref))
         events = await read_events(storage, reports.event_keys)
         status = build_status(spec, reports, seen, events)
@@ -224,12 +225,12 @@ class Engine:
 
     async def log_files(self, ref: TaskRef) -> list[BootLog]:
         """Every boot log of the task, in replica and boot order."""
-        return (await read_reports(await self.storage(ref))).logs
+        return (await retry(read_reports, await self.storage(ref))).logs
 
     async def read_log(self, ref: TaskRef, log: BootLog, offset: int = 0) -> bytes:
         """A boot log's bytes from ``offset`` on."""
         try:
-            data = await (await self.storage(ref)).read(log.key)
+            data = await retry((await self.storage(ref)).read, log.key)
         except ObjectNotFound:
             return b""
         return data[offset:]
@@ -277,12 +278,12 @@ class Engine:
         backend = self.backend(ref.cloud)
         if spec is not None and not spec.get("destroying"):
             # from here on the task is visibly half gone until its storage is
-            await storage.write(layout.SPEC, json.dumps(
+            await retry(storage.write, layout.SPEC, json.dumps(
                 {**spec, "applied": False, "destroying": True}, indent=2).encode())
         await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m))
         crash_point("destroy:storage")
         try:
-            await storage.delete_prefix("")
+            await retry(storage.delete_prefix, "")
         except ResourceNotFound:
             pass
         self.say(ref, "destroyed")

@@ -17,6 +17,7 @@ from tpi_core import layout
 from tpi_core.backend import Observation
 from tpi_core.errors import ObjectNotFound, ResourceNotFound
 from tpi_core.model import Event, ReplicaState, ReplicaStatus, State, TaskStatus
+from tpi_core.retry import retry
 from tpi_core.storage import Storage
 
 
@@ -47,7 +48,7 @@ class Reports:
 async def read_spec(storage: Storage) -> dict | None:
     """The task's spec.json, or None when the task has no storage (never applied or gone)."""
     try:
-        return json.loads(await storage.read(layout.SPEC))
+        return json.loads(await retry(storage.read, layout.SPEC))
     except (ObjectNotFound, ResourceNotFound):
         return None
 
@@ -55,7 +56,7 @@ async def read_spec(storage: Storage) -> dict | None:
 async def read_stops(storage: Storage) -> int:
     """How many times ``tpi stop`` stopped the task (``reports/stops.json``; 0 without it)."""
     try:
-        return int(json.loads(await storage.read(layout.STOPS)).get("stops", 0))
+        return int(json.loads(await retry(storage.read, layout.STOPS)).get("stops", 0))
     except (ObjectNotFound, ValueError, AttributeError):
         return 0
 
@@ -64,7 +65,7 @@ async def count_stop(storage: Storage) -> None:
     """Record one more ``tpi stop``: the next boot of each replica then resumes the task
     rather than recovering it (only the CLI writes this object)."""
     stops = await read_stops(storage) + 1
-    await storage.write(layout.STOPS, json.dumps({"stops": stops}).encode())
+    await retry(storage.write, layout.STOPS, json.dumps({"stops": stops}).encode())
 
 
 async def read_reports(storage: Storage) -> Reports:
@@ -92,7 +93,8 @@ async def read_reports(storage: Storage) -> Reports:
 
     async def load(replica: int, key: str) -> None:
         try:
-            statuses[replica] = ReplicaStatus.from_json(json.loads(await storage.read(key)))
+            statuses[replica] = ReplicaStatus.from_json(
+                json.loads(await retry(storage.read, key)))
         except (ObjectNotFound, ValueError):
             pass
 
@@ -111,7 +113,7 @@ async def read_reports(storage: Storage) -> Reports:
 async def _failure_reason(storage: Storage, log: BootLog) -> str:
     """The ``boot failed: STEP: LAST LINE`` line of a failed boot's log."""
     try:
-        text = (await storage.read(log.key)).decode("utf-8", "replace")
+        text = (await retry(storage.read, log.key)).decode("utf-8", "replace")
     except ObjectNotFound:
         return ""
     for line in reversed(text.splitlines()):
@@ -126,7 +128,7 @@ async def read_events(storage: Storage, keys: list[str]) -> list[Event]:
     found: list[Event] = []
     for key in keys:
         try:
-            text = (await storage.read(key)).decode("utf-8", "replace")
+            text = (await retry(storage.read, key)).decode("utf-8", "replace")
         except ObjectNotFound:
             continue
         for line in text.splitlines():

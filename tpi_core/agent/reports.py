@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-import anyio
 
 from tpi_core import layout
-from tpi_core.errors import ObjectNotFound, TransientError
+from tpi_core.errors import ObjectNotFound
 from tpi_core.model import Event, ReplicaStatus
+from tpi_core.retry import retry
 from tpi_core.storage import Storage
 
-T = TypeVar("T")
-_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
-
-
-async def retry(fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
-    """Call ``fn`` again after a short pause while it raises TransientError."""
-    for delay in _RETRY_DELAYS:
-        try:
-            return await fn(*args, **kwargs)
-        except TransientError:
-            await anyio.sleep(delay)
-    return await fn(*args, **kwargs)
+__all__ = ["Reports", "retry"]
 
 
 class Reports:

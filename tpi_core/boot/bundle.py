@@ -39,6 +39,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from tpi_core.errors import BackendError, ObjectNotFound, UsageError
+from tpi_core.retry import retry
 from tpi_core.storage import Storage
 
 CORE = ("tpi", "tpi_core")
@@ -266,11 +267,11 @@ async def publish(bundle: Bundle, storage: Storage) -> tuple[str, bool]:
     ``(prefix, uploaded)``. The manifest goes last: a bundle with a manifest is whole."""
     prefix = bundle.digest
     try:
-        await storage.read(f"{prefix}/{MANIFEST}")
+        await retry(storage.read, f"{prefix}/{MANIFEST}")
         return prefix, False
     except ObjectNotFound:
         pass
     for name, data in sorted(bundle.files.items()):
-        await storage.write(f"{prefix}/{name}", data)
-    await storage.write(f"{prefix}/{MANIFEST}", bundle.manifest())
+        await retry(storage.write, f"{prefix}/{name}", data)
+    await retry(storage.write, f"{prefix}/{MANIFEST}", bundle.manifest())
     return prefix, True

@@ -16,7 +16,7 @@ import anyio
 
 from tpi_aws.client import AwsClient
 from tpi_aws.machines import ImageQuery
-from tpi_core.errors import BackendError, TransientError
+from tpi_core.errors import BackendError, TpiError, TransientError
 
 TAG_TASK, TAG_MANAGED, TAG_NAME, TAG_CONTAINER = ("tpi:task", "tpi:managed", "tpi:name",
                                                   "tpi:container")
@@ -218,8 +218,17 @@ async def create_role(c: AwsClient, name: str, policy: dict, tags: Mapping[str, 
 async def delete_role(c: AwsClient, name: str) -> None:
     """Delete the instance profile, then the role and its policy."""
     gone = ("NoSuchEntity",)
-    await c.call("iam", "remove_role_from_instance_profile", ok=gone,
-                 InstanceProfileName=name, RoleName=name)
+    try:
+        await c.call("iam", "remove_role_from_instance_profile", ok=gone,
+                     InstanceProfileName=name, RoleName=name)
+    except TpiError:
+        # a retry after a lost answer finds the role gone: AWS says NoSuchEntity, moto
+        # answers 500; either way the profile no longer holding the role is what counts
+        profile = await c.call("iam", "get_instance_profile", ok=gone,
+                               InstanceProfileName=name)
+        if profile and any(role["RoleName"] == name
+                           for role in profile["InstanceProfile"].get("Roles", [])):
+            raise
     await c.call("iam", "delete_instance_profile", ok=gone, InstanceProfileName=name)
     await c.call("iam", "delete_role_policy", ok=gone, RoleName=name, PolicyName=POLICY_NAME)
     await c.call("iam", "delete_role", ok=gone, RoleName=name)

@@ -67,6 +67,13 @@ async def delete_group(c: AwsClient, name: str, wait: float = 900) -> None:
         if time.monotonic() > limit:
             raise TransientError(f"the Auto Scaling group {name} is still being deleted")
         await anyio.sleep(5)
+    # an instance of the task that is in no group (detached, or launched by a create whose
+    # answer was lost and retried) is not deleted with it: terminate it by its tag
+    left = [i["InstanceId"] for i in await group_instances(c, name)
+            if i.get("State", {}).get("Name") in ("pending", "running", "stopping", "stopped")]
+    if left:
+        await c.call("ec2", "terminate_instances", InstanceIds=left,
+                     ok=("InvalidInstanceID.NotFound",))
 
 
 async def _group_listed(c: AwsClient, name: str) -> bool:
