@@ -243,6 +243,9 @@ class Engine:
         spec = await read_spec(storage)
         if spec is None:
             raise TaskNotFound(f"task {ref.name or ref.task_id} has no storage (not applied?)")
+        output = output or spec.get("output") or ""
+        if not output:
+            raise UsageError(f"task {ref.name or ref.task_id} has no storage.output to download")
         exclude = spec.get("exclude", [])
         prefix = output.strip("/") + "/"
         with self._progress(f"{ref.name or ref.task_id} pull") as progress:
@@ -272,6 +275,7 @@ class Engine:
         pulled = None
         storage = await self.storage(ref)
         spec = await read_spec(storage)
+        output = output or (spec or {}).get("output") or ""
         if spec is not None and workdir is not None and output:
             pulled = await self.pull(ref, workdir, output)
             self.say(ref, f"downloaded {pulled.moved()} of {output}")
@@ -294,7 +298,45 @@ class Engine:
         found = await gather([lambda c=c: self.backend(c).find(region) for c in clouds])
         return [ref for refs in found for ref in refs]
 
+    async def search(self, clouds: Sequence[str], region: str | None = None,
+                     ) -> tuple[list[TaskRef], list[str]]:
+        """Every task the named backends find, skipping a backend that cannot search (no
+        credentials, no configuration, no answer in :data:`SEARCH_TIMEOUT` seconds):
+        ``(found, why each skipped backend was skipped)``."""
+        found: list[TaskRef] = []
+        skipped: list[str] = []
 
+        async def one(cloud: str) -> None:
+            try:
+                with anyio.fail_after(SEARCH_TIMEOUT):
+                    found.extend(await self.backend(cloud).find(region))
+            except (TpiError, TimeoutError) as exc:
+                skipped.append(f"{cloud}: {str(exc) or 'no answer'}")
+
+        async with anyio.create_task_group() as tg:
+            for cloud in clouds:
+                tg.start_soon(one, cloud)
+        return sorted(found, key=lambda r: (r.cloud, r.region, r.task_id)), sorted(skipped)
+
+    async def locate(self, task_id: str, clouds: Sequence[str],
+                     region: str | None = None) -> TaskRef:
+        """The task with this id, found by the backends' names and tags (``tpi status ID``
+        from any folder); :class:`TaskNotFound` when none has it."""
+        found, skipped = await self.search(clouds, region)
+        refs = {(r.cloud, r.region): r for r in found if r.task_id == task_id}
+        if len(refs) == 1:
+            return next(iter(refs.values()))
+        where = ", ".join(clouds) + (f" in {region}" if region else "")
+        if refs:
+            raise TaskNotFound(f"task {task_id} is in more than one place ("
+                               + ", ".join(f"{c} {r}" for c, r in refs) + "): give --cloud "
+                               "and --region")
+        raise TaskNotFound(f"no task {task_id} found ({where}"
+                           + (f"; not searched: {'; '.join(skipped)}" if skipped else "") + ")")
+
+
+SEARCH_TIMEOUT = 30.0
+"""Seconds a backend may take to search for tasks before it is skipped."""
 NOT_APPLIED = ("its apply did not finish (interrupted, or running now): "
                "`tpi apply` finishes it, `tpi destroy` removes it")
 NOT_DESTROYED = ("its destroy did not finish (interrupted, or running now): "

@@ -77,11 +77,13 @@ class Index:
             entries[entry.name] = entry
             self._save(entries)
 
-    def remove(self, name: str) -> None:
-        """Forget a task (after destroy)."""
+    def remove(self, name: str, task_id: str | None = None) -> None:
+        """Forget a task (after destroy); with ``task_id``, only if the entry is that task."""
         with self._locked():
             entries = self.entries()
-            if entries.pop(name, None) is not None:
+            entry = entries.get(name)
+            if entry is not None and task_id in (None, entry.task_id):
+                del entries[name]
                 self._save(entries)
 
     @contextlib.contextmanager

@@ -17,10 +17,11 @@ file_option = click.option(
     "-f", "--file", "tasks_file", default=DEFAULT_FILE, show_default=True,
     type=click.Path(dir_okay=False), help="The tasks file (its .tpi/ index sits beside it).")
 cloud_option = click.option(
-    "--cloud", default="local", show_default=True,
-    help="Backend of a task given by id rather than by name.")
-region_option = click.option("--region", default="us-west", show_default=True,
-                             help="Region of a task given by id.")
+    "--cloud", default=None,
+    help="Backend of a task given by id (default: search every installed backend).")
+region_option = click.option(
+    "--region", default=None,
+    help="Region of a task given by id (default: search the backend's regions).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class Target:
     task: Task | None = None
     workdir: Path | None = None
     output: str = ""
+    by_id: bool = False
+    """Found by its id alone: its output comes into this folder, as its spec names it."""
 
     @property
     def label(self) -> str:
@@ -45,9 +48,14 @@ def load_tasks(tasks_file: str, names: tuple[str, ...] = ()) -> list[Task]:
     return config.load(Path(tasks_file), names)
 
 
-def resolve(tasks_file: str, names: tuple[str, ...], cloud: str = "local",
-            region: str = "us-west") -> list[Target]:
-    """Targets for task names or ids: from the tasks file first, then the index, then ids."""
+def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,
+            region: str | None = None, run=None) -> list[Target]:
+    """Targets for task names or ids: from the tasks file first, then the index, then ids.
+
+    A task id found in neither is looked for by the backends' names and tags (``--cloud``,
+    or every installed backend; ``--region``, or every region they search), through
+    ``run`` (the CLI's one sync/async seam); one that no backend has is TaskNotFound.
+    """
     from tpi_core.identifier import is_task_id
     from tpi_core.index import Index
 
@@ -67,8 +75,22 @@ def resolve(tasks_file: str, names: tuple[str, ...], cloud: str = "local",
             workdir = Path(entry.workdir) if entry.workdir else None
             targets.append(Target(entry.ref(), None, workdir, entry.output))
         elif is_task_id(name):
-            targets.append(Target(TaskRef(name, cloud, region)))
+            targets.append(Target(_locate(name, cloud, region, run), None, Path.cwd(),
+                                  by_id=True))
         else:
             known = ", ".join(sorted({*tasks, *entries})) or "none"
             raise TaskNotFound(f"{tasks_file}: no task {name!r} (tasks: {known})")
     return targets
+
+
+def _locate(task_id: str, cloud: str | None, region: str | None, run) -> TaskRef:
+    from tpi_core import registry
+    from tpi_core.engine import Engine
+
+    clouds = [registry.canonical(cloud)] if cloud else registry.backend_names()
+
+    async def locate() -> TaskRef:
+        async with Engine() as engine:
+            return await engine.locate(task_id, clouds, region)
+
+    return run(locate)

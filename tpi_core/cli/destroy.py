@@ -23,7 +23,7 @@ def command(app: Application, names, tasks_file, cloud, region, yes) -> int:
     """
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region)
+    targets = resolve(tasks_file, names, cloud, region, app.run)
     labels = ", ".join(t.label for t in targets)
     if not targets:
         app.say("nothing to destroy")
@@ -46,7 +46,7 @@ async def _destroy(app: Application, tasks_file: str, targets) -> None:
 
     async def one(target) -> None:
         await engine.destroy(target.ref, target.workdir, target.output)
-        index.remove(target.ref.name)
+        index.remove(target.ref.name, target.ref.task_id)
 
     async with Engine(app.say, progress_factory(app)) as engine:
         await gather([lambda t=t: one(t) for t in targets])

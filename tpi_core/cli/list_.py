@@ -11,7 +11,7 @@ from tpi_core.cli._tasks import file_option
 @click.command("list")
 @file_option
 @click.option("--cloud", "clouds", multiple=True,
-              help="Backends to search (default: local plus the clouds of indexed tasks).")
+              help="Backends to search (default: every installed backend).")
 @click.option("--region", default=None, help="Region to search in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
 @pass_app
@@ -21,9 +21,13 @@ def command(app: Application, tasks_file, clouds, region, as_json) -> int:
 
     from tpi_core.index import Index
 
+    from tpi_core import registry
+
     entries = Index(Path(tasks_file).parent).entries()
-    clouds = clouds or tuple(sorted({"local", *(e.cloud for e in entries.values())}))
-    found = app.run(_find, list(clouds), region)
+    clouds = [registry.canonical(c) for c in clouds] or registry.backend_names()
+    found, skipped = app.run(_find, clouds, region)
+    for reason in skipped:  # a backend with no credentials or configuration here
+        app.say(f"not searched: {reason}")
     indexed = {e.task_id for e in entries.values()}
     rows = [{"id": r.task_id, "name": r.name, "cloud": r.cloud, "region": r.region,
              "indexed": r.task_id in indexed} for r in found]
@@ -41,4 +45,4 @@ async def _find(clouds, region):
     from tpi_core.engine import Engine
 
     async with Engine() as engine:
-        return await engine.find(clouds, region)
+        return await engine.search(clouds, region)

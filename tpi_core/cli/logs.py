@@ -20,7 +20,7 @@ def command(app: Application, names, tasks_file, cloud, region, follow) -> int:
     """Print the logs of tasks, each line prefixed by task[replica.boot]."""
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region)
+    targets = resolve(tasks_file, names, cloud, region, app.run)
     return app.run(_logs, app, targets, follow)
 
 

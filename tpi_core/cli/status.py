@@ -20,7 +20,7 @@ def command(app: Application, names, tasks_file, cloud, region, as_json, events)
     """Show the state of tasks (all tasks of the file and index when none is named)."""
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region)
+    targets = resolve(tasks_file, names, cloud, region, app.run)
     statuses = app.run(_statuses, targets)
     if as_json:
         app.out_json([s.to_json() for s in statuses])

@@ -18,7 +18,7 @@ def command(app: Application, names, tasks_file, cloud, region) -> int:
     """Stop the machines of tasks; `tpi start` resumes them from their synced state."""
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region)
+    targets = resolve(tasks_file, names, cloud, region, app.run)
     app.run(_stop, app, targets)
     return 0
 

@@ -151,8 +151,8 @@ async def test_create_steps_in_order_with_resolved_inputs():
     fake = FakeClient()
     await create(make_task(), fake)
     creates = [op for op in fake.operations() if op.startswith(("create", "put"))]
-    assert creates == ["create_security_group", "create_role", "put_role_policy",
-                       "create_instance_profile", "put_parameter", "create_launch_template",
+    assert creates == ["create_role", "put_role_policy", "create_instance_profile",
+                       "create_security_group", "put_parameter", "create_launch_template",
                        "create_auto_scaling_group", "put_scheduled_update_group_action"]
     template = fake.params("create_launch_template")["LaunchTemplateData"]
     assert template["ImageId"] == "ami-new" and template["InstanceType"] == "m5.2xlarge"

@@ -1,12 +1,14 @@
 """The AWS backend: an Auto Scaling group of task machines and an S3 prefix per task.
 
-``create_steps`` lists the task's resources in TPI's order (``task/aws/task.go``), each
-tagged ``tpi:task``/``tpi:managed`` plus the task's tags, and ``delete_steps`` the same list
-for deletion in reverse::
+``create_steps`` lists the task's resources (TPI's order, ``task/aws/task.go``, but the role
+first), each tagged ``tpi:task``/``tpi:managed`` plus the task's tags, and ``delete_steps``
+the same list for deletion in reverse::
 
+    IAM role + profile      only the task's prefix, the agent bundles, its parameter,
+                            leaving its own group (skipped with ``permission_set``: the
+                            user's profile is used); first, so deleted last: a global
+                            resource goes only once the regional ones are gone
     security group          default VPC, no inbound rule
-    IAM role + profile      only the task's prefix, its parameter, leaving its own group
-                            (skipped with ``permission_set``: the user's profile is used)
     environment parameter   SSM SecureString /tpi/<id>/environment (only with values)
     launch template         image, disk, user-data that starts the agent (nothing secret)
     Auto Scaling group      default subnets, spot mix, capacity = parallelism, and a
@@ -29,7 +31,7 @@ import anyio
 from tpi_aws import machines, resources, scaling, userdata
 from tpi_aws.client import AwsClient
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
-from tpi_core.errors import ResourceNotFound, UsageError
+from tpi_core.errors import ResourceNotFound, TpiError, UsageError
 from tpi_core.identifier import is_task_id
 from tpi_core.model import Event, Task
 from tpi_core.steps import Step
@@ -263,10 +265,10 @@ class AWSBackend(Backend):
         _check_permission_set(task.permission_set)
 
     def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        """Security group, role, environment, template, group (see the module docstring)."""
+        """Role, security group, environment, template, group (see the module docstring)."""
         plan = _Creation(self, task, launch)
         deletes = self.delete_steps(TaskRef.of(task))
-        creates = [plan.security_group, plan.role, plan.environment, plan.template,
+        creates = [plan.role, plan.security_group, plan.environment, plan.template,
                    plan.group]
         return [Step(d.description, create, d.delete) for d, create in zip(deletes, creates)]
 
@@ -274,10 +276,12 @@ class AWSBackend(Backend):
         """The same resources, found from the task id alone."""
         c, name = self.client(ref.region), ref.task_id
         parameter = resources.parameter_name(name)
+        # the global role comes first, so it is deleted last: only once the task's regional
+        # resources are gone (a destroy in the wrong region must not strip a live task)
         return [
-            Step(f"security group {name}", delete=lambda: resources.delete_security_group(c, name)),
             Step(f"IAM role and instance profile {name}",
                  delete=lambda: resources.delete_role(c, name)),
+            Step(f"security group {name}", delete=lambda: resources.delete_security_group(c, name)),
             Step(f"environment parameter {parameter}",
                  delete=lambda: resources.delete_environment(c, parameter)),
             Step(f"launch template {name}",
@@ -299,14 +303,20 @@ class AWSBackend(Backend):
         """Tasks of a region (default: every region alias) from group tags and bucket prefixes."""
         regions = [region] if region else sorted(set(machines.REGIONS.values()))
         found: list[TaskRef] = []
+        failed: list[TpiError] = []
 
         async def one(name: str) -> None:
             c = self.client(name)
-            found.extend(await find_tasks(c, f"tpi-{await self.account(c)}-{c.region}"))
+            try:
+                found.extend(await find_tasks(c, f"tpi-{await self.account(c)}-{c.region}"))
+            except TpiError as exc:  # a region the account cannot use is no reason to stop
+                failed.append(exc)
 
         async with anyio.create_task_group() as tg:
             for name in regions:
                 tg.start_soon(one, name)
+        if failed and len(failed) == len(regions):
+            raise failed[0]
         return sorted(found, key=lambda r: (r.region, r.task_id))
 
     @classmethod
