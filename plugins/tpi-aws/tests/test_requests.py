@@ -207,5 +207,5 @@ async def test_delete_steps_mirror_create_steps():
     backend._clients["us-west-1"] = fake
     await delete_steps(backend.delete_steps(TaskRef.of(task)))
     assert [op for op in fake.operations() if op.startswith("delete")] == [
-        "delete_auto_scaling_group", "delete_parameter", "delete_instance_profile",
-        "delete_role_policy", "delete_role", "delete_security_group"]
+        "delete_auto_scaling_group", "delete_parameter", "delete_security_group",
+        "delete_instance_profile", "delete_role_policy", "delete_role"]  # IAM, global, last
