@@ -73,6 +73,9 @@ class Observation:
     machines: int = 0
     desired: int = 0
     events: tuple[Event, ...] = ()
+    lost: bool = False
+    """What runs and recovers the task is gone while it still wants machines (a local
+    supervisor killed): nothing will run it until ``apply`` or ``start`` brings it back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ class Action(enum.StrEnum):
     UNCHANGED = "unchanged"
     UPDATE = "update"
     REPLACE = "replace"
+    RESTART = "restart"
+    """Applied, but what ran it is gone (a dead local supervisor, a deleted group)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,9 @@ class Engine:
         if (spec.get("output"), spec.get("exclude")) != (task.storage.output,
                                                            list(task.storage.exclude)):
             return Planned(task, Action.UPDATE, "storage.output or storage.exclude changed")
+        seen = await self.backend(task.cloud).observe(TaskRef.of(task))
+        if seen.lost or not seen.exists:  # reconcile with what the cloud really holds
+            return Planned(task, Action.RESTART, "its machines are gone: starting them again")
         return Planned(task, Action.UNCHANGED, "")
 
     async def apply(self, planned: Sequence[Planned]) -> list[Planned]:
@@ -125,6 +130,10 @@ class Engine:
             await self._write_spec(storage, task, spec["deadline"], spec["created"],
                                    applied=True)
             self.say(task, "updated storage.output/exclude")
+            return
+        if item.action == Action.RESTART:
+            await self.start(task)
+            self.say(task, "started again: its machines were gone")
             return
         if item.action == Action.REPLACE:
             await self.destroy(TaskRef.of(task), task.workdir, task.storage.output)

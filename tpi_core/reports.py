@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 
@@ -140,6 +140,10 @@ async def read_events(storage: Storage, keys: list[str]) -> list[Event]:
     return found
 
 
+LOST = ("its machines were lost with what ran them (the local supervisor died): "
+        "`tpi apply` or `tpi start` runs the task again from its last sync")
+
+
 def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
                  seen: Observation, boot_failures: int = 0) -> State:
     """The task state from replica reports plus what the cloud shows (DESIGN.md section 4).
@@ -156,6 +160,8 @@ def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
         return State.FAILED if ReplicaState.FAILED in states else State.SUCCEEDED
     if boot_failures >= MAX_FAILURES:
         return State.FAILED
+    if seen.lost:
+        return State.STOPPED
     if not seen.exists:
         return State.STOPPED if replicas else State.QUEUED
     if seen.desired == 0:
@@ -172,6 +178,12 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
     """Put spec, reports and observation together into a :class:`TaskStatus`."""
     count = int(spec.get("parallelism", 1))
     replicas = tuple(reports.statuses.get(i, ReplicaStatus(i)) for i in range(count))
+    reason = reports.failure_reason
+    if seen.lost and not all(r.state.final for r in replicas):
+        # their machines are gone with what ran them: lost, as a preempted replica is
+        replicas = tuple(replace(r, state=ReplicaState.PREEMPTED)
+                         if r.state == ReplicaState.RUNNING else r for r in replicas)
+        reason = LOST
     failures = len(reports.boot_failures)
     state = derive_state(count, replicas, seen, failures)
     everything = sorted([*events, *seen.events], key=lambda e: e.time)
@@ -180,7 +192,7 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
         state=state, parallelism=count, replicas=replicas,
         recoveries=sum(r.recoveries for r in replicas),
         machines=seen.machines, created=spec.get("created"), deadline=spec.get("deadline"),
-        events=tuple(everything), reason=reports.failure_reason, boot_failures=failures)
+        events=tuple(everything), reason=reason, boot_failures=failures)
 
 
 def group_logs(logs: list[BootLog]) -> dict[int, list[BootLog]]:

@@ -187,7 +187,10 @@ class LocalBackend(Backend):
     def _observe(self, compute: ComputeDir) -> Observation:
         if not compute.path.is_dir():
             return Observation(exists=False)
-        return Observation(True, len(compute.live_agents()), compute.desired, compute.events())
+        desired = compute.desired
+        lost = (desired > 0 and not (compute.path / "finished").exists()
+                and compute.supervisor_pid() is None)
+        return Observation(True, len(compute.live_agents()), desired, compute.events(), lost)
 
     def _known(self) -> dict[str, dict]:
         """Task id -> what is known of it: storage specs, then launch files."""

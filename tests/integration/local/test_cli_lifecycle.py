@@ -194,3 +194,31 @@ def test_interrupting_a_follow_says_the_task_goes_on(project):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert status(project)["state"] == "running"  # daemonless: nothing stopped it
     tpi(project, "destroy", "--yes")
+
+
+def test_a_killed_supervisor_is_reported_lost_and_apply_runs_the_task_again(
+        project, _isolated_tpi):
+    import signal
+
+    from tpi_core.backends._compute import ComputeDir
+
+    write_tasks(project, epochs=12, parallelism=2)
+    tpi(project, "apply")
+    _wait_for(project, lambda s: s["state"] == "running" and _epoch_logged(project, 3))
+    task_id = status(project)["task_id"]
+    compute = ComputeDir(_isolated_tpi / "compute" / task_id)
+    victims = [compute.supervisor_pid(), *compute.live_agents().values()]
+    assert len(victims) == 3 and all(victims)
+    for pid in victims:  # the supervisor and its agents, as kill -9 would
+        os.kill(pid, signal.SIGKILL)
+    _wait_for(project, lambda s: not compute.live_agents() and s["state"] == "stopped")
+    lost = status(project)  # one poll: lost, nothing said to be running
+    assert lost["counts"]["running"] == 0 and "supervisor died" in lost["reason"], lost
+    assert tpi(project, "logs", "--follow", check=False).returncode == 1  # it ends
+    again = json.loads(tpi(project, "apply", "--json").stdout)[0]
+    assert again["action"] == "restart"
+    assert tpi(project, "logs", "--follow").returncode == 0
+    done = status(project)
+    assert done["state"] == "succeeded" and done["counts"]["succeeded"] == 2, done
+    tpi(project, "destroy", "--yes")
+    assert (project / "results" / "epoch.txt").read_text().strip() == "12"
