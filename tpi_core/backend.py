@@ -156,6 +156,18 @@ class Backend(ABC):
 
         raise BackendError(f"backend {self.NAME!r} cannot stop or start tasks")
 
+    async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
+        """After ``set_capacity(ref, 0)``: wait until no machine of the task runs any more,
+        so each agent's final flush is in storage; False when ``timeout`` passed first.
+        Default: until :meth:`observe` counts no machine."""
+        import anyio
+
+        with anyio.move_on_after(timeout):
+            while (await self.observe(ref)).machines:
+                await anyio.sleep(1.0)
+            return True
+        return False
+
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Every tpi task this backend finds by its names and tags, with no local index."""
         return []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from tpi_core import layout, registry
-from tpi_core.backend import Backend, Launch, Observation, TaskRef
+from tpi_core.backend import Backend, Capability, Launch, Observation, TaskRef
 from tpi_core.errors import (ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError,
                              UsageError)
 from tpi_core.model import State, Task, TaskStatus
@@ -280,15 +280,25 @@ class Engine:
         await run_steps(backend.create_steps(task, launch))
 
     async def destroy(self, ref: TaskRef, workdir: Path | None, output: str) -> SyncResult | None:
-        """Pull the output, delete every resource in reverse order, then the task's storage."""
+        """Stop the machines (each agent flushes what its script wrote), pull the output,
+        delete every resource in reverse order, then the task's storage."""
         pulled = None
         storage = await self.storage(ref)
         spec = await read_spec(storage)
+        backend = self.backend(ref.cloud)
+        if spec is not None and Capability.STOP_START in backend.CAPABILITIES:
+            seen = await backend.observe(ref)
+            if seen.exists and seen.machines:
+                self.say(ref, f"stopping {seen.machines} machine(s); each agent saves its "
+                              "output first")
+                await backend.set_capacity(ref, 0)
+                if not await backend.wait_stopped(ref, STOP_GRACE):
+                    self.say(ref, f"machines still running after {STOP_GRACE:g} s: "
+                                  "pulling what they saved")
         output = output or (spec or {}).get("output") or ""
         if spec is not None and workdir is not None and output:
             pulled = await self.pull(ref, workdir, output)
             self.say(ref, f"downloaded {pulled.moved()} of {output}")
-        backend = self.backend(ref.cloud)
         if spec is not None and not spec.get("destroying"):
             # from here on the task is visibly half gone until its storage is
             await retry(storage.write, layout.SPEC, json.dumps(
@@ -344,6 +354,8 @@ class Engine:
                            + (f"; not searched: {'; '.join(skipped)}" if skipped else "") + ")")
 
 
+STOP_GRACE = 150.0
+"""How long destroy waits for a running task's machines to stop (a spot notice is 120 s)."""
 SEARCH_TIMEOUT = 30.0
 """Seconds a backend may take to search for tasks before it is skipped."""
 NOT_APPLIED = ("its apply did not finish (interrupted, or running now): "

@@ -299,6 +299,18 @@ class AWSBackend(Backend):
         """Scale the task's group (stop: 0, start: parallelism)."""
         await scaling.set_capacity(self.client(ref.region), ref.task_id, machines)
 
+    async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
+        """Until EC2 has no instance of the task left that could still be flushing (the
+        group stops counting an instance as soon as it starts terminating)."""
+        c = self.client(ref.region)
+        with anyio.move_on_after(timeout):
+            while any(i.get("State", {}).get("Name") in ("pending", "running", "shutting-down",
+                                                         "stopping")
+                      for i in await scaling.group_instances(c, ref.task_id)):
+                await anyio.sleep(2.0)
+            return True
+        return False
+
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Tasks of a region (default: every region alias) from group tags and bucket prefixes."""
         regions = [region] if region else sorted(set(machines.REGIONS.values()))

@@ -222,3 +222,38 @@ def test_a_killed_supervisor_is_reported_lost_and_apply_runs_the_task_again(
     assert done["state"] == "succeeded" and done["counts"]["succeeded"] == 2, done
     tpi(project, "destroy", "--yes")
     assert (project / "results" / "epoch.txt").read_text().strip() == "12"
+
+
+def test_destroying_a_running_task_keeps_what_it_wrote_last(project, tmp_path, monkeypatch):
+    mirror = tmp_path / "written.txt"  # outside the task: what the script last wrote
+    monkeypatch.setenv("MIRROR", str(mirror))
+    monkeypatch.setenv("TPI_AGENT_SYNC_INTERVAL", "30")  # no periodic sync saves it for us
+    (project / "tasks.toml").write_text(textwrap.dedent('''
+        [task.count]
+        timeout = "5m"
+        script = """
+        #!/bin/bash
+        mkdir -p results
+        for ((n = 1; ; n++)); do
+          echo $n > results/counter.txt
+          echo $n > "$MIRROR"
+          sleep 0.1
+        done
+        """
+        environment = { MIRROR = "" }
+        [task.count.storage]
+        workdir = "."
+        output = "results"
+        exclude = ["tasks.toml"]
+    '''))
+    tpi(project, "apply")
+    _wait_for(project, lambda s: s["state"] == "running")
+    import time
+
+    time.sleep(2)
+    tpi(project, "destroy", "--yes")
+    written = mirror.read_text().strip()
+    assert int(written) > 5
+    came_back = int((project / "results" / "counter.txt").read_text())
+    # the last value, or one more when the stop fell between the script's two writes
+    assert came_back in (int(written), int(written) + 1), (came_back, written)
