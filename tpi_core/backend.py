@@ -156,6 +156,13 @@ class Backend(ABC):
 
         raise BackendError(f"backend {self.NAME!r} cannot stop or start tasks")
 
+    async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
+        """Rehearse a spot loss of one replica's machine (``tpi debug preempt``): what
+        happened, in one line. A backend with :attr:`Capability.SPOT` implements it."""
+        from tpi_core.errors import BackendError
+
+        raise BackendError(f"backend {self.NAME!r} cannot rehearse a preemption")
+
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
         """After ``set_capacity(ref, 0)``: wait until no machine of the task runs any more,
         so each agent's final flush is in storage; False when ``timeout`` passed first.

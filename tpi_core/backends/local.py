@@ -141,9 +141,10 @@ class LocalBackend(Backend):
             raise TaskNotFound(f"no local task named {name_or_id!r} under {self.root}")
         return ids[0]
 
-    async def preempt(self, task_id: str, replica: int, grace: float) -> str:
+    async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
         """Rehearse a spot preemption: SIGTERM to the replica's agent, SIGKILL to its whole
         machine after ``grace`` seconds. What happened, in one line."""
+        task_id = ref.task_id
         compute = self.compute(task_id)
         pid = compute.live_agents().get(replica)
         if pid is None:

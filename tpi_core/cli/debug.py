@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._tasks import cloud_option, file_option, region_option
 
 
 @click.group(name="debug")
@@ -17,18 +18,36 @@ def command() -> None:
 @click.option("--replica", type=click.IntRange(min=0), default=0, show_default=True,
               help="Index of the replica to preempt.")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds between SIGTERM (the notice) and SIGKILL (the machine is gone).")
+              help="Local tasks: seconds between SIGTERM (the notice) and SIGKILL.")
+@file_option
+@cloud_option
+@region_option
 @pass_app
-def preempt(app: Application, task: str, replica: int, grace: float) -> None:
-    """Preempt a replica of a local TASK (id or name) as a spot machine would be.
+def preempt(app: Application, task: str, replica: int, grace: float, tasks_file, cloud,
+            region) -> None:
+    """Preempt a replica of TASK (name or id) as a spot machine would be.
 
-    The replica's agent gets SIGTERM, the local form of a preemption notice: it flushes
-    logs and files and stops the script. After the grace period everything left of that
-    replica is killed. With spot >= 0 the task's supervisor replaces the replica, which
+    Local: the replica's agent gets SIGTERM, the local form of a preemption notice: it
+    flushes logs and files and stops the script; after the grace period everything left of
+    that replica is killed. AWS: the instance holding the replica is terminated, as a spot
+    loss does. With spot >= 0 the task's supervisor or group replaces the replica, which
     resumes from the last synced state with TPI_ATTEMPT incremented.
     """
-    from tpi_core.backends.local import LocalBackend
+    from tpi_core.backend import TaskRef
+    from tpi_core.cli._tasks import resolve
+    from tpi_core.errors import TaskNotFound
 
-    backend = LocalBackend()
-    message = app.run(backend.preempt, backend.resolve(task), replica, grace)
-    app.say(message)
+    try:
+        ref = resolve(tasks_file, (task,), cloud, region, app.run)[0].ref
+    except TaskNotFound:
+        from tpi_core.backends.local import LocalBackend
+
+        ref = TaskRef(LocalBackend().resolve(task), "local", "")  # a local task by name
+    app.say(app.run(_preempt, ref, replica, grace))
+
+
+async def _preempt(ref, replica: int, grace: float) -> str:
+    from tpi_core.engine import Engine
+
+    async with Engine() as engine:
+        return await engine.backend(ref.cloud).preempt(ref, replica, grace)

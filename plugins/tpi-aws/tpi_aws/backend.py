@@ -299,6 +299,26 @@ class AWSBackend(Backend):
         """Scale the task's group (stop: 0, start: parallelism)."""
         await scaling.set_capacity(self.client(ref.region), ref.task_id, machines)
 
+    async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
+        """What a spot loss does: terminate the instance that holds the replica (its lease),
+        without lowering the group's capacity, so the group launches a replacement. The
+        shutdown gives the agent SIGTERM, and the unit's stop timeout, to flush."""
+        import json
+
+        from tpi_aws.agent import lease_key
+        from tpi_core.errors import ObjectNotFound
+
+        storage = await self.storage(ref)
+        try:
+            instance = json.loads(await storage.read(lease_key(replica)))["instance"]
+        except (ObjectNotFound, ValueError, KeyError):
+            raise UsageError(f"replica {replica} of task {ref.task_id} holds no machine "
+                             "(not started yet?)") from None
+        c = self.client(ref.region)
+        await c.call("ec2", "terminate_instances", InstanceIds=[instance])
+        return (f"preempted replica {replica} of task {ref.task_id}: terminated instance "
+                f"{instance}; its group launches a replacement")
+
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
         """Until EC2 has no instance of the task left that could still be flushing (the
         group stops counting an instance as soon as it starts terminating)."""

@@ -146,3 +146,26 @@ def _check_object_tags(task_id: str) -> None:
         tags = {t["Key"]: t["Value"]
                 for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
         assert tags == {"tpi:task": task_id, "tpi:managed": "true", "project": "e2e"}, key
+
+
+def test_debug_preempt_terminates_the_instance_of_the_replica(aws_env, tmp_path):
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    (workdir / "tasks.toml").write_text(TASKS)
+    agent_env = {**os.environ, "TPI_AGENT_LOG_INTERVAL": "0.5", "TPI_AGENT_SYNC_INTERVAL": "0.5",
+                 "TPI_AWS_NOTICE_INTERVAL": "0.5"}
+    with Ec2Player(REGION, tmp_path / "machines", agent_env) as ec2:
+        tpi(workdir, "apply", "tasks.toml")
+        first = ec2.wait_for(lambda: list(ec2.machines), 30, "a machine")[0]
+        ec2.wait_for(lambda: "epoch 2" in logs(workdir), 60, "epoch 2 in tpi logs")
+        said = tpi(workdir, "debug", "preempt", "train").stderr
+        assert f"terminated instance {first}" in said, said
+        state = clients(REGION)["ec2"].describe_instances(InstanceIds=[first])[
+            "Reservations"][0]["Instances"][0]["State"]["Name"]
+        assert state in ("shutting-down", "terminated")
+        ec2.wait_for(lambda: [i for i in ec2.machines if i != first], 30, "a replacement")
+        done = ec2.wait_for(lambda: (s := status(workdir))["state"] in (
+            "succeeded", "failed", "timed_out") and s, 120, "the task to end")
+        assert done["state"] == "succeeded" and done["recoveries"] == 1, done
+    tpi(workdir, "destroy", "--yes")
+    assert (workdir / "results" / "epoch.txt").read_text() == "8\n"

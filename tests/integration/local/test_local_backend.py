@@ -181,7 +181,7 @@ async def test_an_on_demand_replica_that_is_lost_fails(backend: LocalBackend,
     await apply(backend, task)
     await wait_for(lambda: backend.compute(task.id).live_agents())
     await wait_for(lambda: statuses(backend, task)[0].state == ReplicaState.RUNNING)
-    await backend.preempt(task.id, 0, grace=5)
+    await backend.preempt(TaskRef.of(task), 0, grace=5)
     [done] = await wait_final(backend, task)
     assert (done.state, done.reason) == (ReplicaState.FAILED, "machine lost")
     await wait_for(lambda: backend.compute(task.id).supervisor_pid() is None)
