@@ -262,6 +262,25 @@ class K8sBackend(Backend):
             raise TaskNotFound(f"no Job {ref.task_id} in namespace {namespace}")
         await resources.set_suspended(c, namespace, ref.task_id, machines_ == 0)
 
+    async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
+        """What an eviction or a lost node does: delete the replica's pod (it gets SIGTERM
+        and its grace period to flush); the Job makes a replacement."""
+        c = self.client()
+        namespace = await c.namespace()
+        labels = {manifests.LABEL_TASK: ref.task_id, manifests.LABEL_ROLE: manifests.ROLE_AGENT}
+        pods = [pod for pod in await resources.labelled(c, namespace, "pods", labels)
+                # the API filters by label; a server that does not is filtered here too
+                if pod["metadata"].get("labels", {}).get(manifests.LABEL_TASK) == ref.task_id
+                and not pod["metadata"].get("deletionTimestamp")
+                and pod["metadata"].get("annotations", {}).get(observe.INDEX_KEY)
+                == str(replica)]
+        if not pods:
+            raise UsageError(f"replica {replica} of task {ref.task_id} has no pod running")
+        name = pods[0]["metadata"]["name"]
+        await resources.delete(c, namespace, "pods", name)
+        return (f"preempted replica {replica} of task {ref.task_id}: deleted pod {name}; "
+                "its Job makes a replacement")
+
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Tasks of the namespace, from the labels of their Jobs and storage servers."""
         c = self.client()

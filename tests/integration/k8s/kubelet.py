@@ -51,6 +51,8 @@ class Container:
     ready: bool = False
     reported: bool = False
     kill_at: float | None = None
+    meta: dict | None = None
+    """The pod's metadata at start, for the events of a pod the API no longer has."""
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -75,6 +77,9 @@ class Kubelet:
                     container.kill_at is None):
                 container.signal(signal.SIGTERM)
                 container.kill_at = time.monotonic() + 30
+                if container.meta is not None and not self.killed(container):
+                    await self.event({"metadata": container.meta}, "Pod", "Killing",
+                                     "Stopping container agent")
             elif container.kill_at and time.monotonic() > container.kill_at:
                 container.signal(signal.SIGKILL)
         for key, pod in live.items():
@@ -113,7 +118,8 @@ class Kubelet:
         index = meta.get("annotations", {}).get(INDEX_KEY)
         self.containers[key] = Container(*key, meta["uid"], process, log, claims, probe,
                                          owners[0] if owners else "",
-                                         int(index) if index is not None else None)
+                                         int(index) if index is not None else None,
+                                         meta=dict(meta))
         await self.patch(pod_path(pod) + "/status", {"status": _running(container, False)})
         await self.event(pod, "Pod", "Started", f"Started container {container['name']}")
 
@@ -174,6 +180,12 @@ class Kubelet:
         pod = await self.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
         await self.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
         await self.event(pod, "Pod", "Killing", "Stopping container agent")
+        if (container := self.containers.get((namespace, name))) is not None:
+            container.meta = None  # its Killing event is said
+
+    def killed(self, container: Container) -> bool:
+        """Whether the container's process ended already (no Killing event for it)."""
+        return container.process.poll() is not None
 
     def stop_all(self) -> None:
         for container in self.containers.values():

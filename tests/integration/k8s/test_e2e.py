@@ -103,7 +103,8 @@ async def test_task_lifecycle_on_the_emulated_api(api, kmock_url, kubeconfig, tm
                        and "epoch 2" in log0.read_text(), "replica 1 done, replica 0 at 2",
                        cluster)
         first = next(n for n in cluster.created if n.startswith(f"{task_id}-0-"))
-        await cluster.delete_pod(NAMESPACE, first)
+        said = (await tpi(workdir, "debug", "preempt", "train", "--replica", "0")).stderr
+        assert f"deleted pod {first}" in said.decode()  # as an eviction does
         await wait_for(lambda: [n for n in cluster.created if n.startswith(f"{task_id}-0-")
                                 and n != first], "a replacement pod", cluster)
         await wait_for(lambda: all(_final(storage, i) for i in (0, 1)), "both replicas",
