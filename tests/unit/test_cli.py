@@ -94,6 +94,18 @@ def test_the_file_may_also_be_named_with_f_as_for_every_other_command(tmp_path, 
     assert code == 2 and "missing.toml: no such file" in err
 
 
+def test_logs_f_follows_and_takes_the_file_as_capital_f(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other.toml").write_text('[task.a]\nscript = "true"\n')
+    # -f is --follow (a flag, as kubectl's and tail's), so the file is -F here
+    code, _, err = run_main(["logs", "-f", "-F", "missing.toml", "a"], capsys)
+    assert code == 2 and "missing.toml: no such file" in err
+    code, _, err = run_main(["logs", "-f", "-F", "other.toml", "nope"], capsys)
+    assert code == 3 and "no task 'nope'" in err
+    code, _, err = run_main(["logs", "-f", "other.toml"], capsys)  # a task name now
+    assert code in (2, 3) and "other.toml" in err
+
+
 def test_validate_prints_tasks_as_json(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SECRET", "value-never-shown")

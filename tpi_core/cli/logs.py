@@ -5,15 +5,17 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import FOLLOW_HINT, Application, interrupt_hint, pass_app
-from tpi_core.cli._tasks import cloud_option, file_option, region_option
+from tpi_core.cli._tasks import DEFAULT_FILE, cloud_option, region_option
 
 
 @click.command("logs")
 @click.argument("names", nargs=-1, metavar="[TASK]...")
-@file_option
+@click.option("-F", "--file", "tasks_file", default=DEFAULT_FILE, show_default=True,
+              type=click.Path(dir_okay=False),
+              help="The tasks file (-F here: -f is --follow, as in kubectl and tail).")
 @cloud_option
 @region_option
-@click.option("--follow", "-F", is_flag=True,
+@click.option("--follow", "-f", is_flag=True,
               help="Keep printing new lines until the tasks end; exit with their result.")
 @pass_app
 def command(app: Application, names, tasks_file, cloud, region, follow) -> int:
