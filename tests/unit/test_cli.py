@@ -99,7 +99,7 @@ def test_logs_f_follows_and_takes_the_file_as_capital_f(tmp_path, capsys, monkey
     (tmp_path / "other.toml").write_text('[task.a]\nscript = "true"\n')
     # -f is --follow (a flag, as kubectl's and tail's), so the file is -F here
     code, _, err = run_main(["logs", "-f", "-F", "missing.toml", "a"], capsys)
-    assert code == 2 and "missing.toml: no such file" in err
+    assert code == 3 and "missing.toml: no task 'a'" in err
     code, _, err = run_main(["logs", "-f", "-F", "other.toml", "nope"], capsys)
     assert code == 3 and "no task 'nope'" in err
     code, _, err = run_main(["logs", "-f", "other.toml"], capsys)  # a task name now
