@@ -204,5 +204,11 @@ def group_logs(logs: list[BootLog]) -> dict[int, list[BootLog]]:
 
 
 def elapsed(status: TaskStatus, now: float | None = None) -> float:
-    """Seconds since the task was created."""
-    return max(0.0, (now or time.time()) - (status.created or time.time()))
+    """Seconds since the task was created; for a task that ended, until its last replica
+    finished (the clock stops with the task)."""
+    end = now or time.time()
+    if status.state.final:
+        finished = [r.finished for r in status.replicas if r.finished]
+        if finished:
+            end = min(end, max(finished))
+    return max(0.0, end - (status.created or end))

@@ -236,3 +236,16 @@ async def test_pull_refuses_hostile_keys_and_writes_nothing_outside(tmp_path, fa
     after = {p for p in tmp_path.rglob("*")}
     assert not [p for p in after - before if p.is_file()]
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_elapsed_stops_when_the_task_ends():
+    from tpi_core.model import TaskStatus
+    from tpi_core.reports import elapsed
+
+    replicas = (ReplicaStatus(0, ReplicaState.SUCCEEDED, finished=150.0),
+                ReplicaStatus(1, ReplicaState.FAILED, finished=160.0))
+    ended = TaskStatus("t", "n", "local", State.FAILED, 2, replicas, created=100.0)
+    assert elapsed(ended, now=10_000.0) == 60.0  # not 9,900: its clock stopped at 160
+    running = TaskStatus("t", "n", "local", State.RUNNING, 2,
+                         (replicas[0], ReplicaStatus(1, ReplicaState.RUNNING)), created=100.0)
+    assert elapsed(running, now=500.0) == 400.0
