@@ -61,6 +61,23 @@ async def follow(engine: Engine, targets: Sequence[Target], emit: Emit) -> list[
     return [final[t.ref.task_id] for t in targets]
 
 
+def outcome(status: TaskStatus) -> str:
+    """``failed (replica 0 exited 3; replica 1 timed out)``: the state and, when the task
+    did not succeed, what each replica that did not succeed ended with."""
+    from tpi_core.model import ReplicaState
+
+    why = []
+    for replica in status.replicas:
+        if replica.state == ReplicaState.FAILED and replica.exit_code is not None:
+            why.append(f"replica {replica.index} exited {replica.exit_code}")
+        elif replica.state not in (ReplicaState.SUCCEEDED, ReplicaState.PENDING):
+            why.append(f"replica {replica.index} {replica.state.value.replace('_', ' ')}")
+    if status.reason:
+        why.append(status.reason)
+    text = status.state.value
+    return f"{text} ({'; '.join(why)})" if why and status.state != State.SUCCEEDED else text
+
+
 def exit_code(statuses: Sequence[TaskStatus]) -> int:
     """0 when all succeeded, 5 when any timed out, else 1."""
     states = {s.state for s in statuses}

@@ -49,7 +49,7 @@ def command(app: Application, args: tuple[str, ...], tasks_file: str | None, wai
 
 
 async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
-    from tpi_core.cli._follow import exit_code, follow
+    from tpi_core.cli._follow import exit_code, follow, outcome
     from tpi_core.cli._progress import progress_factory
     from tpi_core.cli._tasks import Target
     from tpi_core.engine import Engine
@@ -68,7 +68,7 @@ async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
         interrupt_hint.append(FOLLOW_HINT)
         statuses = await follow(engine, targets, app.out)
         for status in statuses:
-            app.say(f"{status.name}: {status.state.value}")
+            app.say(f"{status.name}: {outcome(status)}")
         return exit_code(statuses)
 
 

@@ -37,7 +37,7 @@ async def _logs(app: Application, targets, follow: bool) -> int:
             statuses = await _follow.follow(engine, targets, app.out)
             for target, status in zip(targets, statuses):
                 if status.state != State.SUCCEEDED:  # say why the exit code is not 0
-                    app.say(f"{target.label}: {status.state}")
+                    app.say(f"{target.label}: {_follow.outcome(status)}")
             return _follow.exit_code(statuses)
         for target in targets:
             await _follow.print_new_logs(engine, target, {}, app.out)

@@ -257,3 +257,15 @@ def test_destroying_a_running_task_keeps_what_it_wrote_last(project, tmp_path, m
     came_back = int((project / "results" / "counter.txt").read_text())
     # the last value, or one more when the stop fell between the script's two writes
     assert came_back in (int(written), int(written) + 1), (came_back, written)
+
+
+def test_apply_wait_of_a_failed_task_prints_the_exit_code(project):
+    (project / "tasks.toml").write_text(textwrap.dedent('''
+        [task.broken]
+        timeout = "5m"
+        script = "echo trying; exit 3"
+    '''))
+    waited = tpi(project, "apply", "--wait", check=False)
+    assert waited.returncode == 1
+    assert "broken: failed (replica 0 exited 3)" in waited.stderr, waited.stderr
+    tpi(project, "destroy", "--yes")
