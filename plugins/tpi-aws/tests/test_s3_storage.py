@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 import os
 import subprocess
@@ -700,3 +701,48 @@ def test_a_whole_body_is_taken_as_the_answer_to_bytes_0_only(tmp_path) -> None:
         server.shutdown()
         server.server_close()
     assert path.read_bytes() == body
+
+
+@pytest.mark.anyio
+async def test_an_empty_object_answered_206_with_a_missing_byte_does_not_stall(
+        tmp_path, monkeypatch) -> None:
+    """s3rver answers ``Range: bytes=0-...`` of an empty object with 206,
+    ``Content-Range: bytes 0-0/0`` and ``Content-Length: 1``, and sends no body: a client
+    that waits for the byte stalls until its read timeout (60 s a file)."""
+    import http.server
+    import threading
+
+    import anyio
+
+    from tpi_aws.storage import S3Storage
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes 0-0/0")
+            self.send_header("Content-Length", "1")
+            self.send_header("ETag", f'"{hashlib.md5(b"").hexdigest()}"')
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(30)  # the promised byte never comes
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        async with S3Storage.from_url("s3://bucket/p", region="us-east-1") as storage:
+            with anyio.fail_after(10):
+                await storage.download("empty.txt", tmp_path / "empty.txt")
+        assert (tmp_path / "empty.txt").read_bytes() == b""
+    finally:
+        server.shutdown()
+        server.server_close()

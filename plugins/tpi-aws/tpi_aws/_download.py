@@ -139,6 +139,11 @@ async def _head_of(what: str, resp: Any, path: Path, progress: Progress | None) 
     etag = resp.headers.get("ETag", "").strip('"')
     expected = etag if is_md5_etag(etag, resp.headers) else None
     total = _object_size(resp)
+    if total == 0:
+        # an empty object: some servers (s3rver) answer a range of it with 206, a
+        # Content-Length of 1 and no body; waiting for that byte stalled each empty file
+        # for the read timeout. Its connection is not reused: the body was not read.
+        return _Head(0, etag, expected, b"")
     if total > MEMORY_MAX and not (resp.status == 206 and total > RANGES_FROM):
         digest = hashlib.md5(usedforsecurity=False) if expected else None
         whole = resp.content_length == total  # else the range was honoured
