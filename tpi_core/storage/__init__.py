@@ -8,6 +8,8 @@ a URL alone.
 
 from __future__ import annotations
 
+import os
+
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -122,6 +124,13 @@ class Storage(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def cut_name(name: str, size: int = 180) -> str:
+    """The first ``size`` bytes of a file name, for a temporary name built on it (file
+    systems count bytes: 80 CJK characters are 240); a character cut in two stays bytes,
+    as the operating system takes them."""
+    return os.fsdecode(os.fsencode(name)[:size])
 
 
 def join(*parts: str) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import anyio
 
 from tpi_core.errors import ObjectNotFound, UnsafePathError
-from tpi_core.storage import ObjectInfo, Progress, Storage
+from tpi_core.storage import ObjectInfo, Progress, Storage, cut_name
 
 _CHUNK = 1 << 20
 INLINE_IO = 64 << 10
@@ -142,7 +142,7 @@ def _entry(entry: os.DirEntry) -> tuple[str, bool, int, float]:
 
 def _temp_for(path: Path) -> Path:
     # a counter, not id(path): two writers of one key must never share a temporary file
-    return path.with_name(f"{_TMP_MARK}{os.getpid()}-{next(_TEMP_IDS)}-{path.name[:180]}")
+    return path.with_name(f"{_TMP_MARK}{os.getpid()}-{next(_TEMP_IDS)}-{cut_name(path.name)}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -23,7 +23,7 @@ import anyio
 
 from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError, UsageError
-from tpi_core.storage import Storage
+from tpi_core.storage import Storage, cut_name
 from tpi_core.storage.local import checked_key
 from tpi_core.sync import manifest as mf
 from tpi_core.sync import spill
@@ -37,7 +37,9 @@ from tpi_core.sync.upload import Listing, OldManifest, local_root, manifest_and_
 from tpi_core.sync.walk import PART_MARK, LocalFile, walk
 
 IN_THE_WAY = (IsADirectoryError, NotADirectoryError, FileExistsError)
-_TEMP_ID = uuid.uuid4().hex[:8]  # per process; a counter makes each temporary name unique
+_TEMP_ID = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+"""Per process (its pid first: a later walk removes the leftovers of a process that died);
+a counter makes each temporary name unique."""
 _TEMPS = itertools.count()
 INLINE_PLACE = 64 << 10
 """Files up to this size are checked and renamed on the event loop when no hash is due."""
@@ -208,7 +210,7 @@ class _Download(SyncRun):
         self.done(size)
 
     async def _fetch(self, action: Fetch, target: Path, moved) -> int:
-        temp = target.with_name(f".{target.name[:180]}{PART_MARK}{_TEMP_ID}-{next(_TEMPS)}")
+        temp = target.with_name(f".{cut_name(target.name)}{PART_MARK}{_TEMP_ID}-{next(_TEMPS)}")
         try:
             await self.remote.download(action.key, temp, moved)
             verified = self.remote.VERIFIES_MD5

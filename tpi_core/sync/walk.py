@@ -14,6 +14,7 @@ Only the directories on the way down are held, each in a bounded
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def _sorted(root: Path, directory: str, base: str, excludes: Excludes) -> Iterat
 
 def _visit(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> Item | None:
     if PART_MARK in entry.name:
+        _remove_leftover(entry)
         return None
     if entry.is_symlink():
         return None if excludes.excluded(key) else _link(root, entry, key, excludes)
@@ -147,3 +149,20 @@ def _link(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> Local
 
 def _file(key: str, path: str, stat: os.stat_result) -> LocalFile:
     return LocalFile(key, path, stat.st_size, stat.st_mtime_ns)
+
+
+def _remove_leftover(entry: os.DirEntry) -> None:
+    """Remove a temporary download file whose process died (a killed pull or sync): its name
+    says ``<PART_MARK><pid>.<id>-<n>``. One of a live process, or of another form, stays."""
+    pid = entry.name.rpartition(PART_MARK)[2].partition(".")[0]
+    if not pid.isdigit() or not entry.is_file(follow_symlinks=False):
+        return
+    try:
+        os.kill(int(pid), 0)
+        return  # alive (or not ours to signal): perhaps still downloading
+    except ProcessLookupError:
+        pass
+    except (PermissionError, OverflowError, ValueError):
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(entry.path)

@@ -30,6 +30,7 @@ import anyio
 from aiohttp import web
 
 from tpi_core.errors import UnsafePathError
+from tpi_core.storage import cut_name
 from tpi_core.storage.local import LocalStorage, checked_key
 from tpi_k8s.storage import CHUNK, MARK_HEADER, TOKEN_HEADER
 
@@ -109,7 +110,7 @@ async def _put(request: web.Request) -> web.Response:
     path = _inside(request.app[_ROOT], request.query.get("key", ""))
     await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
     _inside(request.app[_ROOT], request.query["key"])  # again, now that the parents exist
-    temp = path.with_name(f"{_TMP_MARK}{os.getpid()}-{id(request)}-{path.name[:180]}")
+    temp = path.with_name(f"{_TMP_MARK}{os.getpid()}-{id(request)}-{cut_name(path.name)}")
     try:
         handle = await anyio.open_file(temp, "wb")
         async with handle:
