@@ -125,9 +125,23 @@ def _task(key: str, table: Any, source: str, base: Path, environ: Mapping[str, s
     except _Invalid as exc:
         raise ConfigError(source, str(exc), task=key, key=exc.key) from None
     task_id = _task_id(key, values.pop("name", None), base)
-    values["environment"] = _environment(values.get("environment", {}), values, environ)
+    declared = values.get("environment", {})
+    values["environment"] = _environment(declared, values, environ)
+    values["unset"] = tuple(k for k, v in declared.items()
+                            if "*" not in k and not v and k not in environ)
     return Task(name=key, id=task_id, base_dir=base, source=source,
                 **{"cloud": DEFAULT_CLOUD, **values})
+
+
+def check_environment(tasks: Sequence[Task]) -> None:
+    """Raise ConfigError for an ``environment`` name to copy from here that is not set here
+    (the task would run with it empty): apply, plan and validate call this."""
+    for task in tasks:
+        if task.unset:
+            name = task.unset[0]
+            raise ConfigError(task.source, f"{name} is not set in this environment, and "
+                              f"{name} = \"\" copies it from there: set it, or give a value",
+                              task=task.name, key=f"environment.{name}")
 
 
 def _validate(table: Any, validators: Mapping[str, Callable], base: Path,

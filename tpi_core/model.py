@@ -85,6 +85,9 @@ class Task:
     storage: StorageSpec = field(default_factory=StorageSpec)
     base_dir: Path = Path(".")
     source: str = "tasks.toml"
+    unset: tuple[str, ...] = ()
+    """``environment`` names given as ``""`` (copy from the local environment) that the
+    local environment does not have: an error for apply, plan and validate."""
 
     @property
     def workdir(self) -> Path | None:

@@ -140,3 +140,16 @@ def test_exit_skips_the_last_garbage_collection(tmp_path):
                           cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "frozen True"
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "apply"])
+def test_an_unset_environment_name_to_copy_stops_launching_with_one_line(tmp_path, capsys,
+                                                                          monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / "tasks.toml").write_text(
+        '[task.a]\nscript = "true"\nenvironment = { HF_TOKEN = "" }\n')
+    code, out, err = run_main([command], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "tasks.toml: task 'a': key 'environment.HF_TOKEN'" in err and "not set" in err
+    assert not (tmp_path / ".tpi").exists()  # nothing was launched or recorded

@@ -374,3 +374,18 @@ def test_good_files_load_with_valid_unique_ids(name):
     tasks = config.load(DATA / "good" / name, environ={})
     assert tasks and all(is_task_id(t.id) for t in tasks)
     assert len({t.id for t in tasks}) == len(tasks)
+
+
+def test_an_environment_name_to_copy_that_is_unset_is_an_error_for_launching(tmp_path):
+    from tpi_core.cli._tasks import load_tasks
+    from tpi_core.errors import ConfigError
+
+    path = tmp_path / "tasks.toml"
+    path.write_text('[task.t]\nscript = "true"\nenvironment = { TPI_TEST_NOT_SET = "", A = "1" }\n')
+    tasks = load_tasks(str(path))  # status, logs, destroy: fine without it
+    assert tasks[0].unset == ("TPI_TEST_NOT_SET",)
+    with pytest.raises(ConfigError) as raised:
+        load_tasks(str(path), launching=True)
+    message = str(raised.value)
+    assert "tasks.toml" in message and "'t'" in message
+    assert "environment.TPI_TEST_NOT_SET" in message and "is not set in this environment" in message

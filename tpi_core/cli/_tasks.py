@@ -41,11 +41,16 @@ class Target:
         return self.ref.name or self.ref.task_id
 
 
-def load_tasks(tasks_file: str, names: tuple[str, ...] = ()) -> list[Task]:
-    """The tasks of a file (all, or the named ones)."""
+def load_tasks(tasks_file: str, names: tuple[str, ...] = (), *,
+               launching: bool = False) -> list[Task]:
+    """The tasks of a file (all, or the named ones). ``launching`` (apply, plan, validate,
+    start): every environment value to copy from here must be set here."""
     from tpi_core import config
 
-    return config.load(Path(tasks_file), names)
+    tasks = config.load(Path(tasks_file), names)
+    if launching:
+        config.check_environment(tasks)
+    return tasks
 
 
 def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,

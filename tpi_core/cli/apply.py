@@ -44,7 +44,7 @@ def command(app: Application, args: tuple[str, ...], tasks_file: str | None, wai
     from tpi_core.cli._tasks import load_tasks
 
     tasks_file, names = split_args(args, tasks_file)
-    tasks = load_tasks(tasks_file, names)
+    tasks = load_tasks(tasks_file, names, launching=True)
     return app.run(_apply, app, tasks_file, tasks, wait, replace, as_json)
 
 

@@ -17,7 +17,7 @@ def command(app: Application, args, tasks_file, as_json) -> int:
     """Show for each task whether apply would create, keep, update or replace it."""
     from tpi_core.cli._tasks import load_tasks
     tasks_file, names = split_args(args, tasks_file)
-    planned = app.run(_plan, load_tasks(tasks_file, names))
+    planned = app.run(_plan, load_tasks(tasks_file, names, launching=True))
     rows = [{"task": p.task.name, "id": p.task.id, "cloud": p.task.cloud,
              "action": p.action.value, "reason": p.reason} for p in planned]
     if as_json:

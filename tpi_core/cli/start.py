@@ -16,7 +16,7 @@ def command(app: Application, names, tasks_file) -> int:
     """Start stopped tasks again (they need their tasks file: the environment comes from it)."""
     from tpi_core.cli._tasks import load_tasks
 
-    tasks = load_tasks(tasks_file, names)
+    tasks = load_tasks(tasks_file, names, launching=True)
     app.run(_start, app, tasks)
     return 0
 

@@ -17,7 +17,7 @@ def command(app: Application, args, tasks_file, as_json) -> int:
     """Check a tasks file; print each task with its id and resolved settings."""
     from tpi_core.cli._tasks import load_tasks
     tasks_file, names = split_args(args, tasks_file)
-    tasks = load_tasks(tasks_file, names)
+    tasks = load_tasks(tasks_file, names, launching=True)
     rows = [_row(t) for t in tasks]
     if as_json:
         app.out_json(rows)
