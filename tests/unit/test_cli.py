@@ -116,6 +116,7 @@ def test_validate_prints_tasks_as_json(tmp_path, capsys, monkeypatch):
     assert code == 0 and rows[0]["parallelism"] == 3 and rows[0]["task"] == "a"
     assert "SECRET" in rows[0]["environment"]
     assert "value-never-shown" not in out + err
+    assert "region" not in rows[0] and "image" not in rows[0]  # a local task has neither
 
 
 def test_help_lists_every_command_and_exit_codes(capsys):

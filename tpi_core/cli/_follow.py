@@ -75,12 +75,16 @@ def outcome(status: TaskStatus) -> str:
     if status.reason:
         why.append(status.reason)
     text = status.state.value
+    if status.state == State.STOPPED and not status.reason:  # by `tpi stop`
+        return "stopped: `tpi start` resumes it, `tpi destroy` ends it"
     return f"{text} ({'; '.join(why)})" if why and status.state != State.SUCCEEDED else text
 
 
 def exit_code(statuses: Sequence[TaskStatus]) -> int:
-    """0 when all succeeded, 5 when any timed out, else 1."""
+    """0 when all succeeded or were stopped by ``tpi stop``, 5 when any timed out, else 1
+    (a task stopped for another reason, a lost supervisor, counts as failed)."""
     states = {s.state for s in statuses}
-    if states <= {State.SUCCEEDED}:
+    if all(s.state == State.SUCCEEDED or (s.state == State.STOPPED and not s.reason)
+           for s in statuses):
         return 0
     return 5 if State.TIMED_OUT in states else 1

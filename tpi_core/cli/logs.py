@@ -40,5 +40,22 @@ async def _logs(app: Application, targets, follow: bool) -> int:
                     app.say(f"{target.label}: {_follow.outcome(status)}")
             return _follow.exit_code(statuses)
         for target in targets:
-            await _follow.print_new_logs(engine, target, {}, app.out)
+            status, logs = await engine.status_and_logs(target.ref)
+            if not logs:
+                app.say(f"{target.label}: no log yet: {_waiting(status)}")
+                continue
+            await _follow.print_new_logs(engine, target, {}, app.out, logs)
     return 0
+
+
+def _waiting(status) -> str:
+    """Why a task has no log yet, in a few words."""
+    from tpi_core.model import State
+
+    if status.state == State.DESTROYED:
+        return "the task has no storage (not applied, or destroyed)"
+    if status.reason:
+        return status.reason
+    if status.machines:
+        return f"{status.machines} machine(s) up, waiting for the first agent to report"
+    return f"{status.state.value}, waiting for the first boot"

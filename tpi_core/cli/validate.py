@@ -29,8 +29,11 @@ def command(app: Application, args, tasks_file, as_json) -> int:
 
 
 def _row(task) -> dict:
-    return {"task": task.name, "id": task.id, "cloud": task.cloud, "region": task.region,
-            "machine": task.machine, "image": task.image, "spot": task.spot,
-            "parallelism": task.parallelism, "timeout": task.timeout,
-            "environment": sorted(task.environment), "workdir": str(task.workdir or ""),
-            "output": task.storage.output}
+    row = {"task": task.name, "id": task.id, "cloud": task.cloud, "region": task.region,
+           "machine": task.machine, "image": task.image, "spot": task.spot,
+           "parallelism": task.parallelism, "timeout": task.timeout,
+           "environment": sorted(task.environment), "workdir": str(task.workdir or ""),
+           "output": task.storage.output}
+    if task.cloud == "local":  # this computer: no region, no image
+        del row["region"], row["image"]
+    return row

@@ -62,6 +62,9 @@ def test_status_pull_and_destroy_by_id_from_an_empty_folder(aws_env, tmp_path):
     assert {"id": task_id, "name": "far", "cloud": "aws", "region": REGION,
             "indexed": False} in listed
 
+    waiting = tpi(elsewhere, "logs", task_id)  # no machine booted here: no log, and why
+    assert waiting.returncode == 0 and "far: no log yet: 1 machine(s) up, waiting for the " \
+        "first agent to report" in waiting.stderr, waiting.stderr
     pulled = tpi(elsewhere, "pull", task_id)
     assert pulled.returncode == 0, pulled.stderr
     assert (elsewhere / "results" / "model.txt").read_text() == "weights\n"

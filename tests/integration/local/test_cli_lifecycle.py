@@ -122,6 +122,8 @@ def test_stop_then_start_resumes_without_counting_a_recovery(project):
     _wait_for(project, lambda s: s["state"] == "running" and _epoch_logged(project, 2))
     tpi(project, "stop", "train")
     _wait_for(project, lambda s: s["state"] == "stopped")
+    stopped = tpi(project, "logs", "-f")  # ends at once: exit 0, and how to go on
+    assert "train: stopped: `tpi start` resumes it" in stopped.stderr
     tpi(project, "start", "train")
     assert tpi(project, "logs", "--follow").returncode == 0
     final = status(project)
