@@ -101,7 +101,7 @@ class Engine:
         if spec is None:
             return Planned(task, Action.CREATE, "new task")
         if spec.get("spec_hash") != task.spec_hash():
-            return Planned(task, Action.REPLACE, "fields changed that need a new task")
+            return Planned(task, Action.REPLACE, f"changed: {', '.join(changed_fields(spec, task))}")
         if spec.get("destroying"):
             return Planned(task, Action.CREATE, "an earlier destroy did not finish")
         if not applied(spec):
@@ -207,6 +207,7 @@ class Engine:
             "script": task.script, "environment_keys": sorted(task.environment),
             "spec_hash": task.spec_hash(), "output": task.storage.output,
             "exclude": list(task.storage.exclude), "tags": dict(task.tags),
+            **_kept_fields(task),
         }
         await retry(storage.write, layout.SPEC, json.dumps(spec, indent=2).encode())
 
@@ -358,6 +359,25 @@ STOP_GRACE = 150.0
 """How long destroy waits for a running task's machines to stop (a spot notice is 120 s)."""
 SEARCH_TIMEOUT = 30.0
 """Seconds a backend may take to search for tasks before it is skipped."""
+def _kept_fields(task: Task) -> dict:
+    """Fields the spec keeps so that plan can name what changed."""
+    return {"image": task.image, "disk_size": task.disk_size,
+            "permission_set": task.permission_set, "workdir": task.storage.workdir,
+            "container": task.storage.container}
+
+
+def changed_fields(spec: dict, task: Task) -> list[str]:
+    """The fields of ``task`` that differ from the applied ``spec``, by name; environment
+    values are known only by their hash, so they are named as a whole."""
+    now = {"cloud": task.cloud, "region": task.region, "machine": task.machine,
+           "parallelism": task.parallelism, "spot": task.spot, "timeout": task.timeout,
+           "script": task.script, "tags": dict(task.tags),
+           "environment": sorted(task.environment), **_kept_fields(task)}
+    was = {**spec, "environment": spec.get("environment_keys")}
+    changed = [name for name, value in now.items() if name in was and was[name] != value]
+    return changed or ["environment values"]
+
+
 NOT_APPLIED = ("its apply did not finish (interrupted, or running now): "
                "`tpi apply` finishes it, `tpi destroy` removes it")
 NOT_DESTROYED = ("its destroy did not finish (interrupted, or running now): "

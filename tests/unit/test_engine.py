@@ -249,3 +249,20 @@ def test_elapsed_stops_when_the_task_ends():
     running = TaskStatus("t", "n", "local", State.RUNNING, 2,
                          (replicas[0], ReplicaStatus(1, ReplicaState.RUNNING)), created=100.0)
     assert elapsed(running, now=500.0) == 400.0
+
+
+def test_plan_names_the_fields_that_changed(tmp_path):
+    from tpi_core.engine import changed_fields
+
+    def task(**fields):
+        text = "\n".join(f"{k} = {v}" for k, v in fields.items())
+        (tmp_path / "tasks.toml").write_text(f'[task.t]\nscript = "true"\n{text}\n')
+        return config.load(tmp_path / "tasks.toml")[0]
+
+    before = task(machine='"m"', parallelism=1)
+    spec = {"cloud": before.cloud, "region": before.region, "machine": "m", "parallelism": 1,
+            "spot": before.spot, "timeout": before.timeout, "script": "true", "tags": {},
+            "environment_keys": sorted(before.environment), "image": before.image,
+            "disk_size": -1, "permission_set": "", "workdir": "", "container": ""}
+    assert changed_fields(spec, task(machine='"l"', parallelism=2)) == ["machine", "parallelism"]
+    assert changed_fields(spec, before) == ["environment values"]  # nothing else to name
