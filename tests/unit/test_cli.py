@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,18 @@ def test_an_unset_environment_name_to_copy_stops_launching_with_one_line(tmp_pat
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "tasks.toml: task 'a': key 'environment.HF_TOKEN'" in err and "not set" in err
     assert not (tmp_path / ".tpi").exists()  # nothing was launched or recorded
+
+
+def test_list_without_cloud_credentials_says_so_in_one_line_a_backend(tmp_path, capsys,
+                                                                      monkeypatch):
+    pytest.importorskip("tpi_aws")
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith(("AWS_", "KUBECONFIG"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    code, out, err = run_main(["list"], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "not searched: aws: " in err and "no AWS credentials" in err
+    assert len([line for line in err.splitlines() if line.startswith("not searched: aws")]) == 1
