@@ -300,6 +300,8 @@ class Engine:
         if spec is not None and workdir is not None and output:
             pulled = await self.pull(ref, workdir, output)
             self.say(ref, f"downloaded {pulled.moved()} of {output}")
+            for skipped in pulled.skipped:
+                self.say(ref, f"skipped {skipped}")
         if spec is not None and not spec.get("destroying"):
             # from here on the task is visibly half gone until its storage is
             await retry(storage.write, layout.SPEC, json.dumps(

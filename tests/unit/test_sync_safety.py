@@ -25,15 +25,18 @@ def everything(root: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("key", ["../x", "/etc/x", "a/../../x", "a/./b", "a\\..\\x"])
-async def test_hostile_keys_are_refused_and_nothing_is_written(tmp_path: Path, key: str) -> None:
+async def test_hostile_keys_are_skipped_named_and_the_rest_fetched(tmp_path: Path,
+                                                                   key: str) -> None:
     remote = MemoryStorage()
     await remote.write("good", b"fine")
     await remote.write(key, b"evil")
     (tmp_path / "box").mkdir()
     dst = tmp_path / "box" / "dst"
-    with pytest.raises(UnsafePathError, match="unsafe storage key"):
-        await download_tree(remote, dst)
-    assert everything(tmp_path) == {"box"}  # not even the destination was created
+    result = await download_tree(remote, dst)
+    assert everything(tmp_path) == {"box", "box/dst", "box/dst/good"}  # nothing outside
+    assert (dst / "good").read_bytes() == b"fine"
+    assert result.skipped == [f"{key}: not a safe local path (.., absolute or backslashed), "
+                              "not fetched"]
 
 
 async def test_hostile_prefix_is_refused(tmp_path: Path) -> None:

@@ -42,3 +42,5 @@ async def _pull(app: Application, targets) -> None:
                                  for t in targets])
     for target, result in zip(targets, results, strict=True):
         app.say(f"{target.label}: {result.moved()} downloaded, {result.unchanged} unchanged")
+        for skipped in result.skipped:
+            app.say(f"{target.label}: skipped {skipped}")

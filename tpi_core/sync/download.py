@@ -56,10 +56,18 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
     excludes = Excludes.coerce(exclude)
     top = checked_key(prefix.strip("/")) if prefix.strip("/") else ""
 
+    unsafe: list[str] = []
+
     def accept(key: str) -> bool:
-        # every key is checked as it is listed: a hostile listing is refused before a single
-        # byte is written
-        return _wanted(key, top, excludes) and bool(checked_key(key))
+        # every key is checked as it is listed: a hostile key (``..``, absolute) is left
+        # out before a single byte is written, named, and the rest is fetched
+        if not _wanted(key, top, excludes):
+            return False
+        try:
+            return bool(checked_key(key))
+        except UnsafePathError:
+            unsafe.append(key)
+            return False
 
     run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry,
                     dry_run=dry_run, max_delete=max_delete)
@@ -78,6 +86,8 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                 await run.delete_local(walk(root, excludes, top), listing)
             if record is not None and dry_run is None:
                 await _record(record, listing, run, old, Path(scratch))
+    run.result.skipped.extend(f"{key}: not a safe local path (.., absolute or backslashed), "
+                              "not fetched" for key in sorted(set(unsafe)))
     return run.result
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tpi_core.identifier import random_id
@@ -65,9 +66,15 @@ def test_status_pull_and_destroy_by_id_from_an_empty_folder(aws_env, tmp_path):
     waiting = tpi(elsewhere, "logs", task_id)  # no machine booted here: no log, and why
     assert waiting.returncode == 0 and "far: no log yet: 1 machine(s) up, waiting for the " \
         "first agent to report" in waiting.stderr, waiting.stderr
+    # a hostile key in the task's storage is skipped and named; the rest comes
+    bucket = f"tpi-123456789012-{REGION}"
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=bucket, Key=f"{task_id}/data/results/../../escaped.txt", Body=b"x")
     pulled = tpi(elsewhere, "pull", task_id)
     assert pulled.returncode == 0, pulled.stderr
     assert (elsewhere / "results" / "model.txt").read_text() == "weights\n"
+    assert "skipped results/../../escaped.txt: not a safe local path" in pulled.stderr
+    assert not (tmp_path / "escaped.txt").exists() and not (elsewhere / "escaped.txt").exists()
 
     missing = random_id("far").long  # a well-formed id that no backend has
     for command in (["status"], ["pull"], ["destroy", "--yes"]):
