@@ -165,6 +165,8 @@ class Engine:
             crash_point("apply:upload")
             result = await self.upload(task, storage)
             self.say(task, f"uploaded {result.moved()}")
+            for skipped in result.skipped:  # symlinks out of the workdir, fifos, bad names
+                self.say(task, f"skipped {skipped}")
         crash_point("apply:bundle")
         launch = await self.launch(backend, ref, storage, deadline)
         await run_steps(backend.create_steps(task, launch), lambda m: self.say(task, m))

@@ -170,3 +170,18 @@ def test_list_without_cloud_credentials_says_so_in_one_line_a_backend(tmp_path, 
     assert code == 0 and "Traceback" not in err
     assert "not searched: aws: " in err and "no AWS credentials" in err
     assert len([line for line in err.splitlines() if line.startswith("not searched: aws")]) == 1
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from tpi_core import config
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "results/model.bin")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tasks.toml").write_text('[task.a]\nscript = "true"\n')
+    monkeypatch.setattr(config, "load", full)
+    code, _, err = run_main(["validate"], capsys)
+    assert code == 1 and err == "tpi: error: No space left on device: results/model.bin\n"

@@ -82,7 +82,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except KeyboardInterrupt:
         _fail(None, 130)
+    except OSError as exc:  # a full disk, a folder not writable: the system's words, one line
+        _fail(_SystemError(exc), 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class _SystemError(Exception):
+    """An OSError as one line: ``No space left on device: results/model.bin``."""
+
+    def __init__(self, exc: OSError):
+        super().__init__(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        self.__cause__ = exc
 
 
 @functools.cache

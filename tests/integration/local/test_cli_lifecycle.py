@@ -271,3 +271,11 @@ def test_apply_wait_of_a_failed_task_prints_the_exit_code(project):
     assert waited.returncode == 1
     assert "broken: failed (replica 0 exited 3)" in waited.stderr, waited.stderr
     tpi(project, "destroy", "--yes")
+
+
+def test_apply_says_what_it_did_not_upload(project, tmp_path):
+    (tmp_path / "outside.txt").write_text("not the task's")
+    (project / "escape").symlink_to(tmp_path / "outside.txt")
+    applied = tpi(project, "apply")
+    assert "train: skipped escape: " in applied.stderr, applied.stderr
+    tpi(project, "destroy", "--yes")
