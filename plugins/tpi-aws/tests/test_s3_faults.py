@@ -17,7 +17,6 @@ import pytest
 
 from tests.faultproxy import KINDS, FaultProxy
 from tpi_aws.storage import S3Storage
-from tpi_core.errors import UnsafePathError
 from tpi_core.storage.sync import RetryPolicy, download_tree, upload_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -140,14 +139,15 @@ def first_try_fails():
     return when
 
 
-async def test_hostile_keys_are_refused_and_nothing_lands_outside(s3, bucket, storage,
+async def test_hostile_keys_are_skipped_and_nothing_lands_outside(s3, bucket, storage,
                                                                  tmp_path):
     for key in ("task/data/../x", "task/data//etc/tpi-hostile", "task/data/ok"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"planted")
     outside = Path("/etc/tpi-hostile")
     assert not outside.exists()
     destination = tmp_path / "inner" / "dest"
-    with pytest.raises(UnsafePathError):
-        await download_tree(storage, destination, retry=PATIENT)
+    result = await download_tree(storage, destination, retry=PATIENT)
     assert not outside.exists()
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    # the safe key comes, each hostile one is named and left out
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [destination / "ok"]
+    assert sorted(line.split(":")[0] for line in result.skipped) == ["../x", "/etc/tpi-hostile"]
