@@ -101,7 +101,8 @@ class Engine:
         if spec is None:
             return Planned(task, Action.CREATE, "new task")
         if spec.get("spec_hash") != task.spec_hash():
-            return Planned(task, Action.REPLACE, f"changed: {', '.join(changed_fields(spec, task))}")
+            changed = ", ".join(changed_fields(spec, task))
+            return Planned(task, Action.REPLACE, f"changed: {changed}")
         if spec.get("destroying"):
             return Planned(task, Action.CREATE, "an earlier destroy did not finish")
         if not applied(spec):

@@ -66,6 +66,10 @@ def outcome(status: TaskStatus) -> str:
     did not succeed, what each replica that did not succeed ended with."""
     from tpi_core.model import ReplicaState
 
+    if status.state == State.STOPPED and not status.reason:  # by `tpi stop`
+        return "stopped: `tpi start` resumes it, `tpi destroy` ends it"
+    if status.state == State.SUCCEEDED:
+        return status.state.value
     why = []
     for replica in status.replicas:
         if replica.state == ReplicaState.FAILED and replica.exit_code is not None:
@@ -74,10 +78,7 @@ def outcome(status: TaskStatus) -> str:
             why.append(f"replica {replica.index} {replica.state.value.replace('_', ' ')}")
     if status.reason:
         why.append(status.reason)
-    text = status.state.value
-    if status.state == State.STOPPED and not status.reason:  # by `tpi stop`
-        return "stopped: `tpi start` resumes it, `tpi destroy` ends it"
-    return f"{text} ({'; '.join(why)})" if why and status.state != State.SUCCEEDED else text
+    return f"{status.state.value} ({'; '.join(why)})" if why else status.state.value
 
 
 def exit_code(statuses: Sequence[TaskStatus]) -> int:
