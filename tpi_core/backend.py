@@ -76,6 +76,8 @@ class Observation:
     lost: bool = False
     """What runs and recovers the task is gone while it still wants machines (a local
     supervisor killed): nothing will run it until ``apply`` or ``start`` brings it back."""
+    first_up: float | None = None
+    """When the first of the running machines came up (epoch seconds), if the cloud says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,13 @@ class Backend(ABC):
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Every tpi task this backend finds by its names and tags, with no local index."""
         return []
+
+    @classmethod
+    def default_region(cls) -> str | None:
+        """The region of a task whose file gives none, from this computer's configuration
+        of the cloud (its CLI's environment variables and files), read with no request;
+        None leaves :data:`~tpi_core.model.DEFAULT_REGION`."""
+        return None
 
     @classmethod
     def machine_types(cls) -> list[MachineType]:

@@ -8,6 +8,7 @@ its value or raises ``_Invalid`` saying what is allowed; the loader makes that a
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
@@ -20,9 +21,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tpi_core import registry
-from tpi_core.errors import ConfigError
+from tpi_core.errors import ConfigError, FieldError, PluginError, UsageError
 from tpi_core.identifier import deterministic, is_task_id
-from tpi_core.model import DEFAULT_MACHINE, DEFAULT_REGION, Secrets, StorageSpec, Task, frozen_map
+from tpi_core.model import (
+    DEFAULT_FILE,
+    DEFAULT_MACHINE,
+    DEFAULT_REGION,
+    Secrets,
+    StorageSpec,
+    Task,
+    frozen_map,
+)
 
 BUILTIN_CLOUDS = ("local", "aws", "gcp", "azure", "k8s")
 DEFAULT_CLOUD = "local"
@@ -96,10 +105,52 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        said = str(exc)
+        opened = _unterminated(text) if ("end of document" in said or "Unterminated" in said
+                                         or "Illegal character '\\n'" in said) else None
+        if opened is not None:  # tomllib says "at end of document", or the line's end
+            line, col, quote = opened
+            raise ConfigError(source, f"invalid TOML: the string opened here with {quote} is "
+                              "never closed", line=line, col=col) from exc
         at = _TOML_AT.search(str(exc))
         where = {"line": int(at[1]), "col": int(at[2])} if at else {}
         reason = str(exc)[:at.start()] if at else str(exc)
         raise ConfigError(source, f"invalid TOML: {reason}", **where) from exc
+
+
+def _unterminated(text: str) -> tuple[int, int, str] | None:
+    """Line, column and quote of the first string that is never closed (a ``"`` or ``'``
+    string must close on its line, a triple-quoted one anywhere), or None."""
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        if char == "#":
+            i = text.find("\n", i)
+            i = end if i < 0 else i
+        elif char in "\"'":
+            quote = text[i:i + 3] if text.startswith(char * 3, i) else char
+            close = _string_end(text, i + len(quote), quote)
+            if close < 0:
+                line = text.count("\n", 0, i) + 1
+                return line, i - text.rfind("\n", 0, i), quote
+            i = close
+        i += 1
+    return None
+
+
+def _string_end(text: str, i: int, quote: str) -> int:
+    """Index of the last character of the string whose body starts at ``i``, or -1."""
+    escapes = quote[0] == '"'
+    while i < len(text):
+        if escapes and text[i] == "\\":
+            i += 2
+            continue
+        if len(quote) == 1 and text[i] == "\n":
+            return -1
+        if text.startswith(quote, i):
+            return i + len(quote) - 1
+        i += 1
+    return -1
 
 
 def _task_tables(doc: dict[str, Any], source: str) -> dict[str, Any]:
@@ -124,13 +175,51 @@ def _task(key: str, table: Any, source: str, base: Path, environ: Mapping[str, s
             raise _Invalid("is required: the script to run, a string", "script")
     except _Invalid as exc:
         raise ConfigError(source, str(exc), task=key, key=exc.key) from None
-    task_id = _task_id(key, values.pop("name", None), base)
+    task_id = _task_id(key, values.pop("name", None), base, Path(source).name)
     declared = values.get("environment", {})
     values["environment"] = _environment(declared, values, environ)
     values["unset"] = tuple(k for k, v in declared.items()
                             if "*" not in k and not v and k not in environ)
     return Task(name=key, id=task_id, base_dir=base, source=source,
-                **{"cloud": DEFAULT_CLOUD, **values})
+                region_given="region" in values, **{"cloud": DEFAULT_CLOUD, **values})
+
+
+def with_region(task: Task, region: str | None) -> Task:
+    """``task`` in ``region`` (its backend's default region) when its file gave none."""
+    if task.region_given or not region:
+        return task
+    environment = Secrets({**task.environment, "TPI_REGION": region})
+    return dataclasses.replace(task, region=region, environment=environment)
+
+
+def check_backend(task: Task, backend_of: Callable[[str], Any]) -> None:
+    """The task's backend is installed and takes its settings (aliases, regions, images:
+    ``Backend.validate``, no request); else a ConfigError naming file, task and key."""
+    try:
+        backend = backend_of(task.cloud)
+    except PluginError as exc:  # not installed (with the install hint), or broken
+        raise ConfigError(task.source, str(exc), task=task.name, key="cloud") from None
+    try:
+        backend.validate(task)
+    except FieldError as exc:
+        raise ConfigError(task.source, exc.reason, task=task.name, key=exc.key) from None
+    except ConfigError:
+        raise
+    except UsageError as exc:
+        raise ConfigError(task.source, str(exc), task=task.name) from None
+
+
+def check_backends(tasks: Sequence[Task]) -> None:
+    """:func:`check_backend` for each task, with one backend instance per cloud."""
+    backends: dict[str, Any] = {}
+
+    def backend_of(cloud: str) -> Any:
+        if cloud not in backends:
+            backends[cloud] = registry.backend_class(cloud)()
+        return backends[cloud]
+
+    for task in tasks:
+        check_backend(task, backend_of)
 
 
 def check_environment(tasks: Sequence[Task]) -> None:
@@ -160,9 +249,12 @@ def _validate(table: Any, validators: Mapping[str, Callable], base: Path,
     return values
 
 
-def _task_id(key: str, name: str | None, base: Path) -> str:
+def _task_id(key: str, name: str | None, base: Path, file: str) -> str:
     if name is None:
-        return deterministic(key, seed=f"{base}/{key}").long
+        # the folder and the file: same-named tasks of two files in one folder differ (the
+        # default file keeps the seed of the ids it always had)
+        where = base if file == DEFAULT_FILE else f"{base}/{file}"
+        return deterministic(key, seed=f"{where}/{key}").long
     # TPI's `name`: an id already, or the seed of one (the same id wherever the file lives)
     return name if is_task_id(name) else deterministic(name, seed=name).long
 

@@ -18,17 +18,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from tpi_core import layout, registry
+from tpi_core import config, layout, registry
 from tpi_core.backend import Backend, Capability, Launch, Observation, TaskRef
-from tpi_core.errors import (ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError,
-                             UsageError)
+from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError, UsageError
+from tpi_core.index import Index
 from tpi_core.model import State, Task, TaskStatus
-from tpi_core.reports import (BootLog, build_status, count_stop, read_events, read_reports,
-                              read_spec)
+from tpi_core.reports import BootLog, build_status, count_stop, read_events, read_reports, read_spec
 from tpi_core.retry import retry
 from tpi_core.steps import crash_point, delete_steps, run_steps
 from tpi_core.storage import Storage
-from tpi_core.storage.sync import SyncResult, download_tree, upload_tree
+from tpi_core.storage.sync import Guard, SyncResult, download_tree, upload_tree
 
 if TYPE_CHECKING:
     from tpi_core.boot.bundle import Bundle
@@ -96,7 +95,7 @@ class Engine:
         return await gather([lambda t=t: self._plan_one(t) for t in tasks])
 
     async def _plan_one(self, task: Task) -> Planned:
-        self.backend(task.cloud).validate(task)
+        config.check_backend(task, self.backend)
         spec = await read_spec(await self.storage(TaskRef.of(task)))
         if spec is None:
             return Planned(task, Action.CREATE, "new task")
@@ -137,7 +136,8 @@ class Engine:
             self.say(task, "started again: its machines were gone")
             return
         if item.action == Action.REPLACE:
-            await self.destroy(TaskRef.of(task), task.workdir, task.storage.output)
+            guard = Guard(Index(task.base_dir).baseline(task.id))  # local changes are kept
+            await self.destroy(TaskRef.of(task), task.workdir, task.storage.output, guard)
         await self._create(task)
 
     async def _create(self, task: Task) -> None:
@@ -194,11 +194,13 @@ class Engine:
                       built.wheels, built.python)
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:
-        """Upload the workdir into ``data/`` (changed files only)."""
+        """Upload the workdir into ``data/`` (changed files only), and keep beside the
+        task's index what was uploaded: the baseline ``pull`` guards local changes with."""
         with self._progress(f"{task.name} upload") as progress:
             return await upload_tree(
                 task.workdir, storage.child(layout.DATA), exclude=task.storage.exclude,
-                delete=True, manifest=(storage, layout.UPLOAD_MANIFEST), progress=progress)
+                delete=True, manifest=(storage, layout.UPLOAD_MANIFEST), progress=progress,
+                baseline=Index(task.base_dir).baseline(task.id))
 
     @staticmethod
     async def _write_spec(storage: Storage, task: Task, deadline: float, created: float, *,
@@ -216,20 +218,26 @@ class Engine:
 
     # read -------------------------------------------------------------------------------
 
-    async def status(self, ref: TaskRef) -> TaskStatus:
+    async def status(self, ref: TaskRef, *, applied_before: bool = True) -> TaskStatus:
         """The task's state from its reports and its backend."""
-        return (await self.status_and_logs(ref))[0]
+        return (await self.status_and_logs(ref, applied_before=applied_before))[0]
 
-    async def status_and_logs(self, ref: TaskRef) -> tuple[TaskStatus, list[BootLog]]:
-        """The task's state and its boot logs, from one listing of its reports."""
+    async def status_and_logs(self, ref: TaskRef, *, applied_before: bool = True,
+                              ) -> tuple[TaskStatus, list[BootLog]]:
+        """The task's state and its boot logs, from one listing of its reports.
+
+        A task with no storage is ``destroyed``, or ``not applied`` when the caller knows it
+        was never applied (``applied_before`` false: a task of a file its index lacks)."""
         storage = await self.storage(ref)
         spec = await read_spec(storage)
         if spec is None:
-            return TaskStatus(ref.task_id, ref.name, ref.cloud, State.DESTROYED), []
+            gone = State.DESTROYED if applied_before else State.NOT_APPLIED
+            return TaskStatus(ref.task_id, ref.name, ref.cloud, gone), []
         reports, seen = await _both(lambda: retry(read_reports, storage),
                                     lambda: self.backend(ref.cloud).observe(ref))
         events = await read_events(storage, reports.event_keys)
-        status = build_status(spec, reports, seen, events)
+        status = build_status(spec, reports, seen, events,
+                              agent=self.backend(ref.cloud).AGENT is not None)
         if spec.get("destroying"):
             status = replace(status, state=State.STOPPED, reason=NOT_DESTROYED)
         elif not applied(spec):
@@ -250,8 +258,12 @@ class Engine:
 
     # pull, stop, start, destroy ---------------------------------------------------------
 
-    async def pull(self, ref: TaskRef, workdir: Path, output: str) -> SyncResult:
-        """Download ``output`` (relative to workdir) into ``workdir``; deletes nothing local."""
+    async def pull(self, ref: TaskRef, workdir: Path, output: str,
+                   guard: Guard | None = None) -> SyncResult:
+        """Download ``output`` (relative to workdir) into ``workdir``; deletes nothing local.
+
+        ``guard``: what tpi last wrote there; a file changed since is kept and the task's
+        copy lands beside it (``result.kept``), unless ``guard.overwrite``."""
         storage = await self.storage(ref)
         spec = await read_spec(storage)
         if spec is None:
@@ -263,7 +275,8 @@ class Engine:
         prefix = output.strip("/") + "/"
         with self._progress(f"{ref.name or ref.task_id} pull") as progress:
             return await download_tree(storage.child(layout.DATA), workdir, prefix=prefix,
-                                       exclude=exclude, delete=False, progress=progress)
+                                       exclude=exclude, delete=False, progress=progress,
+                                       guard=guard)
 
     async def stop(self, ref: TaskRef) -> None:
         """Scale to zero machines, keeping storage, and count the stop: the boot ``start``
@@ -283,9 +296,11 @@ class Engine:
         launch = await self.launch(backend, TaskRef.of(task), storage, spec["deadline"])
         await run_steps(backend.create_steps(task, launch))
 
-    async def destroy(self, ref: TaskRef, workdir: Path | None, output: str) -> SyncResult | None:
-        """Stop the machines (each agent flushes what its script wrote), pull the output,
-        delete every resource in reverse order, then the task's storage."""
+    async def destroy(self, ref: TaskRef, workdir: Path | None, output: str,
+                      guard: Guard | None = None) -> SyncResult | None:
+        """Stop the machines (each agent flushes what its script wrote), pull the output
+        (``guard`` as for :meth:`pull`), delete every resource in reverse order, then the
+        task's storage."""
         pulled = None
         storage = await self.storage(ref)
         spec = await read_spec(storage)
@@ -301,21 +316,27 @@ class Engine:
                                   "pulling what they saved")
         output = output or (spec or {}).get("output") or ""
         if spec is not None and workdir is not None and output:
-            pulled = await self.pull(ref, workdir, output)
+            pulled = await self.pull(ref, workdir, output, guard)
             self.say(ref, f"downloaded {pulled.moved()} of {output}")
-            for skipped in pulled.skipped:
-                self.say(ref, f"skipped {skipped}")
+            for line in pulled_lines(pulled):
+                self.say(ref, line)
         if spec is not None and not spec.get("destroying"):
             # from here on the task is visibly half gone until its storage is
             await retry(storage.write, layout.SPEC, json.dumps(
                 {**spec, "applied": False, "destroying": True}, indent=2).encode())
-        await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m))
+        # with no storage left the steps ran before (storage goes last): run them again,
+        # silently, for what a hand may have left behind, and do not replay "Deleting ..."
+        await delete_steps(backend.delete_steps(ref), lambda m: self.say(ref, m),
+                           quiet=spec is None)
         crash_point("destroy:storage")
         try:
             await retry(storage.delete_prefix, "")
         except ResourceNotFound:
             pass
-        self.say(ref, "destroyed")
+        if guard is not None:
+            guard.forget()
+        self.say(ref, "destroyed" if spec is not None else
+                 "nothing to destroy: it has no storage (destroyed before, or never applied)")
         return pulled
 
     async def find(self, clouds: Sequence[str], region: str | None = None) -> list[TaskRef]:
@@ -364,6 +385,14 @@ STOP_GRACE = 150.0
 """How long destroy waits for a running task's machines to stop (a spot notice is 120 s)."""
 SEARCH_TIMEOUT = 30.0
 """Seconds a backend may take to search for tasks before it is skipped."""
+def pulled_lines(result: SyncResult) -> list[str]:
+    """What a pull says beyond its counts: each file kept as the user's with the task's
+    copy beside it, then each thing skipped, a line each."""
+    lines = [f"kept {key} (changed here); the task's copy is {side}"
+             for key, side in result.kept if side]
+    return lines + [f"skipped {skipped}" for skipped in result.skipped]
+
+
 def _kept_fields(task: Task) -> dict:
     """Fields the spec keeps so that plan can name what changed."""
     return {"image": task.image, "disk_size": task.disk_size,

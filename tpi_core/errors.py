@@ -5,7 +5,8 @@ this tree once, at the SDK boundary, with :func:`map_errors`; nothing else reach
 
     TpiError                      exit 1 unless stated
     ├── UsageError                exit 2: bad input (tasks.toml, CLI arguments)
-    │   └── ConfigError           tasks.toml: file, task, key, what is allowed
+    │   ├── ConfigError           tasks.toml: file, task, key, what is allowed
+    │   └── FieldError            a backend's check of one task key (made a ConfigError)
     ├── PluginError               exit 2: a backend that is missing or broken
     │   └── BackendNotInstalled   names the `pip install` that fixes it
     ├── TaskNotFound              exit 3: no such task in the index or the cloud
@@ -56,6 +57,26 @@ class ConfigError(UsageError):
         if key is not None:
             parts.append(f"key {key!r}")
         super().__init__(": ".join(parts + [reason]))
+
+
+class FieldError(UsageError):
+    """A backend's :meth:`~tpi_core.backend.Backend.validate` refusing one key of a task;
+    the core names the file and the task (:func:`tpi_core.config.check_backend`)."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}")
+
+
+@contextlib.contextmanager
+def field(key: str) -> Iterator[None]:
+    """Any :class:`UsageError` raised inside is about the task key ``key``."""
+    try:
+        yield
+    except FieldError:
+        raise
+    except UsageError as exc:
+        raise FieldError(key, str(exc)) from None
 
 
 class PluginError(TpiError):

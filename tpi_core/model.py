@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+DEFAULT_FILE = "tasks.toml"
+"""The tasks file commands read when none is named."""
 DEFAULT_REGION = "us-west"
 DEFAULT_MACHINE = "m"
 DEFAULT_IMAGE = "ubuntu"
@@ -88,6 +90,9 @@ class Task:
     unset: tuple[str, ...] = ()
     """``environment`` names given as ``""`` (copy from the local environment) that the
     local environment does not have: an error for apply, plan and validate."""
+    region_given: bool = True
+    """False when the tasks file has no ``region``: the backend's default region
+    (:meth:`~tpi_core.backend.Backend.default_region`) may then replace ``DEFAULT_REGION``."""
 
     @property
     def workdir(self) -> Path | None:
@@ -121,6 +126,8 @@ class State(enum.StrEnum):
 
     QUEUED = "queued"
     PROVISIONING = "provisioning"
+    BOOTING = "booting"
+    """Machines are up but no agent has reported yet (a backend with ``AGENT``)."""
     UPLOADING = "uploading"
     RUNNING = "running"
     RECOVERING = "recovering"
@@ -129,11 +136,14 @@ class State(enum.StrEnum):
     TIMED_OUT = "timed_out"
     STOPPED = "stopped"
     DESTROYED = "destroyed"
+    NOT_APPLIED = "not applied"
+    """In the tasks file, and never applied from it (no storage, not in the index)."""
 
     @property
     def final(self) -> bool:
         """True for states a task never leaves on its own."""
-        return self in (State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.DESTROYED)
+        return self in (State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.DESTROYED,
+                        State.NOT_APPLIED)
 
 
 class ReplicaState(enum.StrEnum):
@@ -219,6 +229,9 @@ class TaskStatus:
     """Why the task is where it is, when a replica's state does not say (a failed boot)."""
     boot_failures: int = 0
     """Machines whose boot failed before the agent started."""
+    booting_since: float | None = None
+    """While ``booting``: when the first machine came up (the cloud's launch time, else
+    ``created``)."""
 
     def count(self, state: ReplicaState) -> int:
         """How many replicas are in ``state``."""

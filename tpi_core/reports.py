@@ -174,8 +174,14 @@ def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
 
 
 def build_status(spec: dict, reports: Reports, seen: Observation,
-                 events: list[Event] = ()) -> TaskStatus:
-    """Put spec, reports and observation together into a :class:`TaskStatus`."""
+                 events: list[Event] = (), *, agent: bool = False,
+                 now: float | None = None) -> TaskStatus:
+    """Put spec, reports and observation together into a :class:`TaskStatus`.
+
+    ``agent``: the backend's machines boot and start an agent (``Backend.AGENT``); its
+    machines up with no agent report yet are then ``booting``, and from
+    :data:`BOOT_WARNING_AFTER` seconds on (at ``now``) the reason warns of a failing boot.
+    """
     count = int(spec.get("parallelism", 1))
     replicas = tuple(reports.statuses.get(i, ReplicaStatus(i)) for i in range(count))
     reason = reports.failure_reason
@@ -186,13 +192,60 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
         reason = LOST
     failures = len(reports.boot_failures)
     state = derive_state(count, replicas, seen, failures)
+    since = None
+    if agent and state == State.PROVISIONING and seen.machines and not reports.statuses:
+        state, since = State.BOOTING, seen.first_up or spec.get("created")
+        reason = reason or slow_boot(since, now)
     everything = sorted([*events, *seen.events], key=lambda e: e.time)
     return TaskStatus(
         task_id=spec["id"], name=spec.get("name", ""), cloud=spec.get("cloud", ""),
         state=state, parallelism=count, replicas=replicas,
         recoveries=sum(r.recoveries for r in replicas),
         machines=seen.machines, created=spec.get("created"), deadline=spec.get("deadline"),
-        events=tuple(everything), reason=reason, boot_failures=failures)
+        events=tuple(everything), reason=reason, boot_failures=failures,
+        booting_since=since)
+
+
+BOOT_WARNING_AFTER = 600.0
+"""Seconds of ``booting`` with no agent report after which status warns."""
+
+
+def slow_boot(since: float | None, now: float | None = None) -> str:
+    """The warning for a boot that has gone on for :data:`BOOT_WARNING_AFTER` seconds with
+    no agent report, or "" before then."""
+    from tpi_core.boot.script import MACHINE_LOG
+
+    waited = (now or time.time()) - since if since is not None else 0.0
+    if waited < BOOT_WARNING_AFTER:
+        return ""
+    return (f"no agent has reported after {age(waited)} of booting: the boot may be failing; "
+            f"its log is {MACHINE_LOG} on each machine, and a failed boot uploads it to "
+            f"{layout.BOOT_FAILED}/ where `tpi logs` shows it")
+
+
+def state_text(status: TaskStatus, now: float | None = None) -> str:
+    """The state as ``tpi status`` shows it: ``booting (2 machines up, no agent yet, 3m)``
+    while machines boot, else the state's name."""
+    if status.state != State.BOOTING:
+        return status.state.value
+    return f"{status.state.value} ({booting_detail(status, now)})"
+
+
+def booting_detail(status: TaskStatus, now: float | None = None) -> str:
+    """``2 machines up, no agent yet, 3m``: how long since the first machine came up."""
+    up = f"{status.machines} machine{'s' if status.machines != 1 else ''} up, no agent yet"
+    if status.booting_since is None:
+        return up
+    return f"{up}, {age((now or time.time()) - status.booting_since)}"
+
+
+def age(seconds: float) -> str:
+    """A short duration: ``45s``, ``3m``, ``1h05m``."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
 def group_logs(logs: list[BootLog]) -> dict[int, list[BootLog]]:

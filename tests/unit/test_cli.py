@@ -185,3 +185,20 @@ def test_a_full_disk_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(config, "load", full)
     code, _, err = run_main(["validate"], capsys)
     assert code == 1 and err == "tpi: error: No space left on device: results/model.bin\n"
+
+
+@pytest.mark.parametrize(("setting", "key", "says"), [
+    ('cloud = "aws"\nmachine = "m+t5"', "machine", "did you mean 'm+t4'?"),
+    ('cloud = "aws"\nmachine = "g4dn.xlarg"', "machine", "did you mean 'g4dn.xlarge'?"),
+    ('cloud = "aws"\nregion = "us-weest"', "region", "did you mean 'us-west'?"),
+    ('cloud = "k8s"\nmachine = "m+t5"', "machine", "m+t5"),
+    ('cloud = "gcp"', "cloud", "backend 'gcp' is not installed"),
+])
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_validate_runs_the_backends_own_checks_and_names_file_task_and_key(
+        tmp_path, capsys, monkeypatch, command, setting, key, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tasks.toml").write_text(f'[task.train]\n{setting}\nscript = "true"\n')
+    code, out, err = run_main([command], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert f"tasks.toml: task 'train': key '{key}': " in err and says in err

@@ -58,7 +58,7 @@ CORPUS = {
 
 
 def _load(text: str, base_dir: Path | None = None, **kwargs):
-    return config.loads(text, source="t.toml", base_dir=base_dir or Path("."),
+    return config.loads(text, source=kwargs.pop("source", "t.toml"), base_dir=base_dir or Path("."),
                         environ=kwargs.pop("environ", {}), **kwargs)
 
 
@@ -130,7 +130,20 @@ def test_defaults(tmp_path):
                                       "TPI_MACHINE": "m"}
     assert task.storage == StorageSpec()
     assert task.base_dir == tmp_path.resolve() and task.source == "t.toml"
-    assert task.id == deterministic("hello", seed=f"{tmp_path.resolve()}/hello").long
+    assert task.id == deterministic("hello", seed=f"{tmp_path.resolve()}/t.toml/hello").long
+
+
+def test_same_named_tasks_of_two_files_in_one_folder_have_distinct_ids(tmp_path):
+    text = '[task.train]\nscript = "true"'
+    ids = {file: _one(text, base_dir=tmp_path, source=file).id
+           for file in ("a.toml", "b.toml", "tasks.toml")}
+    assert len(set(ids.values())) == 3
+    # the default file keeps the ids it always had: tasks applied before still match
+    assert ids["tasks.toml"] == deterministic("train", seed=f"{tmp_path.resolve()}/train").long
+    # an explicit name is TPI's: the same id whichever file or folder holds it
+    named = '[task.train]\nname = "shared"\nscript = "true"'
+    assert (_one(named, base_dir=tmp_path, source="a.toml").id
+            == _one(named, base_dir=tmp_path / "x", source="b.toml").id)
 
 
 def test_every_field(tmp_path, monkeypatch):
@@ -389,3 +402,15 @@ def test_an_environment_name_to_copy_that_is_unset_is_an_error_for_launching(tmp
     message = str(raised.value)
     assert "tasks.toml" in message and "'t'" in message
     assert "environment.TPI_TEST_NOT_SET" in message and "is not set in this environment" in message
+
+
+@pytest.mark.parametrize(("text", "where", "quote"), [
+    ('[task.a]\nscript = "echo\nx = 1\n', "2:10", '"'),
+    ('[task.a]\n# it\'s\nscript = """echo\n\nx = 1\n', "3:10", '"""'),
+    ("[task.a]\nscript = '''echo\nx\n", "2:10", "'''"),
+    ('[task.a]\nenvironment = { A = "x\\"" }\nscript = "echo', "3:10", '"'),
+])
+def test_an_unterminated_string_names_the_line_it_opened_on(text, where, quote):
+    error = _error(text)
+    assert str(error) == (f"t.toml:{where}: invalid TOML: the string opened here with "
+                          f"{quote} is never closed")

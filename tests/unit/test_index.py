@@ -21,7 +21,7 @@ WRITER = textwrap.dedent("""
     index, who = Index(Path(sys.argv[1])), sys.argv[2]
     for n in range(25):
         index.put(Entry(f"{who}-{n}", f"tpi-{who}-{n}", "local", "us-west"))
-    index.remove(f"{who}-0")
+    index.remove(f"tpi-{who}-0")
 """)
 
 

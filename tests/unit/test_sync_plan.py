@@ -11,7 +11,7 @@ import pytest
 from tpi_core.errors import UnsafePathError
 from tpi_core.sync.excludes import Excludes, tpi_to_gitignore
 from tpi_core.sync.manifest import Entry, lines, md5_etag, parse
-from tpi_core.sync.plan import (Delete, Fetch, Forget, Send, Unchanged, plan_download,
+from tpi_core.sync.plan import (Delete, Fetch, Forget, Keep, Send, Unchanged, plan_download,
                                 plan_local_deletions, plan_upload)
 from tpi_core.sync.walk import LocalFile, Skipped, walk
 
@@ -272,3 +272,32 @@ def test_no_deletions_when_part_of_the_tree_could_not_be_read() -> None:
     actions, _ = upload_plan(files, {"locked/x": (1, None, None)}, {}, delete=True)
     refused = Skipped("*", "nothing deleted: part of the tree could not be read")
     assert actions[1:] == [files[1], refused]
+
+
+# --- guarded downloads: what tpi last wrote locally decides over a changed file -------------
+
+def _guarded(local: tuple[int, int] | None, written: Entry | None, etag: str | None):
+    remote = {"out/a": (3, etag, None)}
+    return list(plan_download(sorted(remote.items()), None, stat_local=lambda key: local,
+                              hash_file=lambda key: "0" * 32,
+                              written=[("out/a", written)] if written else []))
+
+
+TASKS = "a" * 32
+OURS = "b" * 32
+
+
+def test_a_guarded_download_replaces_only_what_tpi_left_as_it_was():
+    # as tpi left it: the task's copy replaces it
+    assert _guarded((3, 5), Entry(3, 5, OURS), f'"{TASKS}"') == [Fetch("out/a", 3, TASKS)]
+    # changed here, and the task's copy is what tpi wrote: kept, nothing fetched
+    assert _guarded((3, 6), Entry(3, 5, TASKS), f'"{TASKS}"') == [Keep("out/a")]
+    # changed here and by the task, or never written by tpi: fetched beside it
+    assert _guarded((3, 6), Entry(3, 5, OURS), f'"{TASKS}"') == [
+        Fetch("out/a", 3, TASKS, beside=True, ours=OURS)]
+    assert _guarded((4, 6), None, f'"{TASKS}"') == [Fetch("out/a", 3, TASKS, beside=True)]
+    # no md5 in the listing: fetched beside, with what tpi wrote to compare once fetched
+    assert _guarded((3, 6), Entry(3, 5, OURS), None) == [
+        Fetch("out/a", 3, None, beside=True, ours=OURS)]
+    # no local file: fetched in place
+    assert _guarded(None, Entry(3, 5, OURS), f'"{TASKS}"') == [Fetch("out/a", 3, TASKS)]

@@ -42,16 +42,22 @@ async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int]
         offsets[log.key] = seen + len(complete)
 
 
-async def follow(engine: Engine, targets: Sequence[Target], emit: Emit) -> list[TaskStatus]:
-    """Print logs of every target until each one reaches a final or stopped state."""
+async def follow(engine: Engine, targets: Sequence[Target], emit: Emit,
+                 say: Emit | None = None) -> list[TaskStatus]:
+    """Print logs of every target until each one reaches a final or stopped state (``say``:
+    where to tell, once per state, why a target has no log yet)."""
     offsets: dict[str, int] = {}
     final: dict[str, TaskStatus] = {}
+    told: dict[str, tuple] = {}
     while len(final) < len(targets):
         for target in targets:
             if target.ref.task_id in final:
                 continue
-            status, logs = await engine.status_and_logs(target.ref)
+            status, logs = await engine.status_and_logs(
+                target.ref, applied_before=target.indexed)
             done = status.state.final or status.state == State.STOPPED
+            if say and not logs and not done:
+                _tell_once(say, target, status, told)
             # a final status can be newer than the listing it came with: list once more
             await print_new_logs(engine, target, offsets, emit, None if done else logs)
             if done:
@@ -59,6 +65,32 @@ async def follow(engine: Engine, targets: Sequence[Target], emit: Emit) -> list[
         if len(final) < len(targets):
             await anyio.sleep(poll_interval())
     return [final[t.ref.task_id] for t in targets]
+
+
+def _tell_once(say: Emit, target: Target, status: TaskStatus, told: dict) -> None:
+    """Say why ``target`` has no log yet, once for each state (and reason) it waits in."""
+    why = (status.state, status.reason)
+    if told.get(target.ref.task_id) != why:
+        told[target.ref.task_id] = why
+        say(f"{target.label}: no log yet: {waiting(status)}")
+
+
+def waiting(status: TaskStatus) -> str:
+    """Why a task has no log yet, in a few words."""
+    from tpi_core.reports import booting_detail
+
+    if status.state == State.DESTROYED:
+        return "the task was destroyed (it has no storage)"
+    if status.state == State.NOT_APPLIED:
+        return "the task was never applied: `tpi apply` launches it"
+    if status.state == State.BOOTING:
+        detail = f"waiting for the first boot ({booting_detail(status)})"
+        return f"{detail}; {status.reason}" if status.reason else detail
+    if status.reason:
+        return status.reason
+    if status.machines:
+        return f"{status.machines} machine(s) up, waiting for the first agent to report"
+    return f"{status.state.value}, waiting for the first boot"
 
 
 def outcome(status: TaskStatus) -> str:

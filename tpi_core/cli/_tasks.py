@@ -8,10 +8,8 @@ from pathlib import Path
 import click
 
 from tpi_core.backend import TaskRef
-from tpi_core.errors import TaskNotFound
-from tpi_core.model import Task
-
-DEFAULT_FILE = "tasks.toml"
+from tpi_core.errors import BackendNotInstalled, PluginError, TaskNotFound
+from tpi_core.model import DEFAULT_FILE, Task
 
 file_option = click.option(
     "-f", "--file", "tasks_file", default=DEFAULT_FILE, show_default=True,
@@ -34,6 +32,9 @@ class Target:
     output: str = ""
     by_id: bool = False
     """Found by its id alone: its output comes into this folder, as its spec names it."""
+    indexed: bool = False
+    """Applied from this tasks file (its index lists it): with no storage, it was destroyed;
+    a task of the file the index does not list was never applied."""
 
     @property
     def label(self) -> str:
@@ -47,10 +48,23 @@ def load_tasks(tasks_file: str, names: tuple[str, ...] = (), *,
     start): every environment value to copy from here must be set here."""
     from tpi_core import config
 
-    tasks = config.load(Path(tasks_file), names)
+    tasks = _default_regions(config.load(Path(tasks_file), names))
     if launching:
         config.check_environment(tasks)
     return tasks
+
+
+def _default_regions(tasks: list[Task]) -> list[Task]:
+    """Tasks whose file gives no region take their backend's default one (AWS_REGION...)."""
+    from tpi_core import config, registry
+
+    regions: dict[str, str | None] = {}
+    for cloud in {task.cloud for task in tasks if not task.region_given}:
+        try:
+            regions[cloud] = registry.backend_class(cloud).default_region()
+        except (BackendNotInstalled, PluginError):
+            pass  # the command that needs the backend says what to install
+    return [config.with_region(task, regions.get(task.cloud)) for task in tasks]
 
 
 def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,
@@ -66,26 +80,40 @@ def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,
 
     path = Path(tasks_file)
     tasks = {t.name: t for t in load_tasks(tasks_file)} if path.is_file() else {}
-    entries = Index(path.parent).entries()
+    index, file = Index.beside(path)
+    entries, destroyed = index.entries(file), index.destroyed(file)
     if not (names or tasks or entries):
         load_tasks(tasks_file)  # no file and nothing launched from here: say so (exit 2)
     wanted = names or tuple(dict.fromkeys([*tasks, *entries]))
     targets = []
     for name in wanted:
         if name in tasks:
-            task = tasks[name]
-            targets.append(Target(TaskRef.of(task), task, task.workdir, task.storage.output))
+            task = _launched_region(tasks[name], entries.get(name))
+            indexed = (name in entries and entries[name].task_id == task.id
+                       or task.id in destroyed)
+            targets.append(Target(TaskRef.of(task), task, task.workdir, task.storage.output,
+                                  indexed=indexed))
         elif name in entries:
             entry = entries[name]
             workdir = Path(entry.workdir) if entry.workdir else None
-            targets.append(Target(entry.ref(), None, workdir, entry.output))
+            targets.append(Target(entry.ref(), None, workdir, entry.output, indexed=True))
         elif is_task_id(name):
             targets.append(Target(_locate(name, cloud, region, run), None, Path.cwd(),
-                                  by_id=True))
+                                  by_id=True, indexed=True))
         else:
             known = ", ".join(sorted({*tasks, *entries})) or "none"
             raise TaskNotFound(f"{tasks_file}: no task {name!r} (tasks: {known})")
     return targets
+
+
+def _launched_region(task: Task, entry) -> Task:
+    """A task whose file gives no region is looked for where it was launched from here:
+    the default region may have changed since (another AWS_REGION), its resources did not."""
+    from tpi_core import config
+
+    if entry is None or (entry.task_id, entry.cloud) != (task.id, task.cloud):
+        return task
+    return config.with_region(task, entry.region)
 
 
 def _locate(task_id: str, cloud: str | None, region: str | None, run) -> TaskRef:

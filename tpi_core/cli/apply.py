@@ -53,23 +53,33 @@ async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
     from tpi_core.cli._progress import progress_factory
     from tpi_core.cli._tasks import Target
     from tpi_core.engine import Engine
+    from tpi_core.index import Index
 
+    index, _file = Index.beside(tasks_file)
     async with Engine(app.say, progress_factory(app)) as engine:
-        planned = await engine.plan(tasks)
-        _approve(app, planned, replace)
-        await engine.apply(planned)
-        _record(tasks_file, planned)
+        # another command on one of these tasks (a second apply, a destroy) finishes first:
+        # this one then plans from what that one left, so a task is launched once
+        with index.task_lock([t.id for t in tasks], lambda i: _waiting(app, tasks, i)):
+            planned = await engine.plan(tasks)
+            _approve(app, planned, replace)
+            await engine.apply(planned)
+            _record(tasks_file, planned)
         if as_json:
             app.out_json([{"task": p.task.name, "id": p.task.id, "action": p.action.value}
                           for p in planned])
         if not wait:
             return 0
-        targets = [Target(_ref(p.task), p.task) for p in planned]
+        targets = [Target(_ref(p.task), p.task, indexed=True) for p in planned]
         interrupt_hint.append(FOLLOW_HINT)
         statuses = await follow(engine, targets, app.out)
         for status in statuses:
             app.say(f"{status.name}: {outcome(status)}")
         return exit_code(statuses)
+
+
+def _waiting(app: Application, tasks, task_id: str) -> None:
+    name = next(t.name for t in tasks if t.id == task_id)
+    app.say(f"{name}: waiting for another tpi command on {task_id} to finish")
 
 
 def _approve(app: Application, planned, replace: bool) -> None:
@@ -89,11 +99,11 @@ def _approve(app: Application, planned, replace: bool) -> None:
 def _record(tasks_file: str, planned) -> None:
     from tpi_core.index import Entry, Index
 
-    index = Index(Path(tasks_file).parent)
+    index, file = Index.beside(tasks_file)
     for p in planned:
         t = p.task
         index.put(Entry(t.name, t.id, t.cloud, t.region, t.storage.container,
-                        str(t.workdir or ""), t.storage.output))
+                        str(t.workdir or ""), t.storage.output, file=file))
 
 
 def _ref(task):

@@ -6,6 +6,7 @@ import click
 
 from tpi_core.cli._app import Application, pass_app
 from tpi_core.cli._tasks import cloud_option, file_option, region_option
+from tpi_core.cli.pull import overwrite_option
 
 
 @click.command("destroy")
@@ -14,12 +15,16 @@ from tpi_core.cli._tasks import cloud_option, file_option, region_option
 @cloud_option
 @region_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@overwrite_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was downloaded as JSON.")
 @pass_app
-def command(app: Application, names, tasks_file, cloud, region, yes) -> int:
+def command(app: Application, names, tasks_file, cloud, region, yes, overwrite,
+            as_json) -> int:
     """Download each task's output into its workdir, then delete its machines and storage.
 
-    Asks for confirmation on a terminal unless --yes; with no terminal it proceeds.
-    If the download fails nothing is deleted.
+    Local files changed since tpi wrote them are kept, as by `tpi pull` (the task's copy
+    lands beside each). Asks for confirmation on a terminal unless --yes; with no terminal
+    it proceeds. If the download fails nothing is deleted.
     """
     from tpi_core.cli._tasks import resolve
 
@@ -31,22 +36,35 @@ def command(app: Application, names, tasks_file, cloud, region, yes) -> int:
     if not yes and app.interactive and not app.confirm(f"Destroy {labels}?"):
         app.say("nothing destroyed")
         return 1
-    app.run(_destroy, app, tasks_file, targets)
+    pulled = app.run(_destroy, app, tasks_file, targets, overwrite)
+    if as_json:
+        from tpi_core.cli.pull import pulled_json
+
+        app.out_json([{**(pulled_json(t, r) if r is not None else
+                          {"task": t.label, "id": t.ref.task_id}), "destroyed": True}
+                      for t, r in zip(targets, pulled, strict=True)])
     return 0
 
 
-async def _destroy(app: Application, tasks_file: str, targets) -> None:
+async def _destroy(app: Application, tasks_file: str, targets, overwrite: bool):
     from pathlib import Path
 
     from tpi_core.cli._progress import progress_factory
+    from tpi_core.cli.pull import guard_for
     from tpi_core.engine import Engine, gather
     from tpi_core.index import Index
 
     index = Index(Path(tasks_file).parent)
 
-    async def one(target) -> None:
-        await engine.destroy(target.ref, target.workdir, target.output)
-        index.remove(target.ref.name, target.ref.task_id)
+    async def one(target):
+        pulled = await engine.destroy(target.ref, target.workdir, target.output,
+                                      guard_for(tasks_file, target, overwrite))
+        index.remove(target.ref.task_id)
+        return pulled
+
+    def waiting(task_id: str) -> None:
+        app.say(f"{task_id}: waiting for another tpi command on it to finish")
 
     async with Engine(app.say, progress_factory(app)) as engine:
-        await gather([lambda t=t: one(t) for t in targets])
+        with index.task_lock([t.ref.task_id for t in targets], waiting):
+            return await gather([lambda t=t: one(t) for t in targets])

@@ -17,13 +17,11 @@ from tpi_core.cli._tasks import file_option
 @pass_app
 def command(app: Application, tasks_file, clouds, region, as_json) -> int:
     """List tasks, from the index beside the tasks file and from each backend."""
-    from pathlib import Path
-
+    from tpi_core import registry
     from tpi_core.index import Index
 
-    from tpi_core import registry
-
-    entries = Index(Path(tasks_file).parent).entries()
+    index, file = Index.beside(tasks_file)
+    entries = index.entries(file)
     clouds = [registry.canonical(c) for c in clouds] or registry.backend_names()
     found, skipped = app.run(_find, clouds, region)
     for reason in skipped:  # a backend with no credentials or configuration here

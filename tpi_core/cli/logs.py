@@ -34,28 +34,16 @@ async def _logs(app: Application, targets, follow: bool) -> int:
     async with Engine() as engine:
         if follow:
             interrupt_hint.append(FOLLOW_HINT)
-            statuses = await _follow.follow(engine, targets, app.out)
+            statuses = await _follow.follow(engine, targets, app.out, app.say)
             for target, status in zip(targets, statuses):
                 if status.state != State.SUCCEEDED:  # say why the exit code is not 0
                     app.say(f"{target.label}: {_follow.outcome(status)}")
             return _follow.exit_code(statuses)
         for target in targets:
-            status, logs = await engine.status_and_logs(target.ref)
+            status, logs = await engine.status_and_logs(
+                target.ref, applied_before=target.indexed)
             if not logs:
-                app.say(f"{target.label}: no log yet: {_waiting(status)}")
+                app.say(f"{target.label}: no log yet: {_follow.waiting(status)}")
                 continue
             await _follow.print_new_logs(engine, target, {}, app.out, logs)
     return 0
-
-
-def _waiting(status) -> str:
-    """Why a task has no log yet, in a few words."""
-    from tpi_core.model import State
-
-    if status.state == State.DESTROYED:
-        return "the task has no storage (not applied, or destroyed)"
-    if status.reason:
-        return status.reason
-    if status.machines:
-        return f"{status.machines} machine(s) up, waiting for the first agent to report"
-    return f"{status.state.value}, waiting for the first boot"

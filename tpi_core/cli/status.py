@@ -33,7 +33,8 @@ async def _statuses(targets):
     from tpi_core.engine import Engine, gather
 
     async with Engine() as engine:
-        return await gather([lambda t=t: engine.status(t.ref) for t in targets])
+        return await gather([lambda t=t: engine.status(t.ref, applied_before=t.indexed)
+                             for t in targets])
 
 
 def _table(app: Application, statuses, events: bool) -> None:
@@ -41,14 +42,14 @@ def _table(app: Application, statuses, events: bool) -> None:
     from rich.table import Table
 
     from tpi_core.model import ReplicaState, State
-    from tpi_core.reports import elapsed
+    from tpi_core.reports import elapsed, state_text
 
     table = Table(box=None, pad_edge=False)
     for column in ("TASK", "ID", "CLOUD", "STATE", "RUNNING", "SUCCEEDED", "FAILED",
                    "RECOVERIES", "ELAPSED"):
         table.add_column(column)
     for s in statuses:
-        table.add_row(s.name, s.task_id, s.cloud, s.state.value,
+        table.add_row(s.name, s.task_id, s.cloud, state_text(s),
                       str(s.count(ReplicaState.RUNNING)), str(s.count(ReplicaState.SUCCEEDED)),
                       str(s.count(ReplicaState.FAILED) + s.count(ReplicaState.TIMED_OUT)),
                       str(s.recoveries), _duration(elapsed(s)) if s.created else "-")

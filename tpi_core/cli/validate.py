@@ -15,9 +15,12 @@ from tpi_core.cli.apply import file_flag, split_args
 @pass_app
 def command(app: Application, args, tasks_file, as_json) -> int:
     """Check a tasks file; print each task with its id and resolved settings."""
+    from tpi_core import config
     from tpi_core.cli._tasks import load_tasks
+
     tasks_file, names = split_args(args, tasks_file)
     tasks = load_tasks(tasks_file, names, launching=True)
+    config.check_backends(tasks)  # the backend's own checks: aliases, regions, images
     rows = [_row(t) for t in tasks]
     if as_json:
         app.out_json(rows)

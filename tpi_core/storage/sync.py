@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.storage import Storage
+from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.sync.excludes import ALWAYS_EXCLUDED, Excludes
+from tpi_core.sync.guard import Guard
 from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
 
-__all__ = ["ALWAYS_EXCLUDED", "DryRun", "Excludes", "RetryPolicy", "SyncProgress",
+__all__ = ["ALWAYS_EXCLUDED", "DryRun", "Excludes", "Guard", "RetryPolicy", "SyncProgress",
            "SyncResult", "download_tree", "upload_tree"]
 
 
@@ -23,7 +24,8 @@ async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = 
                       delete: bool = False, manifest: tuple[Storage, str] | None = None,
                       jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                       retry: RetryPolicy | None = None, dry_run: DryRun | None = None,
-                      max_delete: int | None = None) -> SyncResult:
+                      max_delete: int | None = None, baseline: Path | None = None,
+                      ) -> SyncResult:
     """Make ``remote`` hold the files under ``local``, sending changed files only.
 
     One listing of ``remote`` is compared with the local tree. ``manifest=(storage, key)``
@@ -38,12 +40,14 @@ async def upload_tree(local: Path, remote: Storage, *, exclude: Sequence[str] = 
     ``dry_run``: a callable told each upload and deletion instead of their being made
     (the result counts them; no manifest is written). ``max_delete``: with more deletions
     due than this, none is made and UsageError is raised (after the uploads).
+    ``baseline``: with ``manifest``, a local file that gets a copy of the new manifest, the
+    tree as uploaded: the :class:`Guard` of a later ``download_tree`` compares with it.
     """
     from tpi_core.sync.upload import upload
 
     return await upload(local, remote, exclude=exclude, delete=delete, manifest=manifest,
                         jobs=jobs, progress=progress, retry=retry, dry_run=dry_run,
-                        max_delete=max_delete)
+                        max_delete=max_delete, baseline=baseline)
 
 
 async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
@@ -53,7 +57,8 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
                         retry: RetryPolicy | None = None, fsync: bool = False,
                         record: tuple[Storage, str] | None = None,
                         dry_run: DryRun | None = None,
-                        max_delete: int | None = None) -> SyncResult:
+                        max_delete: int | None = None, guard: Guard | None = None,
+                        ) -> SyncResult:
     """Make ``local`` hold the objects of ``remote`` under ``prefix``, fetching changed ones.
 
     A key ``k`` lands at ``local/k`` (the prefix is kept); ``prefix`` names a directory or a
@@ -69,11 +74,12 @@ async def download_tree(remote: Storage, local: Path, *, prefix: str = "",
     (and never overwrites a newer object another writer made meanwhile).
     ``dry_run``: a callable told each fetch and deletion instead of their being made
     (nothing is written, not even ``local`` itself). ``max_delete`` limits deletions as
-    for ``upload_tree``.
+    for ``upload_tree``. ``guard``: what tpi last wrote locally; a local file changed since
+    is never replaced, the object lands beside it (see :class:`Guard`, ``result.kept``).
     """
     from tpi_core.sync.download import download
 
     return await download(remote, local, prefix=prefix, exclude=exclude, delete=delete,
                           manifest=manifest, jobs=jobs, progress=progress, retry=retry,
                           fsync=fsync, record=record, dry_run=dry_run,
-                          max_delete=max_delete)
+                          max_delete=max_delete, guard=guard)

@@ -11,8 +11,8 @@ directory inside the destination raise :class:`~tpi_core.errors.UnsafePathError`
 from __future__ import annotations
 
 import contextlib
-import os
 import itertools
+import os
 import stat
 import tempfile
 import uuid
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import anyio
 
-from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import IntegrityError, ObjectNotFound, UnsafePathError, UsageError
 from tpi_core.storage import Storage, cut_name
 from tpi_core.storage.local import checked_key
+from tpi_core.sync import DEFAULT_JOBS, spill
 from tpi_core.sync import manifest as mf
-from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun
-from tpi_core.sync.plan import Action, Fetch, plan_download, plan_local_deletions
+from tpi_core.sync.guard import BESIDE_MARK, Guard
+from tpi_core.sync.plan import Action, Fetch, Keep, plan_download, plan_local_deletions
 from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.sync.spill import Cursor
@@ -50,7 +50,8 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                    manifest: tuple[Storage, str] | None = None, jobs: int = DEFAULT_JOBS,
                    progress: SyncProgress | None = None, retry: RetryPolicy | None = None,
                    fsync: bool = False, record: tuple[Storage, str] | None = None,
-                   dry_run: DryRun | None = None, max_delete: int | None = None) -> SyncResult:
+                   dry_run: DryRun | None = None, max_delete: int | None = None,
+                   guard: Guard | None = None) -> SyncResult:
     """Make ``local`` hold the objects under ``prefix`` (see ``download_tree``)."""
     root = local_root(local)
     excludes = Excludes.coerce(exclude)
@@ -70,7 +71,7 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
             return False
 
     run = _Download(remote, LocalTree(root), fsync, jobs=jobs, progress=progress, retry=retry,
-                    dry_run=dry_run, max_delete=max_delete)
+                    dry_run=dry_run, max_delete=max_delete, guard=guard)
     with tempfile.TemporaryDirectory(prefix="tpi-sync-") as scratch:
         old, listing = await manifest_and_listing(manifest, remote, prefix, run.retry,
                                                   Path(scratch), accept)
@@ -80,8 +81,17 @@ async def download(remote: Storage, local: str | Path, *, prefix: str = "",
                                                walk(root, excludes, top))
             if dry_run is None:
                 await anyio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True))
-            await run.run(plan_download(listing, old and old.entries(), stat_local=run.tree.stat,
-                                        hash_file=run.tree.md5))
+            written = guard.entries() if guard is not None and not guard.overwrite else None
+            try:
+                await run.run(plan_download(listing, old and old.entries(),
+                                            stat_local=run.tree.stat, hash_file=run.tree.md5,
+                                            written=written))
+            finally:
+                if guard is not None and dry_run is None:
+                    # what was fetched is recorded even when the rest failed
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(
+                            guard.save, _baseline(listing, run.tree, guard.entries(), run.held))
             if delete:  # (a walk of a directory a dry run did not make finds nothing)
                 await run.delete_local(walk(root, excludes, top), listing)
             if record is not None and dry_run is None:
@@ -110,6 +120,23 @@ def _restored_entries(listing: Listing, tree: LocalTree,
         if local is not None and local[0] == size:
             md5 = mf.md5_etag(etag) or (entry.md5 if entry and entry.size == size else None)
             yield key, mf.Entry(size, local[1], md5)
+
+
+def _baseline(listing: Listing, tree: LocalTree, old: Iterator[tuple[str, mf.Entry]],
+              held: set[str]) -> Iterator[tuple[str, mf.Entry]]:
+    """The guard's next baseline: the old one, with each listed file that is now the task's
+    copy on disk (fetched, or found equal) as it is now; the files kept as the user's keep
+    their old entry, so the next download still sees them changed."""
+    known = Cursor(old, "the local manifest")
+    for key, (size, etag, _mtime) in listing:
+        yield from known.until(key)
+        entry = known.take(key)
+        local = None if key in held else tree.stat(key)
+        if local is not None and local[0] == size:
+            yield key, mf.Entry(size, local[1], mf.md5_etag(etag))
+        elif entry is not None:
+            yield key, entry
+    yield from known.until(None)
 
 
 def _refuse_empty_mirror(remote: Storage, top: str, root: Path, files: Iterator) -> None:
@@ -145,6 +172,25 @@ class LocalTree:
         except FileNotFoundError:
             return None
         return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+    def has_beside(self, key: str, size: int, md5: str, but: str) -> bool:
+        """Whether a copy of ``size`` bytes and ``md5`` already sits beside ``key`` (a file
+        ``NAME.tpi-*`` other than ``but``), put there by an earlier download."""
+        parent = self.parent(key, create=False)
+        if parent is None:
+            return False
+        mark = f"{cut_name(key.rsplit('/', 1)[-1])}{BESIDE_MARK}"
+        try:
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    if (entry.name.startswith(mark) and entry.name != but
+                            and entry.is_file(follow_symlinks=False)
+                            and entry.stat().st_size == size
+                            and mf.md5_file(entry.path) == md5):
+                        return True
+        except OSError:
+            return False
+        return False
 
     def md5(self, key: str) -> str | None:
         """Hex md5 of the local file at ``key``; None when it cannot be read."""
@@ -198,13 +244,24 @@ class LocalTree:
 
 
 class _Download(SyncRun):
-    def __init__(self, remote: Storage, tree: LocalTree, fsync: bool, **kwargs):
+    def __init__(self, remote: Storage, tree: LocalTree, fsync: bool,
+                 guard: Guard | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.remote, self.tree, self.fsync = remote, tree, fsync
+        self.remote, self.tree, self.fsync, self.guard = remote, tree, fsync, guard
         self.mismatches: dict[str, tuple[int, str | None]] = {}
+        self.held: set[str] = set()
+        """Keys whose local file was kept as the user's (few: they are conflicts)."""
+
+    def _handle(self, action: Action) -> bool:
+        if isinstance(action, Keep):
+            self.held.add(action.key)
+        return super()._handle(action)
 
     async def transfer(self, action: Action) -> None:
         assert isinstance(action, Fetch)
+        if action.beside:
+            await self._beside(action)
+            return
         try:
             target = self.tree.known_target(action.key)
             if target is None:
@@ -218,6 +275,48 @@ class _Download(SyncRun):
             self.skip(action.key, "vanished from the storage before it could be fetched")
             return
         self.done(size)
+
+    async def _beside(self, action: Fetch) -> None:
+        """The local file is the user's: the task's copy lands beside it, once (a copy
+        already beside it with the same bytes, from an earlier pull, is enough)."""
+        assert self.guard is not None
+        self.held.add(action.key)
+        if action.md5 is not None and (action.md5 == action.ours or await anyio.to_thread.run_sync(
+                self.tree.has_beside, action.key, action.size, action.md5, "")):
+            self._known(action.key)
+            return
+        side = await anyio.to_thread.run_sync(self._free_side, action.key)
+        try:
+            target = await anyio.to_thread.run_sync(self.tree.target, side)
+            size = await retrying(self.retry, lambda moved: self._fetch(action, target, moved),
+                                  self.advance)
+            if action.md5 is None:  # a storage with no md5 in its listing: known only now
+                md5 = await anyio.to_thread.run_sync(mf.md5_file, target)
+                if md5 == action.ours or await anyio.to_thread.run_sync(
+                        self.tree.has_beside, action.key, size, md5, target.name):
+                    await anyio.to_thread.run_sync(os.unlink, target)
+                    self._known(action.key)
+                    return
+        except IN_THE_WAY:
+            self.skip(action.key, "changed here, and a file or directory is in the way of "
+                                  f"the task's copy {side}")
+            return
+        except ObjectNotFound:
+            self.skip(action.key, "vanished from the storage before it could be fetched")
+            return
+        self.result.kept.append((action.key, side))
+        self.done(size)
+
+    def _free_side(self, key: str) -> str:
+        assert self.guard is not None
+        n = 1
+        while os.path.lexists(self.tree.root / (side := self.guard.beside(key, n))):
+            n += 1
+        return side
+
+    def _known(self, key: str) -> None:
+        """The task's copy of a kept file is no news: what tpi wrote, or already beside."""
+        self.result.kept.append((key, ""))
 
     async def _fetch(self, action: Fetch, target: Path, moved) -> int:
         temp = target.with_name(f".{cut_name(target.name)}{PART_MARK}{_TEMP_ID}-{next(_TEMPS)}")

@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from tpi_core.errors import UsageError
 from tpi_core.sync import spill
-from tpi_core.sync.plan import Action, Delete, Fetch, Forget, Send, Unchanged
+from tpi_core.sync.plan import Action, Delete, Fetch, Forget, Keep, Send, Unchanged
 from tpi_core.sync.result import DryRun, SyncProgress, SyncResult
 from tpi_core.sync.retry import RetryPolicy
 from tpi_core.sync.walk import Skipped
@@ -128,6 +128,8 @@ class SyncRun:
             self.deletions.add(action.key)
         elif isinstance(action, Forget):
             self.forget(action.key)
+        elif isinstance(action, Keep):
+            self.result.kept.append((action.key, ""))
         else:
             self._planned[0] += 1
             self._planned[1] += size_of(action)

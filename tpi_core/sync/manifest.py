@@ -53,10 +53,10 @@ def read(path: str | Path) -> Iterator[tuple[str, Entry]]:
     quietly at the first line that is not an entry or not above the one before it.
     """
     with open(path, "rb") as handle:
-        yield from _entries(handle)
+        yield from entries_of(handle)
 
 
-def _entries(handle: IO[bytes]) -> Iterator[tuple[str, Entry]]:
+def entries_of(handle: IO[bytes]) -> Iterator[tuple[str, Entry]]:
     first = handle.readline()
     try:
         header = json.loads(first)
@@ -103,7 +103,7 @@ def _parse_v1(doc: dict) -> Manifest:
 
 def parse(data: bytes) -> Manifest:
     """Entries of a manifest document held in memory (small manifests, tests)."""
-    return dict(_entries(io.BytesIO(data)))
+    return dict(entries_of(io.BytesIO(data)))
 
 
 def lines(entries: Entries) -> Iterator[bytes]:

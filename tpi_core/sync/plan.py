@@ -19,7 +19,7 @@ Remote objects no local file claimed are deleted only with ``delete=True``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tpi_core.storage.local import checked_key
 from tpi_core.sync import manifest as mf
@@ -52,6 +52,11 @@ class Fetch:
     size: int
     md5: str | None = None
     mtime: float | None = None
+    beside: bool = False
+    """The local file is the user's: the object lands beside it (see ``guard.py``)."""
+    ours: str | None = None
+    """With ``beside``: the md5 of what tpi last wrote there, when known (an object that
+    turns out to be that is no news, and is not kept beside)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,13 @@ class Unchanged:
     key: str
     entry: Entry | None = None
     recorded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """A local file the user changed since tpi wrote it, whose object is unchanged: left."""
+
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +90,7 @@ class Forget:
     key: str
 
 
-Action = Send | Fetch | Unchanged | Delete | Forget | Skipped
+Action = Send | Fetch | Unchanged | Keep | Delete | Forget | Skipped
 
 
 def plan_upload(files: Iterable[LocalFile | Skipped], remote: Iterable[tuple[str, RemoteObject]],
@@ -162,7 +174,8 @@ def _by_hash(file: LocalFile, expected: str | None,
 
 def plan_download(remote: Iterable[tuple[str, RemoteObject]], manifest: mf.Entries | None, *,
                   stat_local: Callable[[str], tuple[int, int] | None],
-                  hash_file: Callable[[str], str | None]) -> Iterator[Action]:
+                  hash_file: Callable[[str], str | None],
+                  written: mf.Entries | None = None) -> Iterator[Action]:
     """Actions that make local files match the ``remote`` listing (already filtered).
 
     ``remote`` and ``manifest`` are ``(key, value)`` pairs sorted by key. ``stat_local(key)``
@@ -170,11 +183,30 @@ def plan_download(remote: Iterable[tuple[str, RemoteObject]], manifest: mf.Entri
     size is kept when its md5 equals the object's (etag, else the manifest's), or, with no
     checksum known, when its mtime is the object's (set by the last download). An unsafe key
     raises UnsafePathError.
+
+    ``written``: what tpi last wrote locally (``guard.py``), sorted; when given, a local file
+    that differs from its object and was changed since is never replaced: it is kept
+    (:class:`Keep`) or the object is fetched beside it (``Fetch.beside``).
     """
     entries = Cursor(manifest or (), "the manifest")
+    baseline = Cursor(written, "the local manifest") if written is not None else None
     for key, obj in Cursor(remote, "the listing").until(None):
         checked_key(key)
-        yield _download_decision(key, obj, stat_local(key), entries.find(key), hash_file)
+        local = stat_local(key)
+        action = _download_decision(key, obj, local, entries.find(key), hash_file)
+        if baseline is not None:
+            action = _guarded(action, local, baseline.find(key))
+        yield action
+
+
+def _guarded(action: Action, local: tuple[int, int] | None, entry: Entry | None) -> Action:
+    if not isinstance(action, Fetch) or local is None:
+        return action
+    if entry is not None and (entry.size, entry.mtime_ns) == local:
+        return action  # as tpi left it: the task's copy replaces it
+    if entry is not None and action.md5 is not None and entry.md5 == action.md5:
+        return Keep(action.key)  # changed here, not by the task
+    return replace(action, beside=True, ours=entry.md5 if entry is not None else None)
 
 
 def _download_decision(key: str, obj: RemoteObject, local: tuple[int, int] | None,

@@ -24,6 +24,10 @@ class SyncResult:
     unchanged: int = 0
     deleted: int = 0
     skipped: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    """Local files a download did not replace because they were changed here:
+    ``(key, key of the task's copy beside it)``, or ``(key, "")`` when the task's copy is
+    what tpi wrote before (nothing new to put beside it)."""
 
     def moved(self) -> str:
         """``3 files (12.3 kB)``: what was transferred, for messages."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import heapq
+import os
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import partial
@@ -13,11 +15,10 @@ from typing import Any
 
 import anyio
 
-from tpi_core.sync import DEFAULT_JOBS
 from tpi_core.errors import ObjectNotFound, StorageError
 from tpi_core.storage import Storage
+from tpi_core.sync import DEFAULT_JOBS, spill
 from tpi_core.sync import manifest as mf
-from tpi_core.sync import spill
 from tpi_core.sync.excludes import Excludes
 from tpi_core.sync.execute import SyncRun, alongside
 from tpi_core.sync.listing import Listing, every_page, list_remote
@@ -37,8 +38,11 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
                  delete: bool = False, manifest: tuple[Storage, str] | None = None,
                  jobs: int = DEFAULT_JOBS, progress: SyncProgress | None = None,
                  retry: RetryPolicy | None = None, dry_run: DryRun | None = None,
-                 max_delete: int | None = None) -> SyncResult:
-    """Make ``remote`` hold the files under ``local`` (see ``upload_tree``)."""
+                 max_delete: int | None = None, baseline: Path | None = None) -> SyncResult:
+    """Make ``remote`` hold the files under ``local`` (see ``upload_tree``).
+
+    ``baseline``: a local file the new manifest is copied to (with ``manifest``): the
+    tree as uploaded, what a guarded download compares local files with (``guard.py``)."""
     root = local_root(local, must_exist=True)
     excludes = Excludes.coerce(exclude)
     # the manifest is no file of the tree: never delete it
@@ -60,7 +64,21 @@ async def upload(local: str | Path, remote: Storage, *, exclude: Excludes | Sequ
                 await run.save_manifest(old, complete=False)
                 raise
             await run.save_manifest(old, complete=True)
+            if baseline is not None and manifest is not None and dry_run is None:
+                written = Path(scratch) / "manifest"
+                source = written if written.exists() else old and old.path
+                await anyio.to_thread.run_sync(_copy_baseline, source, baseline)
     return run.result
+
+
+def _copy_baseline(source: Path | None, baseline: Path) -> None:
+    baseline.parent.mkdir(parents=True, exist_ok=True)
+    temp = baseline.with_name(f".{baseline.name}.{os.getpid()}")
+    if source is None:
+        mf.write(temp, ())
+    else:
+        shutil.copyfile(source, temp)
+    os.replace(temp, baseline)
 
 
 def _encode_entry(entry: mf.Entry) -> list:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 
 import pytest
-
 from tpi_aws.backend import activity_event, instance_events, observation
 
 LAUNCHED = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -74,3 +73,13 @@ async def test_observation_counts_live_members_only():
     assert sorted(e.code for e in seen.events) == [
         "instance-launched", "instance-launched", "instance-terminated", "scaling-successful"]
     assert not (await observation(FakeClient(None), "tpi-x")).exists
+
+
+@pytest.mark.anyio
+async def test_observation_dates_the_first_live_machine_by_its_launch_time():
+    group = {"DesiredCapacity": 2, "Instances": [
+        {"InstanceId": "i-1", "LifecycleState": "InService"},
+        {"InstanceId": "i-0", "LifecycleState": "Terminating"}]}
+    assert (await observation(FakeClient(group), "tpi-x")).first_up == LAUNCHED.timestamp()
+    group["Instances"] = group["Instances"][1:]  # only a leaving machine: nothing is up
+    assert (await observation(FakeClient(group), "tpi-x")).first_up is None

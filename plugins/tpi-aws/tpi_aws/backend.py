@@ -21,17 +21,18 @@ per task, or ``storage.container`` (``bucket[/path]``).
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import time
-from urllib.parse import urlencode
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlencode
 
 import anyio
 
 from tpi_aws import machines, resources, scaling, userdata
 from tpi_aws.client import AwsClient
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
-from tpi_core.errors import ResourceNotFound, TpiError, UsageError
+from tpi_core.errors import ResourceNotFound, TpiError, UsageError, field
 from tpi_core.identifier import is_task_id
 from tpi_core.model import Event, Task
 from tpi_core.steps import Step
@@ -120,11 +121,20 @@ async def observation(c: AwsClient, name: str) -> Observation:
         return Observation(False)
     instances = await scaling.group_instances(c, name)
     activities = await scaling.scaling_activities(c, name)
-    live = sum(1 for i in group.get("Instances", []) if i.get("LifecycleState") in _LIVE)
+    live = [i.get("InstanceId") for i in group.get("Instances", [])
+            if i.get("LifecycleState") in _LIVE]
     events = [*map(activity_event, activities),
               *(e for i in instances for e in instance_events(i))]
-    return Observation(True, live, group.get("DesiredCapacity", 0),
-                       tuple(sorted(events, key=lambda e: e.time)))
+    return Observation(True, len(live), group.get("DesiredCapacity", 0),
+                       tuple(sorted(events, key=lambda e: e.time)),
+                       first_up=first_launch(instances, live))
+
+
+def first_launch(instances: list[dict], live: list[str]) -> float | None:
+    """The earliest LaunchTime of the live instances EC2 lists, or None."""
+    times = [_seconds(i["LaunchTime"]) for i in instances
+             if i.get("InstanceId") in live and i.get("LaunchTime")]
+    return min(times, default=None)
 
 
 def activity_event(activity: dict) -> Event:
@@ -259,10 +269,14 @@ class AWSBackend(Backend):
 
     def validate(self, task: Task) -> None:
         """Size, image and region aliases and ``permission_set`` are usable (no request)."""
-        machines.region(task.region)
-        machines.instance_types(task.machine)
-        machines.image(task.image)
-        _check_permission_set(task.permission_set)
+        with field("region"):
+            machines.region(task.region)
+        with field("machine"):
+            machines.instance_types(task.machine)
+        with field("image"):
+            machines.image(task.image)
+        with field("permission_set"):
+            _check_permission_set(task.permission_set)
 
     def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
         """Role, security group, environment, template, group (see the module docstring)."""
@@ -352,6 +366,13 @@ class AWSBackend(Backend):
         return sorted(found, key=lambda r: (r.region, r.task_id))
 
     @classmethod
+    def default_region(cls) -> str | None:
+        """``AWS_REGION``, ``AWS_DEFAULT_REGION``, else the ``region`` of the profile in the
+        AWS config file, as the AWS CLI finds it (no request, no SDK import)."""
+        env = os.environ
+        return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region(env)
+
+    @classmethod
     def machine_types(cls) -> list[MachineType]:
         """The size aliases and their instance types (the first is the preferred one)."""
         return [MachineType(alias, ", ".join(types), machines.DETAILS.get(alias, ""))
@@ -363,6 +384,22 @@ class AWSBackend(Backend):
             await storage.aclose()
         for c in self._clients.values():
             await c.aclose()
+
+
+def _profile_region(env: Mapping[str, str]) -> str | None:
+    import configparser
+
+    # botocore's order of the profile variables, and its sections: [default], [profile NAME]
+    profile = env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE") or "default"
+    parser = configparser.RawConfigParser()  # no interpolation: a value may hold a %
+    try:
+        parser.read(os.path.expanduser(env.get("AWS_CONFIG_FILE") or "~/.aws/config"),
+                    encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None  # botocore will say what is wrong with it when the task needs it
+    sections = [f"profile {profile}", *(["default"] if profile == "default" else [])]
+    found = (parser.get(s, "region", fallback="") for s in sections if parser.has_section(s))
+    return next(filter(None, found), None)
 
 
 def _check_permission_set(value: str) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tpi_aws.instance_types import FAMILIES, SHAPE
 from tpi_core.errors import UsageError
 
 SIZES: dict[str, tuple[str, ...]] = {
@@ -61,30 +62,38 @@ class ImageQuery:
     owner: str
     architecture: str
     name: str
+    alias: str = field(default="", compare=False)
+    """The image alias this query stands for (empty for ``owner:architecture:name``)."""
+
+    def describe(self) -> str:
+        """How errors name it: the alias, or the query as a tasks file writes it."""
+        query = f"{self.owner}:{self.architecture}:{self.name}"
+        return f"image alias {self.alias!r} ({query})" if self.alias else f"image {query!r}"
 
 
 IMAGES = {
     "ubuntu": ImageQuery("099720109477", "x86_64",
-                         "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"),
+                         "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "ubuntu"),
     "nvidia": ImageQuery("amazon", "x86_64",
-                         "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"),
+                         "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *", "nvidia"),
 }
 
-_NATIVE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 _NATIVE_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _TPI_IMAGE = re.compile(r"^(?:[^@]+@)?([^:]+):([^:]+):(.+)$")
 
 
 def instance_types(machine: str) -> tuple[str, ...]:
-    """The instance types of a size alias, or the native type alone."""
+    """The instance types of a size alias, or the native type alone: a size its family
+    sells, or any well-formed type of a family newer than the table."""
     key = machine.strip().lower()
     if key in SIZES:
         return SIZES[key]
-    if _NATIVE_TYPE.match(key):
+    family, _, size = key.partition(".")
+    sizes = FAMILIES.get(family)
+    if size in (sizes or ()) or (sizes is None and SHAPE.match(key)):
         return (key,)
-    raise UsageError(f"machine {machine!r} is neither a size alias nor an EC2 instance type"
-                     f"{_did_you_mean(key, SIZES)}; aliases: {', '.join(SIZES)}")
+    raise UsageError(_unknown_type(machine, family, sizes))
 
 
 def region(name: str) -> str:
@@ -113,6 +122,18 @@ def image(spec: str) -> str | ImageQuery:
         return ImageQuery(*found.groups())
     raise UsageError(f"image {spec!r} is not an alias ({', '.join(IMAGES)}), an AMI id "
                      "(ami-...) or owner:architecture:name-pattern")
+
+
+def _unknown_type(machine: str, family: str, sizes: tuple[str, ...] | None) -> str:
+    key = machine.strip().lower()
+    if sizes:  # a size the family does not sell, a typo most likely
+        return (f"unknown EC2 instance type {machine!r}"
+                f"{_did_you_mean(key, [f'{family}.{s}' for s in sizes])}; "
+                f"{family} sizes: {', '.join(sizes)}")
+    native = [f"{f}.{s}" for f, known in FAMILIES.items() for s in known]
+    return (f"machine {machine!r} is neither a size alias nor an EC2 instance type"
+            f"{_did_you_mean(key, [*SIZES, *native])}; a type is family.size "
+            f"(e.g. m7i.2xlarge); aliases: {', '.join(SIZES)}")
 
 
 def _did_you_mean(word: str, known) -> str:

@@ -100,9 +100,15 @@ async def find_image(c: AwsClient, query: str | ImageQuery) -> Image:
         owners = {} if query.owner == "*" else {"Owners": [query.owner]}
         found = (await c.call("ec2", "describe_images", Filters=filters, **owners))["Images"]
     if not found:
-        raise BackendError(f"no image in {c.region} matches {query}")
+        raise BackendError(_no_image(c.region, query))
     best = max(found, key=lambda i: i.get("CreationDate", ""))
     return Image(best["ImageId"], best.get("Name", ""), best.get("RootDeviceName", "/dev/sda1"))
+
+
+def _no_image(region: str, query: str | ImageQuery) -> str:
+    what = f"image {query}" if isinstance(query, str) else query.describe()
+    return (f"no AMI in {region} for {what}; set image = \"ami-...\" to an AMI of {region}, "
+            "or give the task another region")
 
 
 # bucket ------------------------------------------------------------------------------------

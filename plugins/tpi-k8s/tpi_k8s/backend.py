@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
-from tpi_core.errors import TaskNotFound, UnsafePathError, UsageError
+from tpi_core.errors import FieldError, TaskNotFound, UnsafePathError, UsageError, field
 from tpi_core.identifier import is_task_id
 from tpi_core.model import Task
 from tpi_core.steps import Step
@@ -168,20 +168,25 @@ class K8sBackend(Backend):
     def validate(self, task: Task) -> None:
         """Machine, region, image, ``permission_set``, tags and storage settings are usable
         (no request)."""
-        machines.size(task.machine)
-        machines.node_selector(task.region)
-        machines.image(task.image)
-        machines.service_account(task.permission_set)
+        with field("machine"):
+            machines.size(task.machine)
+        with field("region"):
+            machines.node_selector(task.region)
+        with field("image"):
+            machines.image(task.image)
+        with field("permission_set"):
+            machines.service_account(task.permission_set)
         for key in task.tags:
             if not machines.is_label_key(key):
-                raise UsageError(f"tags: {key!r} is not a Kubernetes label or annotation key")
+                raise FieldError("tags", f"{key!r} is not a Kubernetes label or annotation key")
         ref = TaskRef.of(task)
         if not bucket_url(ref):
-            claim_of(ref, task)
+            with field("storage.container"):
+                claim_of(ref, task)
             unknown = sorted(set(ref.container_opts) - set(CLAIM_OPTIONS))
             if unknown:
-                raise UsageError(f"container_opts {', '.join(unknown)}: a claim takes "
-                                 f"{', '.join(CLAIM_OPTIONS)}")
+                raise FieldError("storage.container_opts", f"{', '.join(unknown)}: a claim "
+                                 f"takes {', '.join(CLAIM_OPTIONS)}")
 
     def create_steps(self, task: Task, launch_: Launch) -> Sequence[Step]:
         """Claim, storage server, (prefix), environment Secret, Job."""

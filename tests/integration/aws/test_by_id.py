@@ -58,14 +58,16 @@ def test_status_pull_and_destroy_by_id_from_an_empty_folder(aws_env, tmp_path):
     assert found.returncode == 0, found.stderr
     seen = json.loads(found.stdout)[0]
     assert (seen["task_id"], seen["name"], seen["cloud"]) == (task_id, "far", "aws")
-    assert seen["state"] == "provisioning" and seen["machines"] == 1, seen
+    # no agent runs under moto: the machine is up and the task boots
+    assert seen["state"] == "booting" and seen["machines"] == 1, seen
+    assert seen["booting_since"] is not None, seen
     listed = json.loads(tpi(elsewhere, "list", "--json").stdout)
     assert {"id": task_id, "name": "far", "cloud": "aws", "region": REGION,
             "indexed": False} in listed
 
     waiting = tpi(elsewhere, "logs", task_id)  # no machine booted here: no log, and why
-    assert waiting.returncode == 0 and "far: no log yet: 1 machine(s) up, waiting for the " \
-        "first agent to report" in waiting.stderr, waiting.stderr
+    assert waiting.returncode == 0 and "far: no log yet: waiting for the first boot " \
+        "(1 machine up, no agent yet, " in waiting.stderr, waiting.stderr
     # a hostile key in the task's storage is skipped and named; the rest comes
     bucket = f"tpi-123456789012-{REGION}"
     boto3.client("s3", region_name=REGION).put_object(
