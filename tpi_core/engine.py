@@ -99,9 +99,13 @@ class Engine:
         spec = await read_spec(await self.storage(TaskRef.of(task)))
         if spec is None:
             return Planned(task, Action.CREATE, "new task")
-        if spec.get("spec_hash") != task.spec_hash():
+        if not same_spec(spec, task):
             changed = ", ".join(changed_fields(spec, task))
             return Planned(task, Action.REPLACE, f"changed: {changed}")
+        key = Index(task.base_dir).environment_key(task.id)
+        if key is not None and spec.get("environment_digest") not in (
+                None, task.environment_digest(key)):  # (without the key: not comparable)
+            return Planned(task, Action.REPLACE, "changed: environment values")
         if spec.get("destroying"):
             return Planned(task, Action.CREATE, "an earlier destroy did not finish")
         if not applied(spec):
@@ -153,7 +157,7 @@ class Engine:
         self.say(task, f"creating {task.id} on {backend.NAME}")
         storage = await backend.storage(ref, create=task)
         earlier = await read_spec(storage)
-        if (earlier and earlier.get("spec_hash") == task.spec_hash() and not applied(earlier)
+        if (earlier and same_spec(earlier, task) and not applied(earlier)
                 and not earlier.get("destroying")):
             created, deadline = earlier["created"], earlier["deadline"]
             self.say(task, "finishing an apply that did not finish")
@@ -205,12 +209,14 @@ class Engine:
     @staticmethod
     async def _write_spec(storage: Storage, task: Task, deadline: float, created: float, *,
                           applied: bool) -> None:
+        key = Index(task.base_dir).environment_key(task.id, create=True)
         spec = {"applied": applied,
             "id": task.id, "name": task.name, "cloud": task.cloud, "region": task.region,
             "machine": task.machine, "parallelism": task.parallelism, "spot": task.spot,
             "timeout": task.timeout, "deadline": deadline, "created": created,
             "script": task.script, "environment_keys": sorted(task.environment),
-            "spec_hash": task.spec_hash(), "output": task.storage.output,
+            "spec_hash": task.spec_hash(), "environment_digest": task.environment_digest(key),
+            "output": task.storage.output,
             "exclude": list(task.storage.exclude), "tags": dict(task.tags),
             **_kept_fields(task),
         }
@@ -398,6 +404,14 @@ def _kept_fields(task: Task) -> dict:
     return {"image": task.image, "disk_size": task.disk_size,
             "permission_set": task.permission_set, "workdir": task.storage.workdir,
             "container": task.storage.container}
+
+
+def same_spec(spec: dict, task: Task) -> bool:
+    """Whether ``spec`` was applied from ``task`` as it is now (environment values aside,
+    see :meth:`Task.environment_digest`); a spec written before that is read too."""
+    if "environment_digest" not in spec:
+        return spec.get("spec_hash") == task.legacy_spec_hash()
+    return spec.get("spec_hash") == task.spec_hash()
 
 
 def changed_fields(spec: dict, task: Task) -> list[str]:

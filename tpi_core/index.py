@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -77,6 +78,29 @@ class Index:
         """Where what tpi last wrote into the task's workdir is kept (``sync/guard.py``)."""
         return self.dir / "files" / f"{task_id}.manifest"
 
+    def environment_key(self, task_id: str, *, create: bool = False) -> bytes | None:
+        """The task's random key for :meth:`Task.environment_digest` (made with ``create``),
+        readable by this user only; None when this computer has none (applied elsewhere)."""
+        path = self.dir / "files" / f"{task_id}.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if not create:
+                return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._ignore()
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+        try:
+            os.link(temp, path)  # the first writer's key wins; a second apply reads it
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temp)
+        return path.read_bytes()
+
     def entries(self, file: str | None = None) -> dict[str, Entry]:
         """Applied tasks by name: those of ``file`` (a tasks file's name), or all."""
         return {e.name: e for e in self._all().values()
@@ -114,7 +138,11 @@ class Index:
         self._change(lambda entries: entries.__setitem__(entry.task_id, entry))
 
     def remove(self, task_id: str) -> None:
-        """Mark a task destroyed (its entry stays until it is applied again)."""
+        """Mark a task destroyed (its entry stays until it is applied again) and delete what
+        was kept for it (its baseline, its environment key)."""
+        for path in (self.baseline(task_id), self.dir / "files" / f"{task_id}.key"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         def mark(entries: dict[str, Entry]) -> None:
             if task_id in entries and not entries[task_id].destroyed:
                 entries[task_id] = replace(entries[task_id], destroyed=time.time())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -102,19 +103,35 @@ class Task:
         return (self.base_dir / self.storage.workdir).resolve()
 
     def spec_hash(self) -> str:
-        """Digest of every field whose change replaces the task (TPI's ForceNew).
+        """Digest of every field whose change replaces the task (TPI's ForceNew), the
+        environment by its names only.
 
-        ``storage.output`` and ``storage.exclude`` change in place; environment values
-        enter the digest hashed, so the digest can be stored without revealing them.
+        ``storage.output`` and ``storage.exclude`` change in place. Environment values are
+        compared through :meth:`environment_digest`, keyed: a digest anyone reading the
+        spec could recompute would let a weak secret be guessed offline.
         """
+        return self._digest(sorted(self.environment))
+
+    def legacy_spec_hash(self) -> str:
+        """The digest specs written before :meth:`environment_digest` hold (environment
+        values hashed unkeyed into it): such a task is recognised, not replaced."""
+        return self._digest(hashlib.sha256(
+            json.dumps(dict(self.environment), sort_keys=True).encode()).hexdigest())
+
+    def environment_digest(self, key: bytes) -> str:
+        """HMAC-SHA256 of the environment values under ``key``, a random key per task that
+        only the computer that applied it holds: without it the digest tells nothing."""
+        data = json.dumps(dict(self.environment), sort_keys=True).encode()
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+    def _digest(self, environment: object) -> str:
         doc = {
             "cloud": self.cloud, "script": self.script, "region": self.region,
             "machine": self.machine, "image": self.image, "spot": self.spot,
             "disk_size": self.disk_size, "parallelism": self.parallelism,
             "timeout": self.timeout, "tags": dict(self.tags),
             "permission_set": self.permission_set,
-            "environment": hashlib.sha256(
-                json.dumps(dict(self.environment), sort_keys=True).encode()).hexdigest(),
+            "environment": environment,
             "workdir": self.storage.workdir, "container": self.storage.container,
             "container_opts": dict(self.storage.container_opts),
         }

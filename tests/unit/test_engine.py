@@ -76,6 +76,60 @@ async def test_spec_holds_no_environment_value(tmp_path, fake, monkeypatch):
     assert "SECRET_TOKEN" in json.loads(raw)["environment_keys"]
 
 
+async def test_environment_values_are_compared_by_a_keyed_digest_only(tmp_path, fake,
+                                                                      monkeypatch):
+    import hashlib
+    import hmac
+
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    tasks = fake_tasks(write_tasks(tmp_path, 'environment = { SECRET_TOKEN = "" }'))
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        spec = json.loads(await fake.storages[tasks[0].id].read(layout.SPEC))
+        key_file = tmp_path / ".tpi" / "files" / f"{tasks[0].id}.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+        # the spec holds nothing a guess of the secret could be checked against offline
+        values = json.dumps(dict(tasks[0].environment), sort_keys=True).encode()
+        unkeyed = hashlib.sha256(values).hexdigest()
+        assert unkeyed not in json.dumps(spec) and b"hunter2" not in json.dumps(spec).encode()
+        assert spec["environment_digest"] == hmac.new(key_file.read_bytes(), values,
+                                                      hashlib.sha256).hexdigest()
+        # (the spec's hash holds the environment's names, not its values)
+        other = _with_env(tasks[0], {**tasks[0].environment, "SECRET_TOKEN": "other"})
+        assert other.spec_hash() == tasks[0].spec_hash()
+        # a changed value still replaces the task
+        monkeypatch.setenv("SECRET_TOKEN", "changed")
+        changed = fake_tasks(write_tasks(tmp_path, 'environment = { SECRET_TOKEN = "" }'))
+        [planned] = await engine.plan(changed)
+        assert (planned.action, planned.reason) == (Action.REPLACE, "changed: environment values")
+        # where the key is not (applied from another computer), values cannot be compared
+        key_file.unlink()
+        assert [p.action for p in await engine.plan(changed)] == [Action.UNCHANGED]
+
+
+def _with_env(task, environment):
+    from dataclasses import replace
+
+    from tpi_core.model import Secrets
+
+    return replace(task, environment=Secrets(environment))
+
+
+async def test_a_spec_written_before_the_keyed_digest_is_not_replaced(tmp_path, fake):
+    tasks = fake_tasks(write_tasks(tmp_path))
+    async with Engine(backends={"fake": FakeBackend()}) as engine:
+        await engine.apply(await engine.plan(tasks))
+        storage = fake.storages[tasks[0].id]
+        spec = json.loads(await storage.read(layout.SPEC))
+        del spec["environment_digest"]
+        spec["spec_hash"] = tasks[0].legacy_spec_hash()
+        await storage.write(layout.SPEC, json.dumps(spec).encode())
+        assert [p.action for p in await engine.plan(tasks)] == [Action.UNCHANGED]
+        spec["spec_hash"] = "0" * 16  # an older spec of other settings is replaced
+        await storage.write(layout.SPEC, json.dumps(spec).encode())
+        assert [p.action for p in await engine.plan(tasks)] == [Action.REPLACE]
+
+
 async def test_changed_task_needs_replace_and_output_change_updates(tmp_path, fake):
     tasks = fake_tasks(write_tasks(tmp_path))
     async with Engine(backends={"fake": FakeBackend()}) as engine:

@@ -59,3 +59,34 @@ async def test_a_killed_downloads_leftovers_are_removed_by_the_next(tmp_path: Pa
     assert not dead.exists()
     assert alive.read_text() == "half" and foreign.read_text() == "keep"
     assert (dst / "out" / "a.txt").read_text() == "a\n"
+
+
+@pytest.mark.anyio
+async def test_a_name_that_is_not_utf8_is_skipped_and_named(tmp_path: Path):
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    (src / "good.txt").write_text("ok\n")
+    bad = os.fsdecode(b"caf\xe9.txt")  # Latin-1 bytes: valid on ext4, no UTF-8 text
+    (src / bad).write_text("latin\n")
+    (src / os.fsdecode(b"dir\xff")).mkdir()
+    (src / os.fsdecode(b"dir\xff") / "inner.txt").write_text("inner\n")
+    async with LocalStorage(store) as storage:
+        result = await upload_tree(src, storage)
+        listed = sorted([info.key async for info in storage.list("")])
+    assert result.sent == 1 and listed == ["good.txt"]
+    assert sorted(result.skipped) == [
+        "caf\\xe9.txt: the name is not valid UTF-8, which a storage key must be",
+        "dir\\xff: the directory name is not valid UTF-8, which a storage key must be: "
+        "nothing in it is sent"]
+
+
+def test_tpi_sync_of_a_name_that_is_not_utf8_says_so_and_sends_the_rest(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.txt").write_text("ok\n")
+    (src / os.fsdecode(b"caf\xe9.txt")).write_text("latin\n")
+    done = subprocess.run([sys.executable, "-m", "tpi_core", "sync", str(src),
+                           str(tmp_path / "dst")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "caf\\xe9.txt: the name is not valid UTF-8" in done.stderr
+    assert (tmp_path / "dst" / "good.txt").read_text() == "ok\n"

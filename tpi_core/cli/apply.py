@@ -71,7 +71,7 @@ async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
             return 0
         targets = [Target(_ref(p.task), p.task, indexed=True) for p in planned]
         interrupt_hint.append(FOLLOW_HINT)
-        statuses = await follow(engine, targets, app.out)
+        statuses = await follow(engine, targets, app.out, app.say)
         for status in statuses:
             app.say(f"{status.name}: {outcome(status)}")
         return exit_code(statuses)

@@ -120,6 +120,8 @@ def _visit(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> Item
     if PART_MARK in entry.name:
         _remove_leftover(entry)
         return None
+    if not _utf8(entry.name):
+        return _not_utf8(entry, key, excludes)
     if entry.is_symlink():
         return None if excludes.excluded(key) else _link(root, entry, key, excludes)
     if entry.is_dir(follow_symlinks=False):
@@ -131,6 +133,30 @@ def _visit(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> Item
     if entry.is_file(follow_symlinks=False):
         return _file(key, entry.path, entry.stat(follow_symlinks=False))
     return Skipped(key, "not a regular file")
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name decoded from the disk is real text (not undecodable bytes kept
+    as surrogates, which no storage key can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_utf8(entry: os.DirEntry, key: str, excludes: Excludes) -> Skipped | None:
+    if entry.is_dir(follow_symlinks=False):
+        return None if excludes.prunes(key) else Skipped(
+            printable(key), "the directory name is not valid UTF-8, which a storage key must "
+            "be: nothing in it is sent")
+    return None if excludes.excluded(key) else Skipped(
+        printable(key), "the name is not valid UTF-8, which a storage key must be")
+
+
+def printable(key: str) -> str:
+    """``key`` for messages: undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(key).decode("utf-8", "backslashreplace")
 
 
 def _link(root: Path, entry: os.DirEntry, key: str, excludes: Excludes) -> LocalFile | Skipped:

@@ -151,3 +151,16 @@ async def test_hostile_keys_are_skipped_and_nothing_lands_outside(s3, bucket, st
     # the safe key comes, each hostile one is named and left out
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [destination / "ok"]
     assert sorted(line.split(":")[0] for line in result.skipped) == ["../x", "/etc/tpi-hostile"]
+
+
+async def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_is_sent(s3, bucket, storage,
+                                                                        tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "good.txt").write_text("ok\n")
+    (source / os.fsdecode(b"caf\xe9.txt")).write_text("latin\n")  # valid on ext4
+    result = await upload_tree(source, storage, retry=PATIENT)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="task/data/")["Contents"]]
+    assert keys == ["task/data/good.txt"] and result.sent == 1
+    assert result.skipped == ["caf\\xe9.txt: the name is not valid UTF-8, which a storage key "
+                              "must be"]
