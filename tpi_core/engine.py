@@ -20,6 +20,7 @@ import anyio
 
 from tpi_core import config, layout, registry
 from tpi_core.backend import Backend, Capability, Launch, Observation, TaskRef
+from tpi_core.concurrent import gather
 from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError, UsageError
 from tpi_core.index import Index
 from tpi_core.model import State, Task, TaskStatus
@@ -436,32 +437,6 @@ def applied(spec: dict) -> bool:
     """Whether the apply that wrote ``spec`` finished (a spec from before the mark was
     kept counts as applied)."""
     return bool(spec.get("applied", True))
-
-
-async def gather(calls):
-    """Run coroutine factories concurrently; results in call order.
-
-    One failure does not cancel the others (a broken task must not abandon its siblings
-    half-created); once all are done, a single error is re-raised as it is and several
-    are joined into one :class:`TpiError`.
-    """
-    results: list = [None] * len(calls)
-    failures: list[BaseException] = []
-
-    async def one(i, call):
-        try:
-            results[i] = await call()
-        except Exception as exc:
-            failures.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for i, call in enumerate(calls):
-            tg.start_soon(one, i, call)
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
-        raise TpiError("; ".join(str(f) for f in failures)) from failures[0]
-    return results
 
 
 async def _both(first, second) -> tuple:

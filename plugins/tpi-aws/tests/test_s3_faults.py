@@ -164,3 +164,35 @@ async def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_is_sent(s3, bucke
     assert keys == ["task/data/good.txt"] and result.sent == 1
     assert result.skipped == ["caf\\xe9.txt: the name is not valid UTF-8, which a storage key "
                               "must be"]
+
+
+async def test_a_part_that_keeps_failing_fails_the_file_plainly_and_the_sync_retries_it(
+        storage, proxy, tmp_path):
+    """A 250 MB file goes up in parts; part 2 gets 503 (SlowDown) more often than a part
+    is retried. The error must come out as itself, not inside an ExceptionGroup, so that the
+    sync retries the file (an ExceptionGroup was not retried, and the CLI showed it raw)."""
+    from tpi_aws._transfer import PART_ATTEMPTS
+
+    source = tmp_path / "source"
+    source.mkdir()
+    data = os.urandom(1 << 20) * 250  # 250 MiB: over the single-PUT limit, so in parts
+    (source / "big.bin").write_bytes(data)
+    faults = {"left": PART_ATTEMPTS}
+
+    def part_two(method: str, target: str, _headers: dict[str, str]) -> bool:
+        if method == "PUT" and "partNumber=2&" in target + "&" and faults["left"] > 0:
+            faults["left"] -= 1
+            return True
+        return False
+
+    proxy.rate, proxy.kinds, proxy.when = 1.0, ("slowdown",), part_two
+    result = await upload_tree(source, storage, jobs=4,
+                               retry=RetryPolicy(attempts=3, base=0.01, cap=0.1))
+    assert faults["left"] == 0 and proxy.stats["slowdown"] == PART_ATTEMPTS
+    assert result.sent == 1
+    uploads = sum(1 for m, t, _o in proxy.log if m == "POST" and "?uploads" in t)
+    assert uploads == 2  # the file was tried again after its part gave up
+    proxy.rate = 0.0
+    await storage.download("big.bin", tmp_path / "back")
+    assert hashlib.md5((tmp_path / "back").read_bytes()).digest() == \
+        hashlib.md5(data).digest()

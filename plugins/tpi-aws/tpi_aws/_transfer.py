@@ -22,6 +22,7 @@ import anyio
 from tpi_aws._stream import check_md5, preallocate, write_all, write_body
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors
+from tpi_core.concurrent import task_group
 from tpi_core.errors import IntegrityError, ObjectNotFound, ResourceNotFound, TransientError
 from tpi_core.storage import Progress
 from tpi_core.sync.retry import RetryPolicy
@@ -129,7 +130,7 @@ async def _upload_parts(target: Target, path: Path, upload_id: str, step: int, c
             check_stored(what, resp.headers, digest)
             return resp.headers.get("ETag", ""), len(data)
 
-    async with anyio.create_task_group() as group:
+    async with task_group() as group:
         for _ in range(min(PART_WORKERS, count)):
             group.start_soon(worker)
     return etags
@@ -204,7 +205,7 @@ async def download_ranges(target: Target, path: Path, first: bytes, total: int, 
                 if hasher:
                     await hasher.completed(start, end)
 
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:
             if hasher:
                 group.start_soon(hasher.completed, 0, head)
             for _ in range(min(PART_WORKERS, -(-(total - head) // step))):

@@ -33,6 +33,7 @@ from tpi_aws._http import Stream
 from tpi_aws._stream import INLINE_IO, MEMORY_MAX, check_md5, file_chunks
 from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
 from tpi_aws.errors import aws_errors, translate
+from tpi_core.concurrent import task_group
 from tpi_core.errors import UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key
@@ -147,7 +148,7 @@ class S3Storage(Storage):
         async def whole_md5() -> None:  # for the caller, on a second core, beside the parts
             hashed.append(await anyio.to_thread.run_sync(md5_file, path))
 
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:
             group.start_soon(whole_md5)
             await _transfer.upload_multipart(await self._target(full), path, size, progress)
         return hashed[0]
