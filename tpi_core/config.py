@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tpi_core import registry
+from tpi_core.backend import Capability
 from tpi_core.errors import ConfigError, FieldError, PluginError, UsageError
 from tpi_core.identifier import deterministic, is_task_id
 from tpi_core.model import (
@@ -193,12 +194,16 @@ def with_region(task: Task, region: str | None) -> Task:
 
 
 def check_backend(task: Task, backend_of: Callable[[str], Any]) -> None:
-    """The task's backend is installed and takes its settings (aliases, regions, images:
-    ``Backend.validate``, no request); else a ConfigError naming file, task and key."""
+    """The task's backend is installed, has what the task asks for (``spot``: its
+    :attr:`~tpi_core.backend.Capability.SPOT`) and takes its settings (aliases, regions,
+    images: ``Backend.validate``, no request); else a ConfigError naming file, task and key."""
     try:
         backend = backend_of(task.cloud)
     except PluginError as exc:  # not installed (with the install hint), or broken
         raise ConfigError(task.source, str(exc), task=task.name, key="cloud") from None
+    if task.spot >= 0 and Capability.SPOT not in backend.CAPABILITIES:
+        raise ConfigError(task.source, f"backend {backend.NAME!r} has no spot machines: "
+                          "leave spot out (or -1) for on-demand", task=task.name, key="spot")
     try:
         backend.validate(task)
     except FieldError as exc:

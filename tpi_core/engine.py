@@ -20,7 +20,7 @@ import anyio
 
 from tpi_core import config, layout, registry
 from tpi_core.backend import Backend, Capability, Launch, Observation, TaskRef
-from tpi_core.concurrent import gather
+from tpi_core.concurrent import gather, task_group
 from tpi_core.errors import ObjectNotFound, ResourceNotFound, TaskNotFound, TpiError, UsageError
 from tpi_core.index import Index
 from tpi_core.model import State, Task, TaskStatus
@@ -366,7 +366,7 @@ class Engine:
             except (TpiError, TimeoutError) as exc:
                 skipped.append(f"{cloud}: {str(exc) or 'no answer'}")
 
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
             for cloud in clouds:
                 tg.start_soon(one, cloud)
         return sorted(found, key=lambda r: (r.cloud, r.region, r.task_id)), sorted(skipped)

@@ -1,7 +1,9 @@
 """The error tree of tpi.
 
 Every error a user can see is a :class:`TpiError`. Backends translate SDK errors into
-this tree once, at the SDK boundary, with :func:`map_errors`; nothing else reaches the CLI.
+this tree once, at the SDK boundary, with :func:`map_errors`; an answer's error code and
+HTTP status become an error class through :func:`error_for` and the backend's code table;
+nothing else reaches the CLI.
 
     TpiError                      exit 1 unless stated
     ├── UsageError                exit 2: bad input (tasks.toml, CLI arguments)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 
 
 class TpiError(Exception):
@@ -137,6 +140,26 @@ class UnsafePathError(StorageError):
 
 class IntegrityError(StorageError):
     """Transferred bytes do not match the checksum they were sent with."""
+
+
+STATUS_ERRORS: Mapping[int, type[TpiError]] = {
+    403: PermissionDenied, 404: ResourceNotFound, 429: TransientError}
+"""The error of an HTTP status whose code no table names (any 5xx is a TransientError)."""
+
+
+def error_for(code: str, status: int | None,
+              codes: Mapping[str, type[TpiError]] = MappingProxyType({}),
+              statuses: Mapping[int, type[TpiError]] = STATUS_ERRORS) -> type[TpiError]:
+    """The error class of a cloud's answer: ``code`` in the backend's table ``codes``
+    first, then the HTTP status (``statuses``; 5xx: try again); else :class:`BackendError`
+    (also without a status: a request that got no answer is the caller's to name)."""
+    if code in codes:
+        return codes[code]
+    if status is None:
+        return BackendError
+    if status in statuses:
+        return statuses[status]
+    return TransientError if status >= 500 else BackendError
 
 
 ErrorMap = Mapping[type[BaseException], type[TpiError] | Callable[[BaseException], TpiError]]

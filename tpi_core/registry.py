@@ -17,9 +17,12 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tpi_core.backend import Backend
 from tpi_core.errors import BackendNotInstalled, PluginError
+from tpi_core.storage import Storage
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -30,11 +33,11 @@ STORAGE_GROUP = "tpi.storage"
 ALIASES = {"az": "azure", "kubernetes": "k8s"}
 """Other spellings a tasks file may use for a backend name."""
 
-FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "s3": "aws"}
+FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "s3": "aws", "gs": "gcp"}
 """Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it (a
 test checks that each is declared)."""
 
-PLANNED = {"gcp": "gcp", "azure": "azure", "gs": "gcp", "az": "azure"}
+PLANNED = {"gcp": "gcp", "azure": "azure", "az": "azure"}
 """Backend or storage scheme -> the first-party plugin that will provide it, not published
 yet: no extra to suggest."""
 
@@ -45,6 +48,7 @@ KNOWN = {
     (STORAGE_GROUP, "file"): "tpi_core.storage.local:LocalStorage",
     (STORAGE_GROUP, "s3"): "tpi_aws.storage:S3Storage",
     (STORAGE_GROUP, "k8s"): "tpi_k8s.storage:K8sStorage",
+    (STORAGE_GROUP, "gs"): "tpi_gcp.storage:GCSStorage",
 }
 """The first-party entry points, as their pyproject files declare them (a test checks).
 
@@ -141,8 +145,6 @@ def install_hint(name: str, group: str = BACKEND_GROUP) -> str:
 
 def backend_class(name: str) -> type:
     """The Backend subclass registered as ``name``, imported now."""
-    from tpi_core.backend import Backend
-
     name = canonical(name)
     if name in _registered and _allowed(name):
         return _registered[name]
@@ -159,8 +161,6 @@ def backend_class(name: str) -> type:
 
 def storage_class(scheme: str) -> type:
     """The Storage subclass registered for a URL scheme, imported now."""
-    from tpi_core.storage import Storage
-
     known = _known(STORAGE_GROUP, scheme)
     if known is not None:
         return _load(scheme, known, Storage, STORAGE_GROUP)
@@ -170,6 +170,17 @@ def storage_class(scheme: str) -> type:
             f"no storage for {scheme}:// URLs is installed; "
             f"{install_hint(scheme, STORAGE_GROUP)}")
     return _load(scheme, eps[scheme].value, Storage, STORAGE_GROUP)
+
+
+def open_storage(url: str, **options: str) -> Storage:
+    """Open a storage from its URL through the ``tpi.storage`` entry points.
+
+    A plain path (no scheme) is a local directory.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme == "file" and "://" not in url:
+        url = Path(url).resolve().as_uri()
+    return storage_class(scheme).from_url(url, **options)
 
 
 def _known(group: str, name: str) -> str | None:
@@ -209,7 +220,7 @@ def clear_cache() -> None:
 def _source() -> str:
     """The folder tpi was installed from, when pip recorded one (an editable or local
     install): the place its plugins are installed from too."""
-    import json
+    import json  # start-up cost: only an install hint reads the metadata
     from importlib import metadata
     from urllib.parse import unquote, urlparse
 

@@ -11,10 +11,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
-import anyio
-
 from tpi_core import layout
 from tpi_core.backend import Observation
+from tpi_core.boot.script import MACHINE_LOG, MAX_FAILURES
+from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound, ResourceNotFound
 from tpi_core.model import Event, ReplicaState, ReplicaStatus, State, TaskStatus
 from tpi_core.retry import retry
@@ -98,7 +98,7 @@ async def read_reports(storage: Storage) -> Reports:
         except (ObjectNotFound, ValueError):
             pass
 
-    async with anyio.create_task_group() as tg:
+    async with task_group() as tg:
         for replica, key in status_keys:
             tg.start_soon(load, replica, key)
     logs.sort(key=lambda b: (b.replica, b.attempt))
@@ -151,8 +151,6 @@ def derive_state(parallelism: int, replicas: tuple[ReplicaStatus, ...],
     ``boot_failures``: machines whose boot failed; from :data:`MAX_FAILURES` on, their
     machines leave the group instead of being replaced, so the task has failed.
     """
-    from tpi_core.boot.script import MAX_FAILURES
-
     states = {r.state for r in replicas}
     if replicas and all(r.state.final for r in replicas) and len(replicas) >= parallelism:
         if ReplicaState.TIMED_OUT in states:
@@ -213,8 +211,6 @@ BOOT_WARNING_AFTER = 600.0
 def slow_boot(since: float | None, now: float | None = None) -> str:
     """The warning for a boot that has gone on for :data:`BOOT_WARNING_AFTER` seconds with
     no agent report, or "" before then."""
-    from tpi_core.boot.script import MACHINE_LOG
-
     waited = (now or time.time()) - since if since is not None else 0.0
     if waited < BOOT_WARNING_AFTER:
         return ""

@@ -20,7 +20,8 @@ Action = Callable[[], Awaitable[object]]
 Report = Callable[[str], None]
 
 
-async def _nothing() -> None:
+async def nothing() -> None:
+    """The action of a step with no create (or no delete): one built from a ref alone."""
     return None
 
 
@@ -29,8 +30,8 @@ class Step:
     """One resource: how to create it and how to delete it."""
 
     description: str
-    create: Action = _nothing
-    delete: Action = _nothing
+    create: Action = nothing
+    delete: Action = nothing
 
 
 async def run_steps(steps: Sequence[Step], report: Report | None = None) -> None:

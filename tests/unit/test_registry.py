@@ -82,7 +82,8 @@ def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps):
     for name, plugin in (("gcp", "gcp"), ("az", "azure")):
         with pytest.raises(BackendNotInstalled, match=f"{plugin} plugin is not published yet"):
             registry.backend_class(name)
-    assert "tpi[" not in registry.install_hint("gs", registry.STORAGE_GROUP)
+    # the gs:// storage is published (plugins/tpi-gcp), ahead of the gcp backend
+    assert "[gcp]" in registry.install_hint("gs", registry.STORAGE_GROUP)
 
 
 def test_every_extra_an_install_hint_names_is_declared() -> None:
@@ -179,3 +180,17 @@ def test_status_of_a_local_task_imports_no_cloud_sdk(tmp_path):
     modules = _imported_after(["status", "t"], tmp_path)
     assert "tpi_core.engine" in modules
     assert not [m for m in modules if m.startswith(SDK_MODULES)]
+
+
+def test_open_storage_lives_in_the_registry_and_storage_imports_no_registry():
+    code = textwrap.dedent("""
+        import sys
+        import tpi_core.storage
+        print("tpi_core.registry" in sys.modules)
+        from tpi_core.storage import open_storage
+        from tpi_core import registry
+        print(open_storage is registry.open_storage)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -14,7 +14,8 @@ Environment values reach the agent through its own process environment only; it 
 the script the task's ``environment_keys`` from it, never writing a value anywhere.
 """
 
-from tpi_core.agent.hooks import AgentHooks, load_hooks
+from tpi_core.agent.hooks import AgentHooks, GroupHooks, load_hooks
 from tpi_core.agent.runner import EXIT_DONE, EXIT_PREEMPTED, Agent, AgentConfig
 
-__all__ = ["EXIT_DONE", "EXIT_PREEMPTED", "Agent", "AgentConfig", "AgentHooks", "load_hooks"]
+__all__ = ["EXIT_DONE", "EXIT_PREEMPTED", "Agent", "AgentConfig", "AgentHooks", "GroupHooks",
+           "load_hooks"]

@@ -1,7 +1,9 @@
 """What a cloud adds to the agent: which replica, the secrets, the notice and the goodbye.
 
 A cloud plugin subclasses :class:`AgentHooks` and names it on the agent's command line
-(``--hooks tpi_aws.agent:AwsHooks``); the class is built with no arguments.
+(``--hooks tpi_aws.agent:AwsHooks``); the class is built with no arguments. A cloud whose
+group of machines hands out no replica index (an Auto Scaling group, a managed instance
+group, a scale set) subclasses :class:`GroupHooks` and gives only its probes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 
 import anyio
 
+from tpi_core.agent import lease, preempt
 from tpi_core.errors import UsageError
 from tpi_core.model import ReplicaStatus
 from tpi_core.storage import Storage
@@ -53,6 +56,47 @@ class AgentHooks:
 
     async def aclose(self) -> None:
         """Release clients; called once as the agent ends."""
+
+
+class GroupHooks(AgentHooks):
+    """Hooks of a machine in a cloud's group: the replica is claimed by lease
+    (:mod:`tpi_core.agent.lease`) and the notice polled (:mod:`tpi_core.agent.preempt`).
+
+    A cloud gives :meth:`machine_id`, :meth:`alive`, :meth:`preempted` and
+    :meth:`~AgentHooks.on_exit` (leaving the group).
+    """
+
+    notice_interval = 5.0
+    """Seconds between two looks at the preemption notice."""
+    claim_settle = 2.0
+    """Seconds between writing a lease and reading it back."""
+    claim_patience = 300.0
+    """Seconds a machine waits for a replica to free up before it leaves the group."""
+
+    async def machine_id(self) -> str:
+        """This machine's id in the group (what its lease holds)."""
+        raise NotImplementedError
+
+    async def alive(self, machine: str) -> bool:
+        """Whether ``machine`` is a live member of the task's group."""
+        raise NotImplementedError
+
+    async def preempted(self) -> bool:
+        """Whether the cloud announced that this machine is going away."""
+        return False
+
+    async def replica_index(self, storage: Storage, spec: Mapping) -> int | None:
+        """Claim a replica by lease; with none left to run, leave the group and say None."""
+        index = await lease.claim_replica(
+            storage, int(spec.get("parallelism", 1)), await self.machine_id(), self.alive,
+            settle=self.claim_settle, patience=self.claim_patience)
+        if index is None:
+            await self.on_exit(None)
+        return index
+
+    async def wait_for_preemption(self) -> None:
+        """Return once :meth:`preempted` says yes (asked every ``notice_interval``)."""
+        await preempt.poll_notice(self.preempted, self.notice_interval)
 
 
 def load_hooks(spec: str | None) -> AgentHooks:

@@ -27,10 +27,12 @@ from tpi_core.agent.machinelog import MachineLog
 from tpi_core.agent.reports import Reports, retry
 from tpi_core.agent.script import Script, run_script, script_environment
 from tpi_core.agent.workdir import fingerprint
+from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound, TaskNotFound, TpiError
 from tpi_core.model import ReplicaState, ReplicaStatus
+from tpi_core.registry import open_storage
 from tpi_core.reports import read_stops
-from tpi_core.storage import Storage, open_storage
+from tpi_core.storage import Storage
 from tpi_core.storage.sync import Excludes, download_tree, upload_tree
 
 EXIT_DONE = 0
@@ -80,7 +82,7 @@ class Agent:
         storage = self._storage or open_storage(self.config.storage_url)
         failure: Exception | None = None
         try:
-            async with storage, anyio.create_task_group() as tg:
+            async with storage, task_group() as tg:
                 self.storage = storage
                 await tg.start(self._watch_signals)
                 try:
@@ -172,7 +174,7 @@ class Agent:
         SUCCEEDED stands for "the script ended by itself"; its exit code decides later.
         """
         outcome: list[ReplicaState] = []
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
             async def first(state: ReplicaState, wait: Callable[[], Awaitable[object]]) -> None:
                 await wait()
                 outcome.append(state)

@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 
 from tpi_core.agent.bootlog import BootLog, pump
+from tpi_core.concurrent import task_group
 
 BASIC_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM",
                    "TZ", "TMPDIR")
@@ -85,7 +86,7 @@ async def run_script(text: str, workdir: Path, env: Mapping[str, str],
         script = Script(await _spawn(_write(Path(tmp), text), workdir, env))
         drained = anyio.Event()
         try:
-            async with anyio.create_task_group() as tg:
+            async with task_group() as tg:
                 tg.start_soon(_pump_all, script.process, log, drained)
                 yield script
                 await _reap_leftovers(script, drained)
@@ -116,7 +117,7 @@ async def _spawn(path: Path, workdir: Path, env: Mapping[str, str]):
 
 async def _pump_all(process: asyncio.subprocess.Process, log: BootLog,
                     drained: anyio.Event) -> None:
-    async with anyio.create_task_group() as tg:
+    async with task_group() as tg:
         tg.start_soon(pump, process.stdout, "stdout", log)
         tg.start_soon(pump, process.stderr, "stderr", log)
     drained.set()

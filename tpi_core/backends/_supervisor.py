@@ -31,9 +31,11 @@ from anyio.abc import Process
 from tpi_core import layout
 from tpi_core.agent import EXIT_PREEMPTED
 from tpi_core.backends._compute import AGENT_MODULE, ComputeDir, signal_pid, wait_until
+from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound
 from tpi_core.model import ReplicaState, ReplicaStatus
-from tpi_core.storage import Storage, open_storage
+from tpi_core.registry import open_storage
+from tpi_core.storage import Storage
 
 AGENT_STOP_TIMEOUT = 20.0
 """How long agents get to flush and stop their scripts after SIGTERM."""
@@ -56,9 +58,9 @@ class Supervisor:
     async def run(self) -> None:
         """Until every replica is final, or SIGTERM."""
         self.compute.add_event("supervisor_started", f"{self.count} replicas")
-        async with anyio.create_task_group() as outer:
+        async with task_group() as outer:
             await outer.start(self._on_sigterm)
-            async with anyio.create_task_group() as replicas:
+            async with task_group() as replicas:
                 for index in range(self.count):
                     replicas.start_soon(self._replica, index)
             outer.cancel_scope.cancel()

@@ -36,7 +36,7 @@ from tpi_core.backends._compute import (SUPERVISOR_MODULE, ComputeDir, is_alive,
                                         wait_until)
 from tpi_core.errors import BackendError, TaskNotFound, UsageError
 from tpi_core.model import Task
-from tpi_core.steps import Step
+from tpi_core.steps import Step, nothing
 from tpi_core.storage.local import LocalStorage
 
 STOP_TIMEOUT = 30.0
@@ -65,6 +65,7 @@ class LocalBackend(Backend):
     CAPABILITIES = frozenset({Capability.STOP_START, Capability.SPOT, Capability.FIND})
 
     def __init__(self, root: Path | None = None):
+        super().__init__()
         self.root = Path(root) if root else local_root()
 
     def compute(self, task_id: str) -> ComputeDir:
@@ -82,14 +83,12 @@ class LocalBackend(Backend):
             await anyio.Path(path).mkdir(parents=True, exist_ok=True)
         return LocalStorage(path)
 
-    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        return [Step("storage directory", partial(self.storage, TaskRef.of(task), create=task)),
-                Step("supervisor", partial(self.start, task, launch),
-                     partial(self._remove, task.id))]
-
-    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
-        return [Step("storage directory"), Step("supervisor", delete=partial(self._remove,
-                                                                             ref.task_id))]
+    def steps(self, ref: TaskRef, task: Task | None = None,
+              launch: Launch | None = None) -> Sequence[Step]:
+        return [Step("storage directory",
+                     partial(self.storage, ref, create=task) if task else nothing),
+                Step("supervisor", partial(self.start, task, launch) if task and launch
+                     else nothing, partial(self._remove, ref.task_id))]
 
     async def start(self, task: Task, launch: Launch) -> None:
         """Start the task's supervisor with the task's environment; nothing when it runs

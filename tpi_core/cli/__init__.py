@@ -61,8 +61,16 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, epilog=__doc__.split("\n\n", 1)[1],
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tpi", prog_name="tpi")
-def cli() -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each command's results as JSON (the same as the command's --json).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress lines or bars on stderr (errors are still printed).")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool, quiet: bool) -> None:
     """Run scripts on cloud machines from a tasks.toml, with no server to keep alive."""
+    from tpi_core.cli._app import Application
+
+    ctx.obj = Application(quiet=quiet, json=as_json)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,15 @@ interrupt_hint: list[str] = []
 
 
 class Application:
-    """Owns the console (rich, on stderr for progress and messages) and runs coroutines."""
+    """Owns the console (rich, on stderr for progress and messages) and runs coroutines.
 
-    def __init__(self, quiet: bool = False):
+    ``json``: commands print their results as JSON (``tpi --json CMD`` or ``CMD --json``);
+    ``quiet``: no progress lines or bars on stderr (errors are printed all the same).
+    """
+
+    def __init__(self, quiet: bool = False, json: bool = False):
         self.quiet = quiet
+        self.json = json
         self._console = None
 
     @property
@@ -56,7 +61,7 @@ class Application:
         return sys.stdin.isatty() and sys.stderr.isatty()
 
     def say(self, message: str) -> None:
-        """A progress or status message on stderr."""
+        """A progress or status message on stderr (none with ``--quiet``)."""
         if self.quiet:
             return
         if self.plain_stderr:  # what rich would print there, without its import cost

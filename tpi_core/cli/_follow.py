@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -26,9 +27,10 @@ def prefix(target: Target, replica: int, attempt: int) -> str:
 
 
 async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int],
-                         emit: Emit, logs: list[BootLog] | None = None) -> None:
+                         emit: Emit, logs: list[BootLog] | None = None, *,
+                         as_json: bool = False) -> None:
     """Emit every complete log line not yet shown, in replica and boot order (``logs``: a
-    listing the caller already has)."""
+    listing the caller already has; ``as_json``: each line as a JSON object)."""
     for log in logs if logs is not None else await engine.log_files(target.ref):
         seen = offsets.get(log.key, 0)
         if log.size <= seen:
@@ -38,14 +40,14 @@ async def print_new_logs(engine: Engine, target: Target, offsets: dict[str, int]
         label = (f"{target.label}[boot failed {log.machine}]" if log.machine
                  else prefix(target, log.replica, log.attempt))
         for line in complete.decode("utf-8", "replace").splitlines():
-            emit(f"{label} {line}")
+            emit(_json_line(target, log, line) if as_json else f"{label} {line}")
         offsets[log.key] = seen + len(complete)
 
 
 async def follow(engine: Engine, targets: Sequence[Target], emit: Emit,
-                 say: Emit | None = None) -> list[TaskStatus]:
+                 say: Emit | None = None, as_json: bool = False) -> list[TaskStatus]:
     """Print logs of every target until each one reaches a final or stopped state (``say``:
-    where to tell, once per state, why a target has no log yet)."""
+    where to tell, once per state, why a target has no log yet; ``as_json``: JSON lines)."""
     offsets: dict[str, int] = {}
     final: dict[str, TaskStatus] = {}
     told: dict[str, tuple] = {}
@@ -59,12 +61,21 @@ async def follow(engine: Engine, targets: Sequence[Target], emit: Emit,
             if say and not logs and not done:
                 _tell_once(say, target, status, told)
             # a final status can be newer than the listing it came with: list once more
-            await print_new_logs(engine, target, offsets, emit, None if done else logs)
+            await print_new_logs(engine, target, offsets, emit, None if done else logs,
+                                 as_json=as_json)
             if done:
                 final[target.ref.task_id] = status
         if len(final) < len(targets):
             await anyio.sleep(poll_interval())
     return [final[t.ref.task_id] for t in targets]
+
+
+def _json_line(target: Target, log: BootLog, line: str) -> str:
+    doc = {"task": target.label, "id": target.ref.task_id, "replica": log.replica,
+           "boot": log.attempt, "line": line}
+    if log.machine:  # a machine whose boot failed: no replica ran there
+        doc["machine"] = log.machine
+    return json.dumps(doc, sort_keys=True)
 
 
 def _tell_once(say: Emit, target: Target, status: TaskStatus, told: dict) -> None:

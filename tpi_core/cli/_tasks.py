@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from tpi_core.backend import TaskRef
 from tpi_core.errors import BackendNotInstalled, PluginError, TaskNotFound
-from tpi_core.model import DEFAULT_FILE, Task
-
-file_option = click.option(
-    "-f", "--file", "tasks_file", default=DEFAULT_FILE, show_default=True,
-    type=click.Path(dir_okay=False), help="The tasks file (its .tpi/ index sits beside it).")
-cloud_option = click.option(
-    "--cloud", default=None,
-    help="Backend of a task given by id (default: search every installed backend).")
-region_option = click.option(
-    "--region", default=None,
-    help="Region of a task given by id (default: search the backend's regions).")
+from tpi_core.model import Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +56,12 @@ def _default_regions(tasks: list[Task]) -> list[Task]:
     return [config.with_region(task, regions.get(task.cloud)) for task in tasks]
 
 
-def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,
+def resolve(tasks_file: str, names: tuple[str, ...], clouds: Sequence[str] | str = (),
             region: str | None = None, run=None) -> list[Target]:
     """Targets for task names or ids: from the tasks file first, then the index, then ids.
 
-    A task id found in neither is looked for by the backends' names and tags (``--cloud``,
-    or every installed backend; ``--region``, or every region they search), through
+    A task id found in neither is looked for by the backends' names and tags (``--cloud``
+    names, or every installed backend; ``--region``, or every region they search), through
     ``run`` (the CLI's one sync/async seam); one that no backend has is TaskNotFound.
     """
     from tpi_core.identifier import is_task_id
@@ -98,7 +87,7 @@ def resolve(tasks_file: str, names: tuple[str, ...], cloud: str | None = None,
             workdir = Path(entry.workdir) if entry.workdir else None
             targets.append(Target(entry.ref(), None, workdir, entry.output, indexed=True))
         elif is_task_id(name):
-            targets.append(Target(_locate(name, cloud, region, run), None, Path.cwd(),
+            targets.append(Target(_locate(name, clouds, region, run), None, Path.cwd(),
                                   by_id=True, indexed=True))
         else:
             known = ", ".join(sorted({*tasks, *entries})) or "none"
@@ -116,14 +105,29 @@ def _launched_region(task: Task, entry) -> Task:
     return config.with_region(task, entry.region)
 
 
-def _locate(task_id: str, cloud: str | None, region: str | None, run) -> TaskRef:
-    from tpi_core import registry
+def _locate(task_id: str, given: Sequence[str] | str, region: str | None, run) -> TaskRef:
     from tpi_core.engine import Engine
 
-    clouds = [registry.canonical(cloud)] if cloud else registry.backend_names()
+    clouds = search_clouds(given)
 
     async def locate() -> TaskRef:
         async with Engine() as engine:
             return await engine.locate(task_id, clouds, region)
 
     return run(locate)
+
+
+def search_clouds(given: Sequence[str] | str | None) -> list[str]:
+    """The backends ``--cloud`` names (canonical), or every installed one."""
+    from tpi_core import registry
+
+    given = (given,) if isinstance(given, str) else given or ()
+    return [registry.canonical(c) for c in given] or registry.backend_names()
+
+
+def guard_for(tasks_file: str, target: Target, overwrite: bool):
+    """The guard of a target's workdir: what tpi last wrote there, kept beside the index."""
+    from tpi_core.index import Index
+    from tpi_core.storage.sync import Guard
+
+    return Guard(Index.beside(tasks_file)[0].baseline(target.ref.task_id), overwrite)

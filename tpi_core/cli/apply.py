@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from tpi_core.cli._app import FOLLOW_HINT, Application, interrupt_hint, pass_app
-from tpi_core.cli._tasks import DEFAULT_FILE
-
-
-def split_args(args: tuple[str, ...], tasks_file: str | None = None,
-               ) -> tuple[str, tuple[str, ...]]:
-    """``[FILE] [TASK...]``: the first argument is the file when it looks like one, unless
-    ``-f FILE`` named it (as for every other command)."""
-    if tasks_file is not None:
-        return tasks_file, args
-    if args and (args[0].endswith(".toml") or Path(args[0]).is_file()):
-        return args[0], args[1:]
-    return DEFAULT_FILE, args
-
-
-file_flag = click.option(
-    "-f", "--file", "tasks_file", default=None, type=click.Path(dir_okay=False),
-    help="The tasks file, as the other commands take it (or give it as the first argument).")
+from tpi_core.cli._options import file_and_tasks, json_option
 
 
 @click.command("apply")
-@click.argument("args", nargs=-1, metavar="[FILE] [TASK]...")
-@file_flag
+@file_and_tasks
 @click.option("--wait", is_flag=True, help="Follow logs to the end; exit with the result.")
 @click.option("--replace", is_flag=True, help="Replace tasks whose fields changed.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@json_option("Print what was done as JSON.")
 @pass_app
-def command(app: Application, args: tuple[str, ...], tasks_file: str | None, wait: bool,
-            replace: bool, as_json: bool) -> int:
+def command(app: Application, tasks_file: str, names: tuple[str, ...], wait: bool,
+            replace: bool) -> int:
     """Create or update the tasks of FILE (default tasks.toml), all or the named ones.
 
     A second apply of an unchanged file changes nothing. A task whose fields changed is
@@ -43,12 +24,11 @@ def command(app: Application, args: tuple[str, ...], tasks_file: str | None, wai
     """
     from tpi_core.cli._tasks import load_tasks
 
-    tasks_file, names = split_args(args, tasks_file)
     tasks = load_tasks(tasks_file, names, launching=True)
-    return app.run(_apply, app, tasks_file, tasks, wait, replace, as_json)
+    return app.run(_apply, app, tasks_file, tasks, wait, replace)
 
 
-async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
+async def _apply(app, tasks_file, tasks, wait, replace) -> int:
     from tpi_core.cli._follow import exit_code, follow, outcome
     from tpi_core.cli._progress import progress_factory
     from tpi_core.cli._tasks import Target
@@ -64,7 +44,7 @@ async def _apply(app, tasks_file, tasks, wait, replace, as_json) -> int:
             _approve(app, planned, replace)
             await engine.apply(planned)
             _record(tasks_file, planned)
-        if as_json:
+        if app.json:
             app.out_json([{"task": p.task.name, "id": p.task.id, "action": p.action.value}
                           for p in planned])
         if not wait:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli._tasks import cloud_option, file_option, region_option
+from tpi_core.cli._options import cloud_option, file_option, region_option
 
 
 @click.group(name="debug")
@@ -23,7 +23,7 @@ def command() -> None:
 @cloud_option
 @region_option
 @pass_app
-def preempt(app: Application, task: str, replica: int, grace: float, tasks_file, cloud,
+def preempt(app: Application, task: str, replica: int, grace: float, tasks_file, clouds,
             region) -> None:
     """Preempt a replica of TASK (name or id) as a spot machine would be.
 
@@ -38,7 +38,7 @@ def preempt(app: Application, task: str, replica: int, grace: float, tasks_file,
     from tpi_core.errors import TaskNotFound
 
     try:
-        ref = resolve(tasks_file, (task,), cloud, region, app.run)[0].ref
+        ref = resolve(tasks_file, (task,), clouds, region, app.run)[0].ref
     except TaskNotFound:
         from tpi_core.backends.local import LocalBackend
 

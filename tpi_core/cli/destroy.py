@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli._tasks import cloud_option, file_option, region_option
-from tpi_core.cli.pull import overwrite_option
+from tpi_core.cli._options import (
+    cloud_option,
+    file_option,
+    json_option,
+    overwrite_option,
+    region_option,
+)
 
 
 @click.command("destroy")
@@ -16,10 +21,9 @@ from tpi_core.cli.pull import overwrite_option
 @region_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @overwrite_option
-@click.option("--json", "as_json", is_flag=True, help="Print what was downloaded as JSON.")
+@json_option("Print what was downloaded as JSON.")
 @pass_app
-def command(app: Application, names, tasks_file, cloud, region, yes, overwrite,
-            as_json) -> int:
+def command(app: Application, names, tasks_file, clouds, region, yes, overwrite) -> int:
     """Download each task's output into its workdir, then delete its machines and storage.
 
     Local files changed since tpi wrote them are kept, as by `tpi pull` (the task's copy
@@ -28,7 +32,7 @@ def command(app: Application, names, tasks_file, cloud, region, yes, overwrite,
     """
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region, app.run)
+    targets = resolve(tasks_file, names, clouds, region, app.run)
     labels = ", ".join(t.label for t in targets)
     if not targets:
         app.say("nothing to destroy")
@@ -37,8 +41,8 @@ def command(app: Application, names, tasks_file, cloud, region, yes, overwrite,
         app.say("nothing destroyed")
         return 1
     pulled = app.run(_destroy, app, tasks_file, targets, overwrite)
-    if as_json:
-        from tpi_core.cli.pull import pulled_json
+    if app.json:
+        from tpi_core.cli._output import pulled_json
 
         app.out_json([{**(pulled_json(t, r) if r is not None else
                           {"task": t.label, "id": t.ref.task_id}), "destroyed": True}
@@ -50,7 +54,7 @@ async def _destroy(app: Application, tasks_file: str, targets, overwrite: bool):
     from pathlib import Path
 
     from tpi_core.cli._progress import progress_factory
-    from tpi_core.cli.pull import guard_for
+    from tpi_core.cli._tasks import guard_for
     from tpi_core.engine import Engine, gather
     from tpi_core.index import Index
 

@@ -5,25 +5,23 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli._tasks import file_option
+from tpi_core.cli._options import cloud_option, file_option, json_option, region_option
 
 
 @click.command("list")
 @file_option
-@click.option("--cloud", "clouds", multiple=True,
-              help="Backends to search (default: every installed backend).")
-@click.option("--region", default=None, help="Region to search in.")
-@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
+@cloud_option
+@region_option
+@json_option("Print the tasks as JSON.")
 @pass_app
-def command(app: Application, tasks_file, clouds, region, as_json) -> int:
+def command(app: Application, tasks_file, clouds, region) -> int:
     """List tasks, from the index beside the tasks file and from each backend."""
-    from tpi_core import registry
+    from tpi_core.cli._tasks import search_clouds
     from tpi_core.index import Index
 
     index, file = Index.beside(tasks_file)
     entries = index.entries(file)
-    clouds = [registry.canonical(c) for c in clouds] or registry.backend_names()
-    found, skipped = app.run(_find, clouds, region)
+    found, skipped = app.run(_find, search_clouds(clouds), region)
     for reason in skipped:  # a backend with no credentials or configuration here
         app.say(f"not searched: {reason}")
     indexed = {e.task_id for e in entries.values()}
@@ -32,9 +30,9 @@ def command(app: Application, tasks_file, clouds, region, as_json) -> int:
     seen = {r["id"] for r in rows}
     rows += [{"id": e.task_id, "name": e.name, "cloud": e.cloud, "region": e.region,
               "indexed": True} for e in entries.values() if e.task_id not in seen]
-    if as_json:
+    if app.json:
         app.out_json(rows)
-    for row in [] if as_json else rows:
+    for row in [] if app.json else rows:
         app.out(f"{row['id']}\t{row['name'] or '-'}\t{row['cloud']}\t{row['region']}")
     return 0
 

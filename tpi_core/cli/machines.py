@@ -5,18 +5,19 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._options import json_option
 
 
 @click.command("machines")
 @click.option("--cloud", default="local", show_default=True, help="Backend to show.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 @pass_app
-def command(app: Application, cloud: str, as_json: bool) -> int:
+def command(app: Application, cloud: str) -> int:
     """Print what each size alias (s, m, l, xl, m+t4, ...) means on a backend."""
     from tpi_core import registry
 
     rows = registry.backend_class(cloud).machine_types()
-    if as_json:
+    if app.json:
         app.out_json([{"alias": r.alias, "native": r.native, "detail": r.detail} for r in rows])
         return 0
     width = max((len(r.alias) for r in rows), default=5)

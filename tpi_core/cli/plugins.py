@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._options import json_option
 
 
 @click.command("plugins")
 @click.option("--check", is_flag=True, help="Import each plugin and report the broken ones.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 @pass_app
-def command(app: Application, check: bool, as_json: bool) -> int:
+def command(app: Application, check: bool) -> int:
     """List plugins from package metadata (nothing is imported unless --check)."""
     from tpi_core import registry
 
@@ -24,9 +25,9 @@ def command(app: Application, check: bool, as_json: bool) -> int:
             if check:
                 row["status"] = _check(load, info.name)
             rows.append(row)
-    if as_json:
+    if app.json:
         app.out_json(rows)
-    for row in [] if as_json else rows:
+    for row in [] if app.json else rows:
         status = f"\t{row['status']}" if check else ""
         app.out(f"{row['group']}\t{row['name']}\t{row['distribution']} {row['version']}"
                 f"\t{row['target']}{status}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli._tasks import file_option
+from tpi_core.cli._options import file_option, json_option
 
 
 @click.command("start")
 @click.argument("names", nargs=-1, metavar="[TASK]...")
 @file_option
+@json_option("Print the tasks started as JSON.")
 @pass_app
 def command(app: Application, names, tasks_file) -> int:
     """Start stopped tasks again (they need their tasks file: the environment comes from it)."""
@@ -18,6 +19,10 @@ def command(app: Application, names, tasks_file) -> int:
 
     tasks = load_tasks(tasks_file, names, launching=True)
     app.run(_start, app, tasks)
+    if app.json:
+        from tpi_core.cli._output import done_json
+
+        app.out_json([done_json(t.name, t.id, "started") for t in tasks])
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli._tasks import cloud_option, file_option, region_option
+from tpi_core.cli._options import cloud_option, file_option, json_option, region_option
 
 
 @click.command("status")
@@ -13,16 +13,16 @@ from tpi_core.cli._tasks import cloud_option, file_option, region_option
 @file_option
 @cloud_option
 @region_option
-@click.option("--json", "as_json", is_flag=True, help="Print statuses as JSON.")
+@json_option("Print statuses as JSON.")
 @click.option("--events", is_flag=True, help="Also show the events of each task.")
 @pass_app
-def command(app: Application, names, tasks_file, cloud, region, as_json, events) -> int:
+def command(app: Application, names, tasks_file, clouds, region, events) -> int:
     """Show the state of tasks (all tasks of the file and index when none is named)."""
     from tpi_core.cli._tasks import resolve
 
-    targets = resolve(tasks_file, names, cloud, region, app.run)
+    targets = resolve(tasks_file, names, clouds, region, app.run)
     statuses = app.run(_statuses, targets)
-    if as_json:
+    if app.json:
         app.out_json([s.to_json() for s in statuses])
     else:
         _table(app, statuses, events)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tpi_core.cli._app import Application, pass_app
+from tpi_core.cli._options import json_option
 from tpi_core.sync import DEFAULT_JOBS
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ MANIFEST_KEY = ".tpi/manifest.json"
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print what would be sent, fetched and deleted, one line each; change "
                    "nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @pass_app
 def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[str, ...],
-            jobs: int, max_delete: int | None, dry_run: bool, as_json: bool) -> None:
+            jobs: int, max_delete: int | None, dry_run: bool) -> None:
     """Copy SRC to DST, sending only what changed.
 
     Each side is a local directory or a storage URL (file:///path, s3://bucket/prefix, ...).
@@ -50,9 +51,9 @@ def command(app: Application, src: str, dst: str, delete: bool, excludes: tuple[
     actions: list[dict] = []
     tell = None  # a dry run's listener: each change it would make
     if dry_run:
-        tell = _collect(actions) if as_json else _print(app)
+        tell = _collect(actions) if app.json else _print(app)
     result = app.run(_sync, app, src, dst, delete, rules, jobs, tell, max_delete)
-    if as_json:
+    if app.json:
         app.out_json(asdict(result) | ({"dry_run": True, "actions": actions} if dry_run else {}))
     else:
         _summary(app, result, dry_run)

@@ -5,24 +5,22 @@ from __future__ import annotations
 import click
 
 from tpi_core.cli._app import Application, pass_app
-from tpi_core.cli.apply import file_flag, split_args
+from tpi_core.cli._options import file_and_tasks, json_option
 
 
 @click.command("validate")
-@click.argument("args", nargs=-1, metavar="[FILE] [TASK]...")
-@file_flag
-@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
+@file_and_tasks
+@json_option("Print the tasks as JSON.")
 @pass_app
-def command(app: Application, args, tasks_file, as_json) -> int:
+def command(app: Application, tasks_file: str, names: tuple[str, ...]) -> int:
     """Check a tasks file; print each task with its id and resolved settings."""
     from tpi_core import config
     from tpi_core.cli._tasks import load_tasks
 
-    tasks_file, names = split_args(args, tasks_file)
     tasks = load_tasks(tasks_file, names, launching=True)
     config.check_backends(tasks)  # the backend's own checks: aliases, regions, images
     rows = [_row(t) for t in tasks]
-    if as_json:
+    if app.json:
         app.out_json(rows)
     else:
         for row in rows:

@@ -3,7 +3,7 @@
 Keys are relative to the storage's root (a task prefix), use ``/`` as separator and never
 start with ``/``. A backend's storage is registered under its URL scheme in the entry-point
 group ``tpi.storage`` (``file``, ``s3``, ...), so the agent and ``tpi sync`` can open one from
-a URL alone.
+a URL alone (:func:`tpi_core.registry.open_storage`).
 """
 
 from __future__ import annotations
@@ -138,14 +138,11 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
-def open_storage(url: str, **options: str) -> Storage:
-    """Open a storage from its URL through the ``tpi.storage`` entry points.
+def __getattr__(name: str) -> object:
+    # open_storage lives in tpi_core.registry (which imports this module): still importable
+    # from here, where callers of earlier versions look for it
+    if name == "open_storage":
+        from tpi_core.registry import open_storage
 
-    A plain path (no scheme) is a local directory.
-    """
-    from tpi_core.registry import storage_class
-
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
-    if scheme == "file" and "://" not in url:
-        url = Path(url).resolve().as_uri()
-    return storage_class(scheme).from_url(url, **options)
+        return open_storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,9 +19,9 @@ import hashlib
 import os
 from pathlib import Path
 
-import anyio
 import pytest
 
+from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound
 from tpi_core.storage import Storage
 from tpi_core.sync.manifest import md5_etag
@@ -202,7 +202,7 @@ class StorageContract:
         payloads = {f"c/{i:02d}": os.urandom(1000 + i) for i in range(40)}
         for key, data in payloads.items():
             (tmp_path / key.replace("/", "_")).write_bytes(data)
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:
             for key in payloads:
                 group.start_soon(storage.upload, key, tmp_path / key.replace("/", "_"))
         got: dict[str, bytes] = {}
@@ -213,7 +213,7 @@ class StorageContract:
             assert await storage.read(key) == payloads[key]
             got[key] = target.read_bytes()
 
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:
             for key in payloads:
                 group.start_soon(fetch, key)
         assert got == payloads
@@ -222,7 +222,7 @@ class StorageContract:
     @pytest.mark.anyio
     async def test_concurrent_writes_to_one_key_never_mix(self, storage: Storage) -> None:
         versions = [bytes([i]) * (10_000 + i) for i in range(10)]
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:
             for data in versions:
                 group.start_soon(storage.write, "same", data)
         assert await storage.read("same") in versions

@@ -8,12 +8,13 @@ reports the way an agent would and read what the engine uploaded.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import ClassVar
 
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
 from tpi_core.errors import ResourceNotFound
 from tpi_core.model import Task
-from tpi_core.steps import Step
+from tpi_core.steps import Step, nothing
 from tpi_core.storage import Storage
 from tpi_core.testing.memory import MemoryStorage
 
@@ -44,11 +45,10 @@ class FakeBackend(Backend):
             self.storages[ref.task_id] = MemoryStorage()
         return self.storages[ref.task_id]
 
-    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        return [Step("group", lambda: self._create(task), lambda: self._delete(task.id))]
-
-    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
-        return [Step("group", delete=lambda: self._delete(ref.task_id))]
+    def steps(self, ref: TaskRef, task: Task | None = None,
+              launch: Launch | None = None) -> Sequence[Step]:
+        create = partial(self._create, task) if task else nothing
+        return [Step("group", create, partial(self._delete, ref.task_id))]
 
     async def _create(self, task: Task) -> None:
         self.calls.append(("create", task.id))

@@ -35,15 +35,17 @@ def bucket(s3) -> str:
 def in_parts(monkeypatch) -> None:
     """Files above 8 MiB go in parts (by default only those above 200 MiB do): lets tests
     exercise multipart uploads with small files."""
-    from tpi_aws import _transfer, storage
+    from tpi_aws import storage
 
-    monkeypatch.setattr(storage, "STREAM_MAX", _transfer.SINGLE_MAX)
+    from tpi_core.transport.ranges import SINGLE_MAX
+
+    monkeypatch.setattr(storage, "STREAM_MAX", SINGLE_MAX)
 
 
 @pytest.fixture
 def in_ranges(monkeypatch) -> None:
     """Objects above 8 MiB come back in parallel ranges (by default only those above
     256 MiB do; smaller ones in one stream on a worker thread)."""
-    from tpi_aws import _download
+    from tpi_core.transport import download
 
-    monkeypatch.setattr(_download, "RANGES_FROM", 8 << 20)
+    monkeypatch.setattr(download, "RANGES_FROM", 8 << 20)

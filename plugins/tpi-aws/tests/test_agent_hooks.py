@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from tpi_aws import agent as hooks_module
-from tpi_aws.agent import AwsHooks, Imds, lease_key
+from tpi_aws.agent import AwsHooks, Imds
+from tpi_core.agent.lease import lease_key
 from tpi_core import layout
 from tpi_core.errors import BackendError
 from tpi_core.model import ReplicaState, ReplicaStatus
@@ -117,7 +118,7 @@ def make_hooks(instance: str, group: Group) -> AwsHooks:
         group.left.append(instance)
         group.members.discard(instance)
 
-    hooks._alive = alive
+    hooks.alive = alive
     hooks.on_exit = on_exit
     return hooks
 

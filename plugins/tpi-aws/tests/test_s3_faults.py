@@ -171,7 +171,7 @@ async def test_a_part_that_keeps_failing_fails_the_file_plainly_and_the_sync_ret
     """A 250 MB file goes up in parts; part 2 gets 503 (SlowDown) more often than a part
     is retried. The error must come out as itself, not inside an ExceptionGroup, so that the
     sync retries the file (an ExceptionGroup was not retried, and the CLI showed it raw)."""
-    from tpi_aws._transfer import PART_ATTEMPTS
+    from tpi_core.transport.ranges import PART_ATTEMPTS
 
     source = tmp_path / "source"
     source.mkdir()

@@ -226,7 +226,7 @@ async def test_large_file_goes_in_parts_and_comes_back_in_ranges(via_proxy, prox
     assert sum(sent) == sum(got) == len(data)
     [info] = [info async for info in via_proxy.list()]
     assert info.key == "dir/big" and info.size == len(data)
-    from tpi_aws._transfer import multipart_etag
+    from tpi_aws._multipart import multipart_etag
 
     parts = [hashlib.md5(data[i:i + 8 * MiB]).hexdigest() for i in range(0, len(data), 8 * MiB)]
     assert info.etag == multipart_etag(parts)  # S3's rule: md5 of the part md5s, "-3"
@@ -340,7 +340,7 @@ async def test_a_large_object_replaced_since_its_listing_is_fetched_again(s3, vi
 
 async def test_the_rest_of_an_object_replaced_since_its_head_is_refused(s3, via_proxy,
                                                                         tmp_path) -> None:
-    from tpi_aws._bulk import fetch_rest
+    from tpi_core.transport.download import fetch_rest
 
     data = os.urandom(3 * MiB)
     s3.put_object(Bucket=via_proxy.bucket, Key="root/obj", Body=data)
@@ -407,17 +407,6 @@ async def _sized(size: int, _path) -> tuple[int, None, None]:
     return size, None, None
 
 
-async def test_a_file_that_grows_while_it_streams_is_sent_as_it_was(tmp_path) -> None:
-    from tpi_aws import _stream
-
-    path = tmp_path / "log"
-    path.write_bytes(b"0123456789")
-    digest = hashlib.md5()
-    chunks = [chunk async for chunk in _stream.file_chunks(path, 6, digest, None)]
-    assert b"".join(chunks) == b"012345"
-    assert digest.hexdigest() == hashlib.md5(b"012345").hexdigest()
-
-
 class _CompletedEarlier:
     """A botocore client double: the upload was completed by an attempt whose answer was
     lost, so completing again says NoSuchUpload; head_object shows what is stored."""
@@ -437,18 +426,18 @@ class _CompletedEarlier:
 
 @pytest.mark.parametrize("same", [True, False])
 async def test_complete_after_a_lost_answer_checks_what_is_stored(same) -> None:
-    from tpi_aws import _transfer
+    from tpi_aws import _multipart
 
     etags = ['"' + hashlib.md5(bytes([i])).hexdigest() + '"' for i in range(3)]
-    expected = _transfer.multipart_etag(etags)
+    expected = _multipart.multipart_etag(etags)
     assert expected.endswith("-3")
     client = _CompletedEarlier(expected if same else "0" * 32 + "-3")
-    target = _transfer.Target(client, None, "b", "k", anyio.CapacityLimiter(1))
+    target = _multipart.Target(client, None, "b", "k", anyio.CapacityLimiter(1))
     if same:
-        await _transfer._complete(target, "upload-id", etags)
+        await _multipart._complete(target, "upload-id", etags)
     else:
         with pytest.raises(TransientError, match="the object is not it"):
-            await _transfer._complete(target, "upload-id", etags)
+            await _multipart._complete(target, "upload-id", etags)
 
 
 async def test_large_single_part_object_is_checked_after_ranged_download(
@@ -620,87 +609,6 @@ def test_tpi_sync_to_a_missing_bucket_is_one_line_not_a_traceback(s3_env, tmp_pa
     assert done.returncode == 1
     assert done.stderr.startswith("tpi: error: ") and "NoSuchBucket" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-
-
-def test_idle_threaded_connections_are_reused_until_they_are_old(monkeypatch) -> None:
-    from tpi_aws import _bulk
-
-    pool = _bulk.BulkPool("http://127.0.0.1:9")  # nothing is ever sent here
-    first = pool.take()
-    pool.give(first)
-    assert pool.take() is first  # fresh: reused
-    pool.give(first)
-    monkeypatch.setattr(_bulk, "KEEPALIVE", 0.0)
-    assert pool.take() is not first  # too old: a new one
-    pool.close()
-
-
-def test_write_at_finishes_short_writes_and_works_without_pwritev(tmp_path, monkeypatch):
-    from tpi_aws import _stream
-
-    pieces = [os.urandom(n) for n in (10, 0, 4096, 7)]
-    real = os.pwritev
-
-    def short(fd, buffers, offset):  # writes only part of what it is given
-        return real(fd, [bytes(b"".join(buffers)[:13])], offset)
-
-    for patch in ({"pwritev": short}, {"_PWRITEV": False}):
-        path = tmp_path / "f"
-        path.write_bytes(b"x" * 5)
-        if "pwritev" in patch:
-            monkeypatch.setattr(_stream.os, "pwritev", patch["pwritev"])
-        else:
-            monkeypatch.setattr(_stream, "_PWRITEV", False)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            _stream.write_at(fd, pieces, 5)
-        finally:
-            os.close(fd)
-        assert path.read_bytes() == b"x" * 5 + b"".join(pieces)
-        monkeypatch.undo()
-
-
-def test_a_whole_body_is_taken_as_the_answer_to_bytes_0_only(tmp_path) -> None:
-    """A server that ignores Range answers 200 with the whole object: that is what a listed
-    object's ``bytes=0-`` asks for, but not the rest after a first part."""
-    import http.server
-    import threading
-
-    from tpi_aws import _bulk
-
-    body = os.urandom(3 * MiB)
-
-    class Whole(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Whole)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    pool = _bulk.BulkPool(f"http://127.0.0.1:{server.server_address[1]}")
-    path = tmp_path / "f"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        digest, stop = hashlib.md5(), threading.Event()
-        written, headers = _bulk.fetch_into(pool, "/b/k", {"Range": "bytes=0-"}, fd, 0,
-                                            digest, None, stop, expect=(200, 206))
-        assert written == len(body) and headers["etag"].strip('"') == digest.hexdigest()
-        failed = _bulk.fetch_into(pool, "/b/k", {"Range": f"bytes={MiB}-"}, fd, MiB,
-                                  hashlib.md5(), None, stop, expect=(206,))
-        assert isinstance(failed, _bulk.Failed) and failed.status == 200
-    finally:
-        os.close(fd)
-        pool.close()
-        server.shutdown()
-        server.server_close()
-    assert path.read_bytes() == body
 
 
 @pytest.mark.anyio

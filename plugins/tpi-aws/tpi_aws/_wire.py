@@ -1,70 +1,106 @@
-"""Signed S3 requests over one connection pool: the hot path of tpi's S3 storage.
+"""Signed S3 requests on the core's transport: the hot path of tpi's S3 storage.
 
 botocore spends about a millisecond of CPU on every call (endpoint rules evaluated again for
 each key, event hooks, response parsing): more than a local server needs to store a 4 KB
 object, so a tree of small files went at half of rclone's speed, and parsing one page of a
 listing took it 90 ms. Object bodies (PutObject, GetObject, UploadPart) and listings
-(ListObjectsV2, parsed by ElementTree) therefore go through here, on the lean HTTP/1.1
-client of :mod:`tpi_aws._http`: SigV4 with an unsigned payload (see _sigv4.py; integrity
-comes from Content-MD5, which S3 checks, and from the ETags), credentials from the botocore
-session, refreshed by botocore. Errors go through the same code table as botocore's
-(:mod:`tpi_aws.errors`). Multipart control and batch deletes stay on the botocore client
+(ListObjectsV2, parsed by ElementTree) therefore go through here, on the core's
+:mod:`tpi_core.transport`: :class:`S3Protocol` is what S3 plugs into it (path-style or
+virtual-host URLs, SigV4 with an unsigned payload (see _sigv4.py; integrity comes from
+Content-MD5, which S3 checks, and from the ETags), credentials from the botocore session,
+refreshed by botocore; error answers through the same code table as botocore's
+(:mod:`tpi_aws.errors`)). Multipart control and batch deletes stay on the botocore client
 (:mod:`tpi_aws._connection`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Container, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
-import h11
-
-from tpi_aws._proxy import Proxy, proxy_for
-from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Response, Stream
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import from_answer, translate
-from tpi_core.errors import StorageError, TpiError, TransientError
-
-if TYPE_CHECKING:
-    from tpi_aws._bulk import BulkPool
+from tpi_core.errors import TpiError
+from tpi_core.transport.endpoint import Endpoint
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+CA_HINT = "AWS_CA_BUNDLE names a CA file to trust"
 Listed = tuple[str, int, str, float]
-# Local servers (node's default is 5 s) drop idle connections sooner than S3 does (about
-# 20 s); reusing one they already closed costs a failed request, so give them up first.
-_KEEPALIVE = 4.0
 
 
-class Wire:
-    """Signed requests to the objects of one bucket, all on one connection pool."""
+def is_md5_etag(etag: str, headers: Any) -> bool:
+    """True when an ETag is the body's md5: single-part and not encrypted with KMS or SSE-C."""
+    sse = headers.get("x-amz-server-side-encryption", "")
+    customer = headers.get("x-amz-server-side-encryption-customer-algorithm")
+    return len(etag) == 32 and "-" not in etag and not sse.startswith("aws:kms") and not customer
 
-    def __init__(self, bucket_url: str, region: str, credentials: Any, *, pool: int,
-                 ca_bundle: str | None = None):
-        parts = urlsplit(bucket_url.rstrip("/"))
-        port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
-        self.host = f"{parts.hostname}:{port}" if port else f"{parts.hostname}"
-        self.origin, self._root = f"{parts.scheme}://{self.host}", parts.path
+
+class S3Protocol:
+    """S3's part of a request (:class:`~tpi_core.transport.protocol.ObjectProtocol`)."""
+
+    def __init__(self, host: str, root: str, region: str, credentials: Any):
+        self.host, self._root = host, root
         self._region, self._credentials = region, credentials
         self._signer: tuple[Any, Signer] | None = None
-        self.proxy = proxy_for(self.origin)
-        self._http = Pool(self.origin, limit=max(pool, 1), ca_bundle=ca_bundle,
-                          keepalive=_KEEPALIVE, proxy=self.proxy)
-        self._ca_bundle = ca_bundle
-        self._bulk: BulkPool | None = None
 
-    def target(self, key: str, query: Mapping[str, str | int] | None = None) -> tuple[str, str]:
+    def locate(self, key: str, query: Mapping[str, str | int] | None = None
+               ) -> tuple[str, str]:
         """The encoded path of an object (quoted as botocore quotes keys) and the sorted,
         encoded query: both exactly as sent and as signed."""
         pairs = sorted((quote(k, safe="-_.~"), quote(str(v), safe="-_.~"))
                        for k, v in (query or {}).items())
         path = f"{self._root}/{quote(key, safe='/~')}" if key else self._root or "/"
         return path, "&".join(f"{k}={v}" for k, v in pairs)
+
+    async def sign(self, method: str, path: str, query: str,
+                   headers: Mapping[str, str]) -> dict[str, str]:
+        """SigV4 headers, by a signer kept until the credentials are refreshed."""
+        return (await self._current_signer()).sign(method, self.host, path, query, headers)
+
+    def error(self, status: int, reason: str, body: bytes, what: str) -> TpiError:
+        """The tpi error for a failed answer, through the same code table as botocore's."""
+        return service_error(status, reason, body, what)
+
+    def md5_of(self, headers: Mapping[str, str]) -> str | None:
+        """The ETag, when it is the body's md5."""
+        etag = headers.get("ETag", "").strip('"')
+        return etag if is_md5_etag(etag, headers) else None
+
+    def version(self, headers: Mapping[str, str]) -> str:
+        """The ETag, without quotes."""
+        return headers.get("ETag", "").strip('"')
+
+    def pinned(self, version: str) -> dict[str, str]:
+        """If-Match: S3 answers 412 once the object is another."""
+        return {"If-Match": f'"{version}"'}
+
+    async def _current_signer(self) -> Signer:
+        if self._credentials is None:
+            from botocore.exceptions import NoCredentialsError
+
+            raise translate(NoCredentialsError())
+        frozen = await self._credentials.get_frozen_credentials()
+        if self._signer is None or self._signer[0] != frozen:
+            # refreshed credentials get a new signer; until then the same one is reused
+            self._signer = (frozen, Signer(frozen.access_key, frozen.secret_key,
+                                           frozen.token, self._region))
+        return self._signer[1]
+
+
+class Wire(Endpoint):
+    """Signed requests to the objects of one bucket, and its listing."""
+
+    def __init__(self, bucket_url: str, region: str, credentials: Any, *, pool: int,
+                 ca_bundle: str | None = None):
+        parts = urlsplit(bucket_url.rstrip("/"))
+        port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
+        host = f"{parts.hostname}:{port}" if port else f"{parts.hostname}"
+        super().__init__(f"{parts.scheme}://{host}",
+                         S3Protocol(host, parts.path, region, credentials), pool=pool,
+                         ca_bundle=ca_bundle, ca_hint=CA_HINT)
 
     async def list_pages(self, prefix: str, what: str,
                          start_after: str = "") -> AsyncIterator[list[Listed]]:
@@ -81,65 +117,6 @@ class Wire:
             if fields.get("IsTruncated") != "true" or not token:
                 return
             query["continuation-token"] = token
-
-    @asynccontextmanager
-    async def request(self, method: str, key: str, *, what: str,
-                      query: Mapping[str, str | int] | None = None,
-                      headers: Mapping[str, str] | None = None,
-                      data: bytes | Stream | None = None,
-                      accept: Container[int] = ()) -> AsyncIterator[Response]:
-        """Send one signed request; yield the response once its status says success (or is
-        one the caller ``accept``s).
-
-        Every failure, while sending or while the caller reads the body, leaves as a tpi
-        error: the service's code through the error table, network trouble as transient.
-        """
-        target, signed = await self.prepare(method, key, query, headers)
-        try:
-            async with self._http.request(method, target, signed, data) as response:
-                if response.status >= 300 and response.status not in accept:
-                    body = await response.read() if method != "HEAD" else b""
-                    raise service_error(response.status, response.reason, body, what)
-                yield response
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionLost, BodyMismatch,
-                h11.ProtocolError, OSError) as exc:
-            raise network_error(what, self.origin, exc, self.proxy) from exc
-
-    async def prepare(self, method: str, key: str,
-                      query: Mapping[str, str | int] | None = None,
-                      headers: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
-        """The request target and signed headers of a request, to send now or on a thread."""
-        path, query_string = self.target(key, query)
-        signed = (await self._current_signer()).sign(method, self.host, path, query_string,
-                                                     headers or {})
-        return path + (f"?{query_string}" if query_string else ""), signed
-
-    @property
-    def bulk(self) -> BulkPool:
-        """Blocking connections to the same origin, for large bodies on worker threads."""
-        if self._bulk is None:
-            from tpi_aws._bulk import BulkPool  # http.client: 10 ms, only for large bodies
-
-            self._bulk = BulkPool(self.origin, ca_bundle=self._ca_bundle, proxy=self.proxy)
-        return self._bulk
-
-    async def aclose(self) -> None:
-        """Close the pools; safe to call twice."""
-        await self._http.aclose()
-        if self._bulk is not None:
-            self._bulk.close()
-
-    async def _current_signer(self) -> Signer:
-        if self._credentials is None:
-            from botocore.exceptions import NoCredentialsError
-
-            raise translate(NoCredentialsError())
-        frozen = await self._credentials.get_frozen_credentials()
-        if self._signer is None or self._signer[0] != frozen:
-            # refreshed credentials get a new signer; until then the same one is reused
-            self._signer = (frozen, Signer(frozen.access_key, frozen.secret_key,
-                                           frozen.token, self._region))
-        return self._signer[1]
 
 
 def _parse_listing(body: bytes) -> tuple[list[Listed], dict[str, str]]:
@@ -164,19 +141,7 @@ def _listed(item: dict[str, str]) -> Listed:
             item.get("ETag", "").strip('"'), modified.timestamp())
 
 
-def network_error(what: str, origin: str, exc: BaseException,
-                  proxy: Proxy | None = None) -> TpiError:
-    """Network trouble is transient and worth retrying, except a certificate that is not
-    trusted: that fails at once, saying how to trust it."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return StorageError(f"{what}: the TLS certificate of {origin} is not trusted "
-                            f"({exc.verify_message or exc}); AWS_CA_BUNDLE names a CA file "
-                            "to trust")
-    through = f" (through the proxy {proxy.url})" if proxy else ""
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}{through}")
-
-
-def service_error(status: int, reason: str, body: bytes, what: str) -> Exception:
+def service_error(status: int, reason: str, body: bytes, what: str) -> TpiError:
     """The tpi error for a failed answer, through the same code table as botocore's."""
     code, message = _error_fields(body)
     return from_answer(code or str(status), message or reason or "", status, what)

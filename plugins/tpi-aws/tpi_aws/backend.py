@@ -1,8 +1,8 @@
 """The AWS backend: an Auto Scaling group of task machines and an S3 prefix per task.
 
-``create_steps`` lists the task's resources (TPI's order, ``task/aws/task.go``, but the role
-first), each tagged ``tpi:task``/``tpi:managed`` plus the task's tags, and ``delete_steps``
-the same list for deletion in reverse::
+``steps`` lists the task's resources (TPI's order, ``task/aws/task.go``, but the role
+first), each tagged ``tpi:task``/``tpi:managed`` plus the task's tags, each with its create
+and its delete (destroy deletes them in reverse)::
 
     IAM role + profile      only the task's prefix, the agent bundles, its parameter,
                             leaving its own group (skipped with ``permission_set``: the
@@ -32,24 +32,24 @@ import anyio
 from tpi_aws import machines, resources, scaling, userdata
 from tpi_aws.client import AwsClient
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
+from tpi_core.concurrent import task_group
 from tpi_core.errors import ResourceNotFound, TpiError, UsageError, field
 from tpi_core.identifier import is_task_id
 from tpi_core.model import Event, Task
-from tpi_core.steps import Step
+from tpi_core.steps import Action, Step, nothing
 from tpi_core.storage import Storage
+from tpi_core.tags import OwnTags
 
 _PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
+TAGS = OwnTags(resources.TAG_TASK, resources.TAG_MANAGED, resources.TAG_NAME,
+               resources.TAG_CONTAINER)
+"""tpi's own tags on AWS resources (the region is the resource's own)."""
 
 
 def task_tags(task_id: str, tags: Mapping[str, str], name: str = "",
               container: str = "") -> dict[str, str]:
     """The tags of every resource of a task; tpi's own keys win over the task's."""
-    own = {resources.TAG_TASK: task_id, resources.TAG_MANAGED: "true"}
-    if name:
-        own[resources.TAG_NAME] = name
-    if container:
-        own[resources.TAG_CONTAINER] = container
-    return {**tags, **own}
+    return TAGS.tags(task_id, tags, name, container)
 
 
 OBJECT_TAG_LIMIT = 10
@@ -58,7 +58,7 @@ OBJECT_TAG_LIMIT = 10
 
 def object_tagging(ref: TaskRef) -> str:
     """The x-amz-tagging of the task's objects: tpi's two tags, then the task's own."""
-    own = {resources.TAG_TASK: ref.task_id, resources.TAG_MANAGED: "true"}
+    own = TAGS.ids(ref.task_id)
     extra = [(k, v) for k, v in ref.tags.items() if k not in own]
     return urlencode([*own.items(), *extra][:OBJECT_TAG_LIMIT])
 
@@ -178,11 +178,9 @@ async def find_tasks(c: AwsClient, bucket: str) -> list[TaskRef]:
     """Tasks of a region: tagged groups, then task prefixes of the tpi bucket."""
     refs: dict[str, TaskRef] = {}
     for group in await scaling.tagged_groups(c):
-        tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
-        task_id = tags.get(resources.TAG_TASK, "")
-        if is_task_id(task_id):
-            refs[task_id] = TaskRef(task_id, "aws", c.region, tags.get(resources.TAG_NAME, ""),
-                                    tags.get(resources.TAG_CONTAINER, ""))
+        ref = TAGS.ref({t["Key"]: t["Value"] for t in group.get("Tags", [])}, "aws", c.region)
+        if ref is not None:
+            refs[ref.task_id] = ref
     if await resources.bucket_exists(c, bucket):
         for prefix in await resources.task_prefixes(c, bucket):
             if is_task_id(prefix) and prefix not in refs:
@@ -199,10 +197,10 @@ class AWSBackend(Backend):
     AGENT = ("tpi-aws", "tpi_aws")
 
     def __init__(self, session=None):
+        super().__init__()
         self._session = session
         self._clients: dict[str, AwsClient] = {}
         self._accounts: dict[str, str] = {}
-        self._storages: dict[tuple[str, str, str], Storage] = {}
 
     def client(self, region: str) -> AwsClient:
         """The clients of a region (alias or native), shared by every task there."""
@@ -221,42 +219,32 @@ class AWSBackend(Backend):
 
     async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
         """The task's prefix: in the tpi bucket of the account and region, or the container."""
-        from tpi_aws.storage import S3Storage
+        from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
 
         c = self.client(ref.region)
         bucket, prefix = await self._location(c, ref)
         region = ref.container_opts.get("region") or c.region
         if create:
             await self._ensure_bucket(c, bucket, ref)
-        url = f"s3://{bucket}/{prefix}"
-        tagging = object_tagging(ref)
-        if (url, region, tagging) not in self._storages:
-            # kept and closed with the backend: callers ask again and again (status, logs)
-            self._storages[url, region, tagging] = S3Storage.from_url(
-                url, region=region, tagging=tagging)
-        return self._storages[url, region, tagging]
+        url, tagging = f"s3://{bucket}/{prefix}", object_tagging(ref)
+        return self.kept_storage((url, region, tagging), lambda: S3Storage.from_url(
+            url, region=region, tagging=tagging))
 
     async def agent_storage(self, ref: TaskRef) -> Storage:
         """``tpi-agent/`` of the task's bucket: shared by the bucket's tasks."""
-        from tpi_aws.storage import S3Storage
+        from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
 
         c = self.client(ref.region)
         bucket, _ = await self._location(c, ref)
         region = ref.container_opts.get("region") or c.region
         url = f"s3://{bucket}/{AGENT_PREFIX}"
-        if (url, region, "") not in self._storages:
-            self._storages[url, region, ""] = S3Storage.from_url(
-                url, region=region, tagging=urlencode({resources.TAG_MANAGED: "true"}))
-        return self._storages[url, region, ""]
+        return self.kept_storage((url, region, ""), lambda: S3Storage.from_url(
+            url, region=region, tagging=urlencode({resources.TAG_MANAGED: "true"})))
 
     async def _location(self, c: AwsClient, ref: TaskRef) -> tuple[str, str]:
         if not ref.container:
             return f"tpi-{await self.account(c)}-{c.region}", ref.task_id
-        bucket, _, path = ref.container.partition("/")
-        if ref.container.endswith("/") and not path.strip("/"):
-            raise UsageError(f"storage.container {ref.container!r} names a bucket root; "
-                             "destroy deletes the task's prefix, so give a path")
-        return bucket, path.strip("/") or ref.task_id
+        return ref.container_path()
 
     async def _ensure_bucket(self, c: AwsClient, bucket: str, ref: TaskRef) -> None:
         if not ref.container:
@@ -278,29 +266,26 @@ class AWSBackend(Backend):
         with field("permission_set"):
             _check_permission_set(task.permission_set)
 
-    def create_steps(self, task: Task, launch: Launch) -> Sequence[Step]:
-        """Role, security group, environment, template, group (see the module docstring)."""
-        plan = _Creation(self, task, launch)
-        deletes = self.delete_steps(TaskRef.of(task))
-        creates = [plan.role, plan.security_group, plan.environment, plan.template,
-                   plan.group]
-        return [Step(d.description, create, d.delete) for d, create in zip(deletes, creates)]
-
-    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
-        """The same resources, found from the task id alone."""
+    def steps(self, ref: TaskRef, task: Task | None = None,
+              launch: Launch | None = None) -> Sequence[Step]:
+        """Role, security group, environment, template, group (see the module docstring);
+        deleted from the task id alone."""
         c, name = self.client(ref.region), ref.task_id
         parameter = resources.parameter_name(name)
+        make = _Creation(self, task, launch).action if task and launch else _no_create
         # the global role comes first, so it is deleted last: only once the task's regional
         # resources are gone (a destroy in the wrong region must not strip a live task)
         return [
-            Step(f"IAM role and instance profile {name}",
-                 delete=lambda: resources.delete_role(c, name)),
-            Step(f"security group {name}", delete=lambda: resources.delete_security_group(c, name)),
-            Step(f"environment parameter {parameter}",
-                 delete=lambda: resources.delete_environment(c, parameter)),
-            Step(f"launch template {name}",
-                 delete=lambda: resources.delete_launch_template(c, name)),
-            Step(f"Auto Scaling group {name}", delete=lambda: scaling.delete_group(c, name)),
+            Step(f"IAM role and instance profile {name}", make("role"),
+                 lambda: resources.delete_role(c, name)),
+            Step(f"security group {name}", make("security_group"),
+                 lambda: resources.delete_security_group(c, name)),
+            Step(f"environment parameter {parameter}", make("environment"),
+                 lambda: resources.delete_environment(c, parameter)),
+            Step(f"launch template {name}", make("template"),
+                 lambda: resources.delete_launch_template(c, name)),
+            Step(f"Auto Scaling group {name}", make("group"),
+                 lambda: scaling.delete_group(c, name)),
         ]
 
     # read back ---------------------------------------------------------------------------
@@ -317,17 +302,13 @@ class AWSBackend(Backend):
         """What a spot loss does: terminate the instance that holds the replica (its lease),
         without lowering the group's capacity, so the group launches a replacement. The
         shutdown gives the agent SIGTERM, and the unit's stop timeout, to flush."""
-        import json
+        # start-up cost: the tpi_core.agent package imports the whole agent
+        from tpi_core.agent.lease import holder
 
-        from tpi_aws.agent import lease_key
-        from tpi_core.errors import ObjectNotFound
-
-        storage = await self.storage(ref)
-        try:
-            instance = json.loads(await storage.read(lease_key(replica)))["instance"]
-        except (ObjectNotFound, ValueError, KeyError):
+        instance = await holder(await self.storage(ref), replica)
+        if instance is None:
             raise UsageError(f"replica {replica} of task {ref.task_id} holds no machine "
-                             "(not started yet?)") from None
+                             "(not started yet?)")
         c = self.client(ref.region)
         await c.call("ec2", "terminate_instances", InstanceIds=[instance])
         return (f"preempted replica {replica} of task {ref.task_id}: terminated instance "
@@ -358,7 +339,7 @@ class AWSBackend(Backend):
             except TpiError as exc:  # a region the account cannot use is no reason to stop
                 failed.append(exc)
 
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
             for name in regions:
                 tg.start_soon(one, name)
         if failed and len(failed) == len(regions):
@@ -379,9 +360,8 @@ class AWSBackend(Backend):
                 for alias, types in machines.SIZES.items()]
 
     async def aclose(self) -> None:
-        """Close every region's clients and every storage handed out."""
-        for storage in self._storages.values():
-            await storage.aclose()
+        """Close every storage handed out and every region's clients."""
+        await super().aclose()
         for c in self._clients.values():
             await c.aclose()
 
@@ -408,6 +388,10 @@ def _check_permission_set(value: str) -> None:
                          "(arn:aws:iam::<account>:instance-profile/<name>)")
 
 
+def _no_create(action: str) -> Action:
+    return nothing  # a step built from the ref alone creates nothing
+
+
 class _Creation:
     """The create side of one task's steps; each step looks up what it needs again, so a
     second run (apply twice, ``tpi start``) gives the same resources."""
@@ -420,6 +404,10 @@ class _Creation:
         self.types = machines.instance_types(task.machine)
         self.image_query = machines.image(task.image)
         _check_permission_set(task.permission_set)
+
+    def action(self, name: str) -> Action:
+        """The create of the resource ``name`` (a method of this class)."""
+        return getattr(self, name)
 
     async def security_group(self) -> None:
         vpc = await resources.default_vpc(self.c)

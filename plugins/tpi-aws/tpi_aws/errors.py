@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
 
 from tpi_core import errors
 
@@ -94,26 +94,11 @@ def from_answer(code: str, message: str, status: int | None, what: str = "") -> 
     the same table as :func:`translate`, without importing botocore (a missing manifest is
     a 404 in most first syncs: 3 ms of each)."""
     prefix = f"{what}: " if what else ""
-    cls = ERROR_CODES.get(code) or _by_status(status)
+    cls = errors.error_for(code, status, ERROR_CODES)
     message = message or code
     return cls(f"{prefix}{code}: {message}" if code else f"{prefix}{message}")
 
 
-def _by_status(status: int | None) -> type[errors.TpiError]:
-    if status is None:
-        return errors.BackendError
-    if status in (429,) or status >= 500:
-        return errors.TransientError
-    return {403: errors.PermissionDenied, 404: errors.ResourceNotFound}.get(
-        status, errors.BackendError)
-
-
-@contextlib.contextmanager
-def aws_errors(what: str = "") -> Iterator[None]:
+def aws_errors(what: str = "") -> contextlib.AbstractContextManager[None]:
     """Map every SDK exception raised inside into the tpi tree (``raise ... from exc``)."""
-    try:
-        yield
-    except errors.TpiError:
-        raise
-    except Exception as exc:
-        raise translate(exc, what) from exc
+    return errors.map_errors({Exception: functools.partial(translate, what=what)})

@@ -7,12 +7,12 @@ the capacity failures of TPI's single type. Native names pass through unchanged.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 
 from tpi_aws.instance_types import FAMILIES, SHAPE
 from tpi_core.errors import UsageError
+from tpi_core.machines import Aliases, did_you_mean, normal
 
 SIZES: dict[str, tuple[str, ...]] = {
     "s": ("t3.micro", "t3a.micro", "t2.micro"),
@@ -54,6 +54,9 @@ DETAILS = {
 REGIONS = {"us-east": "us-east-1", "us-west": "us-west-1",
            "eu-north": "eu-north-1", "eu-west": "eu-west-1"}
 
+SIZE_ALIASES = Aliases("machine", SIZES, "an EC2 instance type")
+REGION_ALIASES = Aliases("region", REGIONS, "an AWS region")
+
 
 @dataclass(frozen=True, slots=True)
 class ImageQuery:
@@ -86,25 +89,24 @@ _TPI_IMAGE = re.compile(r"^(?:[^@]+@)?([^:]+):([^:]+):(.+)$")
 def instance_types(machine: str) -> tuple[str, ...]:
     """The instance types of a size alias, or the native type alone: a size its family
     sells, or any well-formed type of a family newer than the table."""
-    key = machine.strip().lower()
+    key = normal(machine)
     if key in SIZES:
         return SIZES[key]
     family, _, size = key.partition(".")
     sizes = FAMILIES.get(family)
     if size in (sizes or ()) or (sizes is None and SHAPE.match(key)):
         return (key,)
-    raise UsageError(_unknown_type(machine, family, sizes))
+    raise _unknown_type(machine, family, sizes)
 
 
 def region(name: str) -> str:
     """The AWS region of a region alias, or the native region."""
-    key = name.strip().lower()
+    key = normal(name)
     if key in REGIONS:
         return REGIONS[key]
     if _NATIVE_REGION.match(key):
         return key
-    raise UsageError(f"region {name!r} is neither a region alias nor an AWS region"
-                     f"{_did_you_mean(key, REGIONS)}; aliases: {', '.join(REGIONS)}")
+    raise REGION_ALIASES.unknown(name)
 
 
 def image(spec: str) -> str | ImageQuery:
@@ -124,18 +126,10 @@ def image(spec: str) -> str | ImageQuery:
                      "(ami-...) or owner:architecture:name-pattern")
 
 
-def _unknown_type(machine: str, family: str, sizes: tuple[str, ...] | None) -> str:
-    key = machine.strip().lower()
+def _unknown_type(machine: str, family: str, sizes: tuple[str, ...] | None) -> UsageError:
     if sizes:  # a size the family does not sell, a typo most likely
-        return (f"unknown EC2 instance type {machine!r}"
-                f"{_did_you_mean(key, [f'{family}.{s}' for s in sizes])}; "
-                f"{family} sizes: {', '.join(sizes)}")
+        return UsageError(f"unknown EC2 instance type {machine!r}"
+                          f"{did_you_mean(normal(machine), [f'{family}.{s}' for s in sizes])}; "
+                          f"{family} sizes: {', '.join(sizes)}")
     native = [f"{f}.{s}" for f, known in FAMILIES.items() for s in known]
-    return (f"machine {machine!r} is neither a size alias nor an EC2 instance type"
-            f"{_did_you_mean(key, [*SIZES, *native])}; a type is family.size "
-            f"(e.g. m7i.2xlarge); aliases: {', '.join(SIZES)}")
-
-
-def _did_you_mean(word: str, known) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return SIZE_ALIASES.unknown(machine, native, "a type is family.size (e.g. m7i.2xlarge)")

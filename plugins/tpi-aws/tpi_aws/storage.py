@@ -2,11 +2,11 @@
 
 A storage and its children share one :class:`~tpi_aws._connection.Connection`, opened on
 first use and closed by ``aclose()`` of the storage that opened it: the fast path
-(:mod:`tpi_aws._wire`, see there why) and a botocore client for multipart control and batch
-deletes. Uploads: files up to 1 MiB go in one PUT with Content-MD5 (the service refuses a
+(:mod:`tpi_aws._wire` on the core's :mod:`tpi_core.transport`, see there why) and a botocore
+client for multipart control and batch deletes. Uploads: files up to 1 MiB go in one PUT with Content-MD5 (the service refuses a
 damaged body), up to 200 MiB in one streamed PUT hashed as it is sent, larger ones in
 parallel parts; the ETag answered is compared with what was sent either way (emulators
-ignore Content-MD5). Downloads (:mod:`tpi_aws._download`) ask for the first 8 MiB, which
+ignore Content-MD5). Downloads (:mod:`tpi_core.transport.download`) ask for the first 8 MiB, which
 is all of most objects; the rest of a larger one comes in one stream on a worker thread (at
 once for an object just listed), in parallel ranges above 256 MiB. A body received is
 checked against its ETag when the ETag is an md5 (single part, no KMS).
@@ -27,17 +27,20 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import anyio
 
-from tpi_aws import _download, _transfer
+from tpi_aws import _multipart
 from tpi_aws._connection import Connection
-from tpi_aws._http import Stream
-from tpi_aws._stream import INLINE_IO, MEMORY_MAX, check_md5, file_chunks
-from tpi_aws._transfer import Target, check_stored, content_md5, is_md5_etag, md5_digest
+from tpi_aws._multipart import Target
+from tpi_aws._wire import is_md5_etag
 from tpi_aws.errors import aws_errors, translate
 from tpi_core.concurrent import task_group
 from tpi_core.errors import UsageError
 from tpi_core.storage import ObjectInfo, Progress, Storage, join
 from tpi_core.storage.local import checked_key
 from tpi_core.sync.manifest import md5_file
+from tpi_core.transport import download
+from tpi_core.transport.files import INLINE_IO, MEMORY_MAX, check_md5, file_chunks
+from tpi_core.transport.hashing import content_md5, md5_digest, md5_hex
+from tpi_core.transport.pool import Stream
 
 _OPTIONS = ("region", "endpoint_url", "tagging")
 STREAM_MAX = 200 << 20
@@ -64,7 +67,7 @@ class S3Storage(Storage):
         self.tagging = tagging
         self._owner = _connection is None
         self._conn = _connection or Connection(bucket, region or None, endpoint_url or None)
-        self._listed = _download.Listed()
+        self._listed = download.Listed()
 
     @classmethod
     def from_url(cls, url: str, **options: str) -> S3Storage:
@@ -107,7 +110,7 @@ class S3Storage(Storage):
         async for page in wire.list_pages(full, f"list {self.url}", after):
             for key, size, etag, mtime in page:
                 if key[cut:] and not key.endswith("/"):
-                    self._listed.saw(key, size, etag)
+                    self._listed.saw(key, size, etag, etag if is_md5_etag(etag, {}) else None)
                     yield ObjectInfo(key[cut:], size, etag or None, mtime)
 
     async def read(self, key: str) -> bytes:
@@ -115,9 +118,9 @@ class S3Storage(Storage):
         full = self._full(checked_key(key))
         async with wire.request("GET", full, what=f"read {full}") as resp:
             data = await resp.read()
-            etag = resp.headers.get("ETag", "").strip('"')
-            if is_md5_etag(etag, resp.headers):
-                check_md5(f"read {full}", _transfer.md5_hex(data), etag)
+            expected = wire.protocol.md5_of(resp.headers)
+            if expected is not None:
+                check_md5(f"read {full}", md5_hex(data), expected)
         return data
 
     async def write(self, key: str, data: bytes) -> None:
@@ -130,7 +133,7 @@ class S3Storage(Storage):
         async with wire.request("PUT", full, data=data,
                                 headers={**content_md5(digest), **self._tag_headers()},
                                 what=f"upload {full}") as resp:
-            check_stored(f"upload {full}", resp.headers, digest)
+            wire.check_stored(f"upload {full}", resp.headers, digest)
 
     async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
         full, path = self._full(checked_key(key)), Path(path)
@@ -150,7 +153,7 @@ class S3Storage(Storage):
 
         async with task_group() as group:
             group.start_soon(whole_md5)
-            await _transfer.upload_multipart(await self._target(full), path, size, progress)
+            await _multipart.upload_multipart(await self._target(full), path, size, progress)
         return hashed[0]
 
     async def _put_stream(self, full: str, path: Path, size: int,
@@ -168,19 +171,18 @@ class S3Storage(Storage):
         wire = await self._conn.wire()
         async with wire.request("PUT", full, data=Stream(size, body), what=what,
                                 headers=self._tag_headers()) as resp:
-            check_stored(what, resp.headers, digests[-1].digest())
+            wire.check_stored(what, resp.headers, digests[-1].digest())
         return digests[-1].hexdigest()
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
         full = self._full(checked_key(key))
-        await _download.fetch(await self._conn.wire(), full, Path(path), progress,
-                              lambda: self._target(full, client=False),
-                              self._listed.take(full))
+        await download.fetch(await self._conn.wire(), full, Path(path), progress,
+                             self._conn.slots, self._listed.take(full))
 
-    async def _target(self, full: str, client: bool = True) -> Target:
-        """What a large transfer needs; ranged downloads need no botocore client."""
-        return Target(await self._conn.client() if client else None, await self._conn.wire(),
-                      self.bucket, full, self._conn.slots, self.tagging)
+    async def _target(self, full: str) -> Target:
+        """What a multipart upload needs."""
+        return Target(await self._conn.client(), await self._conn.wire(), self.bucket, full,
+                      self._conn.slots, self.tagging)
 
     async def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from tpi_core.backend import TaskRef
-from tpi_core.errors import UsageError
-from tpi_core.model import StorageSpec, Task, frozen_map
 from tpi_k8s.backend import K8sBackend, bucket_url, claim_of
+
+from tpi_core import config
+from tpi_core.backend import TaskRef
+from tpi_core.errors import ConfigError, UsageError
+from tpi_core.model import StorageSpec, Task, frozen_map
 
 TASK_ID = "tpi-train-abcdefgh-12345678"
 
@@ -36,7 +37,7 @@ def test_validate_accepts_tpi_defaults():
     ({"storage": {"container": "ftp://host/x"}}, "s3://"),
     ({"storage": {"container": "Bad_Claim"}}, "storage.container"),
     ({"storage": {"container": "claim/../x"}}, "unsafe"),
-    ({"storage": {"container_opts": frozen_map({"zone": "a"})}}, "container_opts zone"),
+    ({"storage": {"container_opts": frozen_map({"zone": "a"})}}, "container_opts: zone"),
     ({"storage": {"container_opts": frozen_map({"access_mode": "ReadOnlyMany"})}},
      "access_mode"),
     ({"storage": {"container_opts": frozen_map({"size": "big"})}}, "size"),
@@ -80,3 +81,8 @@ def test_a_bucket_task_has_no_claim_steps():
     assert steps == ["PersistentVolumeClaim shared", f"storage server {TASK_ID}-storage",
                      "task prefix on claim shared", f"environment Secret {TASK_ID}",
                      f"Job {TASK_ID}"]
+
+
+def test_spot_on_kubernetes_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="key 'spot'.*'k8s' has no spot machines"):
+        config.check_backend(task(spot=0.0), lambda cloud: K8sBackend())

@@ -1,7 +1,7 @@
 """The Kubernetes backend: an indexed Job per task, its workdir on a claim, in one namespace.
 
-Objects of a task, in the kubeconfig's current namespace, in creation order (``delete_steps``
-lists them for deletion in reverse); every one is labelled ``tpi.dev/task=<id>`` and
+Objects of a task, in the kubeconfig's current namespace, in creation order (``steps``; destroy
+deletes them in reverse); every one is labelled ``tpi.dev/task=<id>`` and
 ``tpi.dev/managed=true``::
 
     PersistentVolumeClaim <id>          the task's storage (or storage.container's claim)
@@ -34,10 +34,10 @@ from functools import partial
 
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
 from tpi_core.errors import FieldError, TaskNotFound, UnsafePathError, UsageError, field
-from tpi_core.identifier import is_task_id
 from tpi_core.model import Task
-from tpi_core.steps import Step
-from tpi_core.storage import Storage, join, open_storage
+from tpi_core.registry import open_storage
+from tpi_core.steps import Step, nothing
+from tpi_core.storage import Storage, join
 from tpi_core.storage.local import checked_key
 from tpi_k8s import launch, machines, manifests, observe, resources
 from tpi_k8s.client import K8sClient
@@ -80,12 +80,9 @@ def claim_of(ref: TaskRef, task: Task | None = None) -> manifests.Claim:
     if not ref.container:
         return manifests.Claim(ref.task_id, ref.task_id, True, mode, int(size),
                                opts.get("storage_class", ""))
-    name, slash, path = ref.container.partition("/")
-    if slash and not path.strip("/"):
-        raise UsageError(f"storage.container {ref.container!r} names a claim's root; destroy "
-                         "deletes the task's prefix, so give a path")
+    name, path = ref.container_path("a claim's root")
     try:
-        sub_path = checked_key(path.strip("/") or ref.task_id)
+        sub_path = checked_key(path)
     except UnsafePathError as exc:
         raise UsageError(f"storage.container {ref.container!r}: {exc}") from None
     return manifests.Claim(machines.object_name(name, "storage.container"), sub_path,
@@ -105,8 +102,8 @@ class K8sBackend(Backend):
     CAPABILITIES = frozenset({Capability.STOP_START, Capability.GPU, Capability.FIND})
 
     def __init__(self, client: K8sClient | None = None):
+        super().__init__()
         self._client = client
-        self._storages: dict[str, Storage] = {}
 
     def client(self) -> K8sClient:
         """The cluster client (configured on first request)."""
@@ -120,23 +117,22 @@ class K8sBackend(Backend):
         """The task's storage; with ``create``, its claim and a ready storage server."""
         url = bucket_url(ref)
         if url:
-            if url not in self._storages:
-                self._storages[url] = open_storage(url, **ref.container_opts)
-            return self._storages[url]
+            return self.kept_storage(url, partial(open_storage, url, **ref.container_opts))
         namespace = await self.client().namespace()
         if create:
             await self._provide_storage(ref, namespace, create)
-        if ref.task_id not in self._storages:
-            endpoint = Endpoint(self.client(), namespace, ref.task_id)
-            self._storages[ref.task_id] = K8sStorage(endpoint)
-        return self._storages[ref.task_id]
+        return self.kept_storage(ref.task_id, partial(self._claim_storage, ref, namespace))
+
+    def _claim_storage(self, ref: TaskRef, namespace: str) -> K8sStorage:
+        return K8sStorage(Endpoint(self.client(), namespace, ref.task_id))
 
     async def _provide_storage(self, ref: TaskRef, namespace: str, task: Task) -> None:
         for step in self._storage_steps(ref, task):
             await step.create()
         endpoint = Endpoint(self.client(), namespace, ref.task_id)
         await endpoint.wait_ready(float(os.environ.get(READY_TIMEOUT_ENV) or 600))
-        self._storages[ref.task_id] = K8sStorage(endpoint)  # a task made again: a new token
+        # a task made again: a new token
+        self.kept_storage(ref.task_id, partial(K8sStorage, endpoint), renew=True)
 
     def _storage_steps(self, ref: TaskRef, task: Task | None) -> list[Step]:
         c, spec, owner = self.client(), claim_of(ref, task), owner_of(ref, task)
@@ -159,7 +155,7 @@ class K8sBackend(Backend):
             await resources.create(c, namespace, "deployments", body)
 
         return [Step(f"PersistentVolumeClaim {spec.name}", claim, partial(
-                    self._delete, "persistentvolumeclaims", spec.name) if spec.owned else _noop),
+                    self._delete, "persistentvolumeclaims", spec.name) if spec.owned else nothing),
                 Step(f"storage server {manifests.server_name(ref.task_id)}", server,
                      partial(self._delete_server, ref.task_id))]
 
@@ -188,23 +184,18 @@ class K8sBackend(Backend):
                 raise FieldError("storage.container_opts", f"{', '.join(unknown)}: a claim "
                                  f"takes {', '.join(CLAIM_OPTIONS)}")
 
-    def create_steps(self, task: Task, launch_: Launch) -> Sequence[Step]:
-        """Claim, storage server, (prefix), environment Secret, Job."""
-        self.validate(task)
-        return self._steps(TaskRef.of(task), task, launch_)
-
-    def delete_steps(self, ref: TaskRef) -> Sequence[Step]:
-        """The same objects, found from the task id alone."""
-        return self._steps(ref)
-
-    def _steps(self, ref: TaskRef, task: Task | None = None,
-               launch_: Launch | None = None) -> list[Step]:
+    def steps(self, ref: TaskRef, task: Task | None = None,
+              launch_: Launch | None = None) -> Sequence[Step]:
+        """Claim, storage server, (prefix), environment Secret, Job; deleted from the task
+        id alone."""
+        if task is not None:
+            self.validate(task)
         secret = manifests.secret_name(ref.task_id)
         tail = [Step(f"environment Secret {secret}",
-                     partial(self._create_secret, task) if task else _noop,
+                     partial(self._create_secret, task) if task else nothing,
                      partial(self._delete, "secrets", secret)),
                 Step(f"Job {ref.task_id}",
-                     partial(self._create_job, task, launch_) if task and launch_ else _noop,
+                     partial(self._create_job, task, launch_) if task and launch_ else nothing,
                      partial(self._delete_job, ref.task_id))]
         if bucket_url(ref):
             return tail
@@ -306,25 +297,16 @@ class K8sBackend(Backend):
 
     async def aclose(self) -> None:
         """Close every storage handed out and the cluster client."""
-        for storage in self._storages.values():
-            await storage.aclose()
+        await super().aclose()
         if self._client is not None:
             await self._client.aclose()
 
 
-async def _noop() -> None:
-    return None
-
-
 def _ref_of(item: dict) -> TaskRef | None:
     meta = item.get("metadata") or {}
-    task_id = (meta.get("labels") or {}).get(manifests.LABEL_TASK, "")
-    if not is_task_id(task_id):
-        return None
-    notes = meta.get("annotations") or {}
-    return TaskRef(task_id, K8sBackend.NAME, notes.get(manifests.ANNOTATION_REGION, ""),
-                   notes.get(manifests.ANNOTATION_NAME, ""),
-                   notes.get(manifests.ANNOTATION_CONTAINER, ""))
+    tags = {**(meta.get("annotations") or {}), manifests.LABEL_TASK:
+            (meta.get("labels") or {}).get(manifests.LABEL_TASK, "")}
+    return manifests.TAGS.ref(tags, K8sBackend.NAME)
 
 
 def _detail(native: str) -> str:

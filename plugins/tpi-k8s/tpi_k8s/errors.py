@@ -28,9 +28,7 @@ REASONS: dict[str, type[errors.TpiError]] = {
 }
 
 STATUSES: dict[int, type[errors.TpiError]] = {
-    401: errors.PermissionDenied, 403: errors.PermissionDenied, 404: errors.ResourceNotFound,
-    409: errors.TransientError, 429: errors.TransientError,
-}
+    **errors.STATUS_ERRORS, 401: errors.PermissionDenied, 409: errors.TransientError}
 
 QUOTA_MARKS = ("exceeded quota", "quota exceeded", "forbidden: maximum")
 
@@ -62,13 +60,7 @@ def _error_class(status: int, reason: str, message: str) -> type[errors.TpiError
     lowered = message.lower()
     if status == 403 and any(mark in lowered for mark in QUOTA_MARKS):
         return errors.QuotaExceeded
-    if status in STATUSES:
-        return STATUSES[status]
-    if reason in REASONS:
-        return REASONS[reason]
-    if status >= 500:
-        return errors.TransientError
-    return errors.BackendError
+    return errors.error_for(reason, status, REASONS, STATUSES)
 
 
 def connection_error(exc: BaseException, host: str) -> errors.TransientError:

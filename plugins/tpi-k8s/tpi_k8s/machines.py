@@ -13,11 +13,11 @@ default ``us-west``) selects no node.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
 from tpi_core.errors import UsageError
+from tpi_core.machines import Aliases, normal
 
 SIZES: dict[str, str] = {
     "s": "1-1000", "m": "8-32000", "l": "32-128000", "xl": "64-256000",
@@ -31,6 +31,8 @@ SIZES: dict[str, str] = {
 }
 """TPI's K8s table (its GPU aliases all collapse to the generic ``nvidia``), plus the newer
 GPU aliases of the AWS backend with the same shapes."""
+
+SIZE_ALIASES = Aliases("machine", SIZES, "{cpu}-{memMB}[+{accelerator}*{count}]")
 
 IMAGES = {"ubuntu": "ubuntu:24.04", "nvidia": "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"}
 GENERIC_ACCELERATOR = "nvidia"
@@ -75,12 +77,10 @@ class Size:
 
 def size(machine: str) -> Size:
     """The size of an alias or of ``{cpu}-{memMB}[+{accelerator}*{count}]``."""
-    key = machine.strip().lower()
+    key = normal(machine)
     found = _MACHINE.match(SIZES.get(key, key))
     if not found:
-        raise UsageError(f"machine {machine!r} is neither a size alias nor "
-                         f"{{cpu}}-{{memMB}}[+{{accelerator}}*{{count}}]"
-                         f"{_did_you_mean(key, SIZES)}; aliases: {', '.join(SIZES)}")
+        raise SIZE_ALIASES.unknown(machine)
     cpu, memory, accelerator, count = found.groups()
     if float(cpu.rstrip("m")) <= 0 or int(memory) <= 0 or (count is not None and int(count) < 1):
         raise UsageError(f"machine {machine!r}: cpu, memory and accelerator count must be > 0")
@@ -135,7 +135,3 @@ def is_label_value(value: str) -> bool:
     """True when ``value`` may be a label value (annotations take anything)."""
     return bool(_LABEL_VALUE.match(value))
 
-
-def _did_you_mean(word: str, known) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

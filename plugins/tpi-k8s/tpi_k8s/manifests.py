@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tpi_core.model import frozen_map
+from tpi_core.tags import OwnTags
 from tpi_k8s import launch
 from tpi_k8s.machines import Size, is_label_key, is_label_value
 
@@ -23,6 +24,9 @@ LABEL_ROLE = "tpi.dev/role"
 ANNOTATION_NAME = "tpi.dev/name"
 ANNOTATION_REGION = "tpi.dev/region"
 ANNOTATION_CONTAINER = "tpi.dev/container"
+TAGS = OwnTags(LABEL_TASK, LABEL_MANAGED, ANNOTATION_NAME, ANNOTATION_CONTAINER,
+               ANNOTATION_REGION)
+"""tpi's own labels (task, managed) and annotations (name, container, region)."""
 ROLE_AGENT, ROLE_STORAGE = "agent", "storage"
 AGENT_CONTAINER = "agent"
 TOKEN_KEY = "token"
@@ -63,7 +67,7 @@ class Owner:
 
     def labels(self, role: str | None = None) -> dict[str, str]:
         """Tags fit for labels, then tpi's own labels (which win)."""
-        own = {LABEL_TASK: self.task_id, LABEL_MANAGED: "true"}
+        own = TAGS.ids(self.task_id)
         if role:
             own[LABEL_ROLE] = role
         usable = {k: v for k, v in self.tags.items() if is_label_key(k) and is_label_value(v)}
@@ -71,9 +75,7 @@ class Owner:
 
     def annotations(self) -> dict[str, str]:
         """Every tag, then the task's name, region and container."""
-        own = {ANNOTATION_NAME: self.name, ANNOTATION_REGION: self.region,
-               ANNOTATION_CONTAINER: self.container}
-        return {**self.tags, **{k: v for k, v in own.items() if v}}
+        return {**self.tags, **TAGS.about(self.name, self.container, self.region)}
 
     def metadata(self, name: str, role: str | None = None) -> dict:
         """``metadata`` of one object."""

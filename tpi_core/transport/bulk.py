@@ -7,12 +7,13 @@ buffers, writes each at its offset, and a second thread hashes them in order: re
 and md5 all release the GIL, so the transfer runs at what the server sends and the md5
 costs no extra wall time (200 MB from a local server: 0.36 s here, 0.5 s on the loop).
 Requests are signed on the event loop (credentials refresh there) and sent as given.
+Network and HTTP errors are mapped here, at this second seam, into :mod:`.exceptions`, as
+:mod:`.network` maps them for the event loop's connections.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
 import queue
 import ssl
 import threading
@@ -20,18 +21,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
-
-from tpi_aws._proxy import Proxy, forwarding
-from tpi_aws._stream import check_md5, write_all
-from tpi_aws._transfer import is_md5_etag
-from tpi_aws._wire import Wire, network_error, service_error
-from tpi_core.errors import TransientError
-from tpi_core.storage import Progress
+from tpi_core.transport.exceptions import (
+    CONNECT_ERRORS,
+    SOCKET_ERRORS,
+    ProtocolError,
+    Stopped,
+    map_exceptions,
+)
+from tpi_core.transport.files import write_all
+from tpi_core.transport.proxy import Proxy, forwarding
 
 CHUNK = 1 << 20
 KEEPALIVE = 4.0
@@ -39,6 +40,10 @@ KEEPALIVE = 4.0
 _RING = 4  # buffers per transfer: one filling, one writing, two waiting for the hasher
 _PIPELINE_FROM = 8 << 20
 """Bodies from this size are hashed on a second thread; smaller ones by the reader."""
+
+
+_CONNECTING = map_exceptions(CONNECT_ERRORS)
+_READING = map_exceptions({HTTPException: ProtocolError, **SOCKET_ERRORS})
 
 
 @dataclass
@@ -49,10 +54,6 @@ class Failed:
     reason: str
     headers: dict[str, str]
     body: bytes
-
-
-class Stopped(Exception):
-    """The transfer was abandoned by its caller (cancelled)."""
 
 
 class BulkPool:
@@ -107,19 +108,31 @@ def fetch_into(pool: BulkPool, target: str, headers: Mapping[str, str], fd: int,
     """GET ``target`` and write its body into ``fd`` from ``offset``, hashing it into
     ``digest`` in order (None: nothing to check, so no hashing). Returns the bytes written
     and the response's headers, or the response when its status is not one of ``expect``;
-    network trouble raises (OSError, http.client.HTTPException)."""
+    network trouble raises the transport's errors (:mod:`.exceptions`)."""
     connection = pool.take()
     try:
-        connection.request("GET", pool.prefix + target, headers={**headers, **pool.headers})
-        response = connection.getresponse()
-        if response.status not in expect:
-            failed = Failed(response.status, response.reason, dict(response.getheaders()),
-                            response.read())
-        else:
-            written = _receive(response, fd, offset, digest, progress, stop)
+        with _CONNECTING:
+            if connection.sock is None:
+                connection.connect()
+        with _READING:
+            return _exchange(pool, connection, target, headers, fd, offset, digest,
+                             progress, stop, expect)
     except BaseException:
         connection.close()
         raise
+
+
+def _exchange(pool: BulkPool, connection: http.client.HTTPConnection, target: str,
+              headers: Mapping[str, str], fd: int, offset: int, digest: Any,
+              progress: Callable[[int], None] | None, stop: threading.Event,
+              expect: tuple[int, ...]) -> Failed | tuple[int, Any]:
+    connection.request("GET", pool.prefix + target, headers={**headers, **pool.headers})
+    response = connection.getresponse()
+    if response.status not in expect:
+        failed = Failed(response.status, response.reason, dict(response.getheaders()),
+                        response.read())
+    else:
+        written = _receive(response, fd, offset, digest, progress, stop)
     if response.will_close:
         connection.close()
     else:
@@ -174,40 +187,3 @@ class _Hasher:
     def finish(self) -> None:
         self._queue.put(None)
         self._thread.join()
-
-
-async def fetch_rest(wire: Wire, full: str, path: Path, written: int, total: int, etag: str,
-                     digest: Any, progress: Progress | None) -> None:
-    """Fetch the rest of an object whose first ``written`` bytes are in ``path`` (hashed
-    into ``digest``; none for a whole object) from one stream read on a worker thread,
-    pinned by If-Match to ``etag``; when the answer shows the ETag is an md5, the whole is
-    checked against it. ``digest`` None: the ETag is known to be no md5 (a multipart
-    upload's), and nothing is hashed."""
-    what = f"download {full}"
-    target, headers = await wire.prepare("GET", full, headers={
-        "Range": f"bytes={written}-", "If-Match": f'"{etag}"'})
-    stop = threading.Event()
-
-    def fetch() -> Failed | tuple[int, Any]:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            return fetch_into(wire.bulk, target, headers, fd, written, digest, progress,
-                              stop, expect=(206,) if written else (200, 206))
-        finally:
-            os.close(fd)
-
-    try:
-        got = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
-    except (OSError, HTTPException, Stopped) as exc:
-        raise network_error(what, wire.origin, exc, wire.proxy) from exc
-    finally:
-        stop.set()  # a cancelled caller: the thread stops at its next read
-    if isinstance(got, Failed):
-        if got.status < 300:
-            raise TransientError(f"{what}: range ignored (HTTP {got.status})")
-        raise service_error(got.status, got.reason, got.body, what)
-    count, headers = got
-    if written + count != total:
-        raise TransientError(f"{what}: {written + count} of {total} bytes")
-    if digest is not None and is_md5_etag(etag, headers):
-        check_md5(what, digest.hexdigest(), etag)

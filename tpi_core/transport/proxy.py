@@ -1,8 +1,8 @@
-"""The HTTP proxy the environment names for an endpoint, as botocore (and curl) find it.
+"""The HTTP proxy the environment names for an origin, as botocore, gsutil and curl find it.
 
 ``https_proxy``/``HTTPS_PROXY``, ``http_proxy``/``HTTP_PROXY`` and ``no_proxy``/``NO_PROXY``
 are read by the standard library's own rules (``urllib.request``, which botocore uses too),
-so the fast path and the botocore client always agree on whether a proxy is in the way.
+so the transport and a cloud's own SDK client always agree on whether a proxy is in the way.
 ``urllib.request`` costs about 10 ms to import, so it is imported only when some
 ``*_proxy`` variable is set at all.
 
@@ -14,13 +14,13 @@ and never appear in what :func:`shown` returns.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from tpi_core.errors import PermissionDenied, TransientError, UsageError
+from tpi_core.transport.network import NetworkStream
 
 
 @dataclass(frozen=True)
@@ -92,18 +92,16 @@ def _split(url: str):
     return urlsplit(url if "://" in url else f"http://{url}")
 
 
-async def open_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      authority: str, proxy: Proxy) -> None:
+async def open_tunnel(stream: NetworkStream, authority: str, proxy: Proxy) -> None:
     """Ask the proxy on this connection for a tunnel to ``authority`` (``host:port``)."""
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}",
              *(f"{name}: {value}" for name, value in proxy.headers().items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    await writer.drain()
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await stream.flush()
+    head = await stream.readuntil(b"\r\n\r\n")
+    if not head.endswith(b"\r\n\r\n"):
         raise TransientError(f"proxy {proxy.url} closed the connection during CONNECT "
-                             f"{authority}") from exc
+                             f"{authority}")
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0

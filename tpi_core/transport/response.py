@@ -1,31 +1,21 @@
-"""What the fast path's pool reads: a connection, and a response on it.
+"""What the pool reads: a connection, and a response on it.
 
 A response's head is parsed by h11; a body framed by Content-Length is read straight from
 the stream (h11's buffer copies cost 0.2 s per 200 MB), any other framing through h11.
+h11's errors become :class:`~.exceptions.ProtocolError` here, where h11 is driven.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Mapping
 
 import h11
 
-CHUNK = 256 << 10
-"""Bytes read from a socket at a time, and the stream's buffer limit (reading pauses at
-twice this): bodies on the event loop are at most 8 MiB, and with 64 of them in flight a
-larger buffer only holds memory (large bodies go on threads, see _bulk.py)."""
-ONE_WRITE = 64 << 10
-"""Bytes a connection buffers before it waits for the socket to drain."""
+from tpi_core.transport.exceptions import ConnectionLost, ProtocolError, map_exceptions
+from tpi_core.transport.network import CHUNK, NetworkStream
+
+H11_ERRORS = map_exceptions({h11.ProtocolError: ProtocolError})
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class ConnectionLost(Exception):
-    """The connection ended before a complete answer (a transient network failure)."""
-
-
-class BodyMismatch(Exception):
-    """A Stream gave more or fewer bytes than it announced (its file changed meanwhile)."""
 
 
 class Headers(Mapping[str, str]):
@@ -48,32 +38,19 @@ class Headers(Mapping[str, str]):
 
 
 class HttpConnection:
-    """One connection of a pool: its streams, its h11 state, and when it went idle."""
+    """One connection of a pool: its stream, its h11 state, and when it went idle."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 timeout: float):
-        self.reader, self.writer, self.timeout = reader, writer, timeout
+    def __init__(self, stream: NetworkStream):
+        self.stream = stream
         self.idle_since = 0.0
         self.protocol = h11.Connection(h11.CLIENT)
 
     def usable(self, now: float, keepalive: float) -> bool:
-        # bytes or EOF that came while idle (a server's 408 before it closes) answer no one
-        # (StreamReader has no public "anything buffered?"; _buffer is there since 3.4)
-        return (now - self.idle_since < keepalive and not self.reader._buffer
-                and not self.reader.at_eof() and not self.writer.is_closing())
-
-    async def read(self, limit: int) -> bytes:
-        async with asyncio.timeout(self.timeout):
-            return await self.reader.read(limit)
-
-    async def write(self, data: bytes | memoryview) -> None:
-        self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size() > ONE_WRITE:
-            async with asyncio.timeout(self.timeout):
-                await self.writer.drain()
+        """Young enough, and nothing came while idle (see NetworkStream.is_reusable)."""
+        return now - self.idle_since < keepalive and self.stream.is_reusable()
 
     def close(self) -> None:
-        self.writer.transport.abort()
+        self.stream.abort()
 
 
 class Response:
@@ -99,6 +76,7 @@ class Response:
 
     @property
     def reusable(self) -> bool:
+        """True once the body was read to its end on a connection that stays open."""
         return self._done and self._keep
 
     async def read_chunk(self, limit: int = CHUNK) -> bytes:
@@ -106,7 +84,7 @@ class Response:
         if self._done:
             return b""
         if self._left is not None:
-            data = await self._conn.read(min(limit, self._left))
+            data = await self._conn.stream.read(min(limit, self._left))
             if not data:
                 raise ConnectionLost(f"body ended {self._left} bytes short")
             self._left -= len(data)
@@ -120,9 +98,10 @@ class Response:
     async def _next_framed(self) -> bytes:
         protocol = self._conn.protocol
         while True:
-            event = protocol.next_event()
+            with H11_ERRORS:
+                event = protocol.next_event()
             if event is h11.NEED_DATA:
-                protocol.receive_data(await self._conn.read(CHUNK))
+                protocol.receive_data(await self._conn.stream.read(CHUNK))
             elif isinstance(event, h11.Data):
                 if event.data:
                     return bytes(event.data)
@@ -137,12 +116,8 @@ class Response:
     async def read(self) -> bytes:
         """The whole (rest of the) body."""
         if self._left:
-            try:
-                async with asyncio.timeout(self._conn.timeout + self._left / (1 << 20)):
-                    data = await self._conn.reader.readexactly(self._left)
-            except asyncio.IncompleteReadError as exc:
-                raise ConnectionLost(f"body ended {self._left - len(exc.partial)} bytes "
-                                     "short") from exc
+            stream = self._conn.stream
+            data = await stream.readexactly(self._left, stream.timeout + self._left / (1 << 20))
             self._left, self._done = 0, True
             return data
         parts = []

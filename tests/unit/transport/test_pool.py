@@ -1,4 +1,5 @@
-"""The lean HTTP/1.1 client against servers on 127.0.0.1 scripted byte for byte.
+"""The pool (:mod:`tpi_core.transport.pool`) on the real network seam, against servers on
+127.0.0.1 scripted byte for byte.
 
 Each test's server counts the TCP connections it accepts, which tells whether the pool
 reused a connection, and records every request it read (request line, headers, body).
@@ -12,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import h11
 import pytest
 
-from tpi_aws._http import BodyMismatch, ConnectionLost, Pool, Stream
+from tpi_core.transport.exceptions import BodyMismatch, ConnectionLost, ProtocolError, Timeout
+from tpi_core.transport.pool import Pool, Stream
 
 pytestmark = pytest.mark.anyio
 MiB = 1 << 20
@@ -162,15 +163,14 @@ async def test_content_length_body_by_read_pieces_and_exact_counts_on_one_connec
 
 async def test_headers_case_insensitive_and_repeated_ones_joined():
     answer = ok(b"x", b"X-Thing: a\r\nContent-Type: text/plain\r\nx-thing: b\r\n")
-    async with setup(replying(answer)) as (_, pool):
-        async with pool.request("GET", "/", {}) as response:
-            assert response.status == 200 and response.reason == "OK"
-            assert response.headers["X-THING"] == "a, b"
-            assert response.headers.get("content-type") == "text/plain"
-            assert "Content-Length" in response.headers and "missing" not in response.headers
-            assert dict(response.headers) == {"content-length": "1", "x-thing": "a, b",
-                                              "content-type": "text/plain"}
-            await response.read()
+    async with setup(replying(answer)) as (_, pool), pool.request("GET", "/", {}) as response:
+        assert response.status == 200 and response.reason == "OK"
+        assert response.headers["X-THING"] == "a, b"
+        assert response.headers.get("content-type") == "text/plain"
+        assert "Content-Length" in response.headers and "missing" not in response.headers
+        assert dict(response.headers) == {"content-length": "1", "x-thing": "a, b",
+                                          "content-type": "text/plain"}
+        await response.read()
 
 
 async def test_chunked_body_with_trailer_whole_and_in_pieces_keeps_the_connection():
@@ -315,7 +315,7 @@ async def test_chunked_body_cut_off_raises_and_is_not_reused():
     async with setup(replying(CHUNKED[:2], ok(b"next"), then_close=True)) as (server, pool):
         async with pool.request("GET", "/", {}) as response:
             assert await response.read_chunk() == b"hello"
-            with pytest.raises(h11.RemoteProtocolError, match="incomplete chunked read"):
+            with pytest.raises(ProtocolError, match="incomplete chunked read"):
                 await response.read_chunk()
         assert await get(pool) == b"next"
         assert server.accepts == 2
@@ -385,7 +385,7 @@ async def test_server_that_never_answers_times_out_once(kept):
         if kept:
             assert await get(pool) == b"a"
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(Timeout):
             await get(pool)
         assert 0.15 < time.monotonic() - started < 1.0
         assert server.accepts == 1 and len(server.requests) == 1 + kept  # not sent again

@@ -1,0 +1,75 @@
+"""The gs:// storage on fake-gcs-server (127.0.0.1): the whole storage contract, plus what
+is GCS's own (its URLs, a missing bucket, md5 from x-goog-hash)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from tpi_gcp.storage import GCSProtocol, GCSStorage
+
+from tests.emulators import gcs_server  # noqa: F401 (pytest fixture)
+from tpi_core.errors import ResourceNotFound, UsageError
+from tpi_core.testing.contract import StorageContract
+
+pytestmark = pytest.mark.integration
+
+
+def make_bucket(url: str) -> str:
+    name = f"tpi-{uuid.uuid4().hex[:16]}"
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
+        method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return name
+
+
+class TestGCSStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self, gcs_server, monkeypatch) -> AsyncIterator[GCSStorage]:  # noqa: F811
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)  # storages opened by URL
+        bucket = make_bucket(gcs_server.url)
+        async with GCSStorage(bucket, "task/data", endpoint_url=gcs_server.url) as storage:
+            yield storage
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_missing_bucket_is_a_missing_resource(gcs_server):  # noqa: F811
+    async with GCSStorage("tpi-no-such-bucket", endpoint_url=gcs_server.url) as storage:
+        with pytest.raises(ResourceNotFound, match="list gs://tpi-no-such-bucket"):
+            [info async for info in storage.list()]
+
+
+@pytest.mark.anyio
+async def test_the_emulator_is_found_as_the_google_sdks_find_it(gcs_server, tmp_path,  # noqa: F811
+                                                                monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
+    bucket = make_bucket(gcs_server.url)
+    (tmp_path / "big.bin").write_bytes(b"x" * (3 << 20))  # streamed, above 1 MiB
+    async with GCSStorage.from_url(f"gs://{bucket}/p") as storage:
+        digest = await storage.upload("big.bin", tmp_path / "big.bin")
+        [info] = [info async for info in storage.list()]
+        assert (info.key, info.size, info.etag) == ("big.bin", 3 << 20, digest)
+        await storage.download("big.bin", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == (tmp_path / "big.bin").read_bytes()
+
+
+def test_urls_and_protocol():
+    assert GCSStorage.from_url("gs://b/x/y").url == "gs://b/x/y"
+    with pytest.raises(UsageError):
+        GCSStorage.from_url("s3://b/x")
+    protocol = GCSProtocol("b")
+    assert protocol.locate("a/b c.txt") == ("/storage/v1/b/b/o/a%2Fb%20c.txt", "alt=media")
+    assert protocol.locate("", {"uploadType": "media", "name": "k"}) == (
+        "/upload/storage/v1/b/b/o", "uploadType=media&name=k")
+    assert protocol.md5_of({"x-goog-hash": "crc32c=yZRlqg==,md5=XrY7u+Ae7tCTyyK7j1rNww=="}) \
+        == "5eb63bbbe01eeed093cb22bb8f5acdc3"
+    assert protocol.pinned("17") == {"x-goog-if-generation-match": "17"}
