@@ -4,7 +4,7 @@
 
 A no-change re-sync is one listing, and a listing is a page of 1,000 keys per request, each
 waiting for the one before. On a local server the server's own work sets the pace; against a
-cloud region the round trip does. This puts tests/faultproxy.py between each tool and s3rver
+cloud region the round trip does. This puts tpi_core/testing/faultproxy.py between each tool and s3rver
 (127.0.0.1), adding LATENCY seconds before every request, and times the no-change re-sync of
 FILES files of 10 bytes by tpi (its listing read as ranges at once, split by the manifest),
 by the same tpi reading its listing as one range (``S3Storage.LISTS_AFTER`` off), by
@@ -26,7 +26,7 @@ from _tools import HERE, ROOT, TOOLS, DataSet, Tool, compile_tpi, machine, run  
 from bench_sync import ensure_s3rver, fresh_bucket, servers, slug, tally  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from tests.faultproxy import FaultProxy  # noqa: E402
+from tpi_core.testing.faultproxy import FaultProxy  # noqa: E402
 
 ONE_RANGE = ("from tpi_aws.storage import S3Storage; S3Storage.LISTS_AFTER = False; "
              "from tpi_core.cli import main; main()")

@@ -6,7 +6,7 @@ Starts s3rver (npm, installed into benchmarks/node_modules on first use) and mot
 127.0.0.1, builds the data sets under benchmarks/.data, then for each set and each tool:
 upload into a fresh prefix, re-sync with no change, re-sync after one file changed, and
 download. Every command is a separate process (start-up included), every time the median
-of N runs. The request counts of the re-syncs come from tests/faultproxy.py (no faults)
+of N runs. The request counts of the re-syncs come from tpi_core/testing/faultproxy.py (no faults)
 put between the tool and the server. Prints a markdown table and writes benchmarks/results.md.
 No traffic leaves 127.0.0.1.
 """
@@ -37,8 +37,8 @@ from _tools import (BASELINE, BUCKET, DATA, HERE, NODE_MODULES, ROOT, SETS, TOOL
                     versions)
 
 sys.path.insert(0, str(ROOT))
-from tests.emulators import reset_moto, start_moto, start_s3rver  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
+from tpi_core.testing.emulators import reset_moto, start_moto, start_s3rver  # noqa: E402
+from tpi_core.testing.faultproxy import FaultProxy  # noqa: E402
 
 SCENARIOS = [("upload", "upload"), ("resync", "re-sync, no change"),
              ("changed", "re-sync, 1 file changed"), ("download", "download")]

@@ -1,14 +1,9 @@
-"""Shared test configuration: anyio on asyncio, and an isolated tpi environment per test."""
+"""Shared test configuration: an isolated tpi environment per test (anyio on asyncio and
+the emulators come from tpi_core.testing.pytest_plugin)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """tpi runs on asyncio (aiohttp-based SDKs); trio is not promised."""
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import anyio
-
-from tpi_core.errors import BackendError, UsageError
+from tpi_core.concurrent import task_group
+from tpi_core.errors import BackendError, TpiError, UsageError
 from tpi_core.model import Event, Task, frozen_map
+from tpi_core.retry import poll
 from tpi_core.steps import Step
 from tpi_core.storage import Storage
 
@@ -120,6 +120,12 @@ class MachineType:
     detail: str = ""
 
 
+AGENT_PREFIX = "tpi-agent"
+"""Where a cloud keeps agent bundles in the bucket of :meth:`Backend.bucket_location`, one
+``<digest>/`` each (shared by the bucket's tasks, never destroyed with one: a bundle is
+small)."""
+
+
 class Backend(ABC):
     """A cloud (or this computer) that runs tasks.
 
@@ -162,6 +168,19 @@ class Backend(ABC):
         whatever of the task that takes (a claim's size, a bucket's tags, a server's image).
         """
 
+    async def bucket_location(self, ref: TaskRef) -> tuple[str, str]:
+        """``(bucket, prefix)`` of a task on an object store: ``storage.container``
+        (``bucket[/path]``) when set, else the backend's own bucket (:meth:`own_bucket`)
+        and the task id. Clouds share it; a cluster's claims have no such bucket."""
+        if ref.container:
+            return ref.container_path()
+        return await self.own_bucket(ref), ref.task_id
+
+    async def own_bucket(self, ref: TaskRef) -> str:
+        """tpi's bucket for the task's region: one per account (AWS) or project (GCP) and
+        region, or per storage account (Azure). Only backends on an object store have one."""
+        raise NotImplementedError(f"the {self.NAME} backend keeps no bucket of its own")
+
     async def agent_storage(self, ref: TaskRef) -> Storage:
         """Where agent bundles are kept for the task, one ``<digest>/`` each; the task's
         machines must be able to read it. Default: ``.tpi-agent/`` of the task's storage
@@ -200,15 +219,37 @@ class Backend(ABC):
         """After ``set_capacity(ref, 0)``: wait until no machine of the task runs any more,
         so each agent's final flush is in storage; False when ``timeout`` passed first.
         Default: until :meth:`observe` counts no machine."""
-        with anyio.move_on_after(timeout):
-            while (await self.observe(ref)).machines:
-                await anyio.sleep(1.0)
-            return True
-        return False
+
+        async def stopped() -> bool:
+            return not (await self.observe(ref)).machines
+
+        return await poll(stopped, timeout, 1.0)
 
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Every tpi task this backend finds by its names and tags, with no local index."""
         return []
+
+    @staticmethod
+    async def find_in(regions: Sequence[str],
+                      find: Callable[[str], Awaitable[list[TaskRef]]]) -> list[TaskRef]:
+        """What ``find`` answers for each region, asked of all at once, sorted by region
+        and id (for :meth:`find` over every region): a region that fails (one the account
+        may not use) is skipped, unless every region fails."""
+        found: list[TaskRef] = []
+        failed: list[TpiError] = []
+
+        async def one(region: str) -> None:
+            try:
+                found.extend(await find(region))
+            except TpiError as exc:
+                failed.append(exc)
+
+        async with task_group() as group:
+            for region in regions:
+                group.start_soon(one, region)
+        if failed and len(failed) == len(regions):
+            raise failed[0]
+        return sorted(found, key=lambda r: (r.region, r.task_id))
 
     @classmethod
     def default_region(cls) -> str | None:

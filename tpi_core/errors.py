@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from types import MappingProxyType
 
 
@@ -80,6 +81,14 @@ def field(key: str) -> Iterator[None]:
         raise
     except UsageError as exc:
         raise FieldError(key, str(exc)) from None
+
+
+def check_fields(values: object, checks: Mapping[str, Callable[[Any], object]]) -> None:
+    """Run each check on the attribute it is keyed by (``{"region": region_of, ...}`` on a
+    task): a UsageError from one is about that key (:class:`FieldError`)."""
+    for key, check in checks.items():
+        with field(key):
+            check(getattr(values, key))
 
 
 class PluginError(TpiError):

@@ -7,10 +7,12 @@ reports its agents write plus what the backend sees of its machines.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,6 +212,17 @@ class ReplicaStatus:
         known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
         known["state"] = ReplicaState(known.get("state", "pending"))
         return cls(**known)
+
+
+def epoch_seconds(value: object) -> float:
+    """A cloud's time (a datetime, or an ISO 8601 / RFC 3339 string) as epoch seconds; now
+    when it is missing or unreadable, so an event without a time sorts as news."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return value.timestamp() if isinstance(value, datetime.datetime) else time.time()
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,8 @@ KNOWN = {
 
 Loading one of these imports its module straight away when it is importable: reading the
 metadata of every installed distribution (and importing ``importlib.metadata``, which pulls
-in the ``email`` package) is 15-20 ms of every command's start. Every other name, and a
+in the ``email`` package) is a large part of every command's start (benchmarks/README.md).
+Every other name, and a
 first-party package that is not installed, goes through the entry points.
 """
 

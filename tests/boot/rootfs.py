@@ -17,7 +17,7 @@ pip, apt, uv and curl inside the root must trust the same authorities as the hos
 
 Building needs root, debootstrap, systemd-nspawn, zstd and a Debian mirror
 (``TPI_TEST_DEBIAN_MIRROR``, default deb.debian.org); without them, or when the build fails,
-:func:`tests.emulators.missing` skips (and fails under ``CI``). Roots are unpacked on
+:func:`tpi_core.testing.emulators.missing` skips (and fails under ``CI``). Roots are unpacked on
 /dev/shm when it can hold them and allows devices, setuid and exec (``TPI_TEST_SCRATCH``
 chooses another directory): unpacking 10,000 files takes 0.5 s on tmpfs, 5-10 s on some
 virtual disks.
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.emulators import missing
+from tpi_core.testing.emulators import missing
 
 PACKAGES = ("systemd", "systemd-sysv", "python3", "ca-certificates", "curl")
 SETUP_VERSION = 1  # bump when _configure changes what it does to the root

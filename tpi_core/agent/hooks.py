@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import anyio
 
 from tpi_core.agent import lease, preempt
-from tpi_core.errors import UsageError
+from tpi_core.errors import TpiError, UsageError
 from tpi_core.model import ReplicaStatus
 from tpi_core.storage import Storage
 
@@ -62,8 +62,7 @@ class GroupHooks(AgentHooks):
     """Hooks of a machine in a cloud's group: the replica is claimed by lease
     (:mod:`tpi_core.agent.lease`) and the notice polled (:mod:`tpi_core.agent.preempt`).
 
-    A cloud gives :meth:`machine_id`, :meth:`alive`, :meth:`preempted` and
-    :meth:`~AgentHooks.on_exit` (leaving the group).
+    A cloud gives :meth:`machine_id`, :meth:`alive`, :meth:`preempted` and :meth:`leave`.
     """
 
     notice_interval = 5.0
@@ -84,6 +83,21 @@ class GroupHooks(AgentHooks):
     async def preempted(self) -> bool:
         """Whether the cloud announced that this machine is going away."""
         return False
+
+    async def leave(self, machine: str) -> None:
+        """Remove ``machine`` from the group, lowering the group's size so that nothing
+        replaces it."""
+        raise NotImplementedError
+
+    async def on_exit(self, status: ReplicaStatus | None) -> None:
+        """Leave the group, this machine and only it. A refusal is fine once the machine is
+        out of the group already (each cloud says so its own way, an emulator with a 500)."""
+        machine = await self.machine_id()
+        try:
+            await self.leave(machine)
+        except TpiError:
+            if await self.alive(machine):
+                raise
 
     async def replica_index(self, storage: Storage, spec: Mapping) -> int | None:
         """Claim a replica by lease; with none left to run, leave the group and say None."""

@@ -23,6 +23,8 @@ A step that fails ends the boot: the log goes to ``failures`` in the task's stor
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -130,9 +132,28 @@ def agent_argv(config: Mapping, python: str, workdir: str,
     return [*argv, "--machine-log", machine_log] if machine_log else argv
 
 
+def pack(script: str, limit: int) -> str:
+    """Gzip, then base64, as a cloud takes its startup data (EC2 user-data, Azure custom
+    data): cloud-init unpacks gzip on every image tpi supports, and packed the script is well
+    under a cloud's limit (``limit`` bytes, before base64; over it is a bug of tpi's)."""
+    packed = gzip.compress(script.encode(), mtime=0)
+    if len(packed) > limit:
+        raise AssertionError(f"the boot script is {len(packed)} bytes packed, over {limit}")
+    return base64.b64encode(packed).decode()
+
+
+def unpack(data: str) -> str:
+    """The script of startup data, as cloud-init reads it: plain, base64, or gzip+base64."""
+    if data.startswith("#!"):
+        return data
+    raw = base64.b64decode(data)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
+
+
 def parse(script: str) -> dict:
-    """The settings inside a rendered boot script (the test harnesses read them)."""
-    lines = script.splitlines()
+    """The settings inside a rendered boot script, plain or as :func:`pack` made it (the
+    test harnesses read them)."""
+    lines = unpack(script).splitlines()
     for i, line in enumerate(lines):
         if line.endswith(f"<<'{MARK}'"):
             return json.loads(lines[i + 1])

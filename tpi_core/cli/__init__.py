@@ -106,9 +106,10 @@ class _SystemError(Exception):
 @functools.cache
 def _quick_exit() -> None:
     """Spare the interpreter its last garbage collection at exit: over the objects of
-    asyncio, click, anyio and the rest it takes about 20 ms, an eighth of a ``tpi sync``
-    that has nothing to do. The freeze runs after every other exit handler (the first
-    registered runs last); Python never promised finalizers for objects alive at exit."""
+    asyncio, click, anyio and the rest it is a noticeable share of a ``tpi sync`` that
+    has nothing to do (benchmarks/README.md). The freeze runs after every other exit
+    handler (the first registered runs last); Python never promised finalizers for objects
+    alive at exit."""
     atexit.register(gc.freeze)  # once: the function is cached
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
+
+from tpi_core.errors import UsageError
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just moved."""
@@ -131,6 +134,35 @@ def cut_name(name: str, size: int = 180) -> str:
     systems count bytes: 80 CJK characters are 240); a character cut in two stays bytes,
     as the operating system takes them."""
     return os.fsdecode(os.fsencode(name)[:size])
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``scheme://bucket/prefix?query`` -> ``("bucket", "prefix")``."""
+    bucket, _, prefix = url.partition("://")[2].partition("?")[0].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def bucket_url(url: str, scheme: str, kind: str, options: Mapping[str, str],
+               allowed: Sequence[str], query: Sequence[str] = ()) -> tuple[str, str, dict]:
+    """``scheme://bucket/prefix`` and a storage's keyword options -> bucket, prefix, options
+    (``query`` names options the URL's query may carry; a keyword option wins). A wrong
+    scheme, no bucket, an unknown option: a UsageError naming ``kind`` (``S3``)."""
+    parsed = urlparse(url)
+    found = {k: v[0] for k, v in parse_qs(parsed.query).items() if k in query}
+    options = {**found, **options}
+    if parsed.scheme != scheme or not parsed.netloc:
+        raise UsageError(f"not a {scheme}://bucket/prefix URL: {url!r}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UsageError(f"unknown {kind} storage option(s) {', '.join(unknown)} "
+                         f"(allowed: {', '.join(allowed)})")
+    return parsed.netloc, parsed.path, options
+
+
+def check_bucket(bucket: str, kind: str) -> None:
+    """A UsageError for a bucket name that is empty or holds ``/`` or white space."""
+    if not bucket or "/" in bucket or any(c.isspace() for c in bucket):
+        raise UsageError(f"invalid {kind} bucket name {bucket!r}")
 
 
 def join(*parts: str) -> str:

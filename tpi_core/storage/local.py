@@ -6,8 +6,9 @@ never sees half an object, as with a real object store. Uploads hash what they c
 
 Small files are copied on the event loop: a few system calls cost less than the hop to a
 worker thread, and dozens of threads that each make a few system calls spend their time
-handing the GIL to one another (64 jobs of 4 kB files once took 8 s for 10,000 files, most
-of it in futex calls). Larger files go to at most ``THREADS`` worker threads per storage.
+handing the GIL to one another, most of their time in futex calls (see
+benchmarks/README.md, "Measurements behind the code"). Larger files go to at most
+``THREADS`` worker threads per storage.
 """
 
 from __future__ import annotations

@@ -15,6 +15,6 @@ The public entry points are :func:`tpi_core.storage.sync.upload_tree` and
 
 DEFAULT_JOBS = 64
 """Files in flight at once by default. Small files are bound by round trips, not bandwidth:
-on a local S3 server 64 moved 1,000 small files in 0.69 s where 32 took 0.79 s and 16 took
-0.87 s (a real region's latency widens the gap). Memory stays bounded: a body above 1 MiB
-is never held whole, so each job holds a few MiB at most."""
+on a local S3 server 64 moved 1,000 small files faster than 32 or 16 did (figures in
+benchmarks/README.md), and a real region's latency widens the gap. Memory stays bounded:
+a body above 1 MiB is never held whole, so each job holds a few MiB at most."""

@@ -8,8 +8,8 @@ group).
 
 Two lanes share the ``jobs`` transfers allowed at once. Files above ``LARGE`` go through a
 lane of at most ``LARGE_JOBS`` workers and half the jobs: their pace is set by bytes, not
-round trips, and each holds stream buffers, so 64 of them at once only cost memory (100
-files of 2 MB from a local server: 55-85 MiB at 64, 46-55 MiB at 16, as fast). The other
+round trips, and each holds stream buffers, so 64 of them at once only cost memory, and
+are no faster (benchmarks/README.md). The other
 half of the jobs always goes on with small files, however many large ones wait.
 """
 

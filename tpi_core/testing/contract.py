@@ -10,7 +10,7 @@ yields an empty storage (its own prefix or bucket per test)::
                 yield storage
 
 The tests use only the public :class:`~tpi_core.storage.Storage` API and run on anyio's
-asyncio backend.
+asyncio backend. :class:`BackendContract` (from :mod:`.lifecycle`) is the same for backends.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound
 from tpi_core.storage import Storage
 from tpi_core.sync.manifest import md5_etag
+from tpi_core.testing.lifecycle import BackendContract
+
+__all__ = ["BackendContract", "StorageContract"]
 
 
 async def _listed(storage: Storage, prefix: str = "") -> dict[str, int]:

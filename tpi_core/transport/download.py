@@ -5,14 +5,13 @@ object above 8 MiB has left comes in one stream on a worker thread (:mod:`.bulk`
 (the protocol's ``pinned``: If-Match on S3) to the version the first answer came from;
 above 256 MiB in parallel ranges (:mod:`.ranges`). The bytes are checked against the md5
 the service vouches for (:meth:`~.protocol.ObjectProtocol.md5_of`); when it vouches for
-none, they are not hashed at all (a 200 MB S3 object uploaded in parts: 0.3 s of CPU for a
-hash nothing could be compared with). An empty object has no byte 0: services answer 416
-to the range, and it is asked for whole.
+none, they are not hashed at all (CPU spent on a hash nothing could be compared with).
+An empty object has no byte 0: services answer 416 to the range, and it is asked for whole.
 
 An object the storage has just listed above 8 MiB (and up to 256 MiB) needs no first GET:
 its size is known, so it comes whole in the worker thread's stream at once, pinned to the
-listed version (one request fewer, and no 8 MiB through the event loop: 200 MB from a local
-server in 0.38 s instead of 0.44). Had it changed since, the service refuses (S3: 412, a
+listed version: one request fewer, and no 8 MiB through the event loop, which is
+measurably faster (benchmarks/README.md). Had it changed since, the service refuses (S3: 412, a
 transient error), and the retry goes the usual way.
 """
 

@@ -95,7 +95,7 @@ class Endpoint:
     def bulk(self) -> BulkPool:
         """Blocking connections to the same origin, for large bodies on worker threads."""
         if self._bulk is None:
-            from tpi_core.transport.bulk import BulkPool  # http.client: 10 ms, large bodies only
+            from tpi_core.transport.bulk import BulkPool  # http.client: large bodies only
 
             self._bulk = BulkPool(self.origin, ca_bundle=self._ca_bundle, proxy=self.proxy)
         return self._bulk

@@ -1,7 +1,7 @@
 """Streaming between files and bodies: chunked reads hashed on the way, bodies written as
 they arrive, a few MiB per worker-thread hop (hashlib and file I/O release the GIL, so they
 run beside the event loop on a second core). File reads of streamed bodies go through
-:func:`file_threads`, as asyncio's default executor bounded them before (6 threads here):
+:func:`file_threads`, as asyncio's default executor bounded them before (a few threads):
 64 uploads reading at once do not make a disk faster."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from anyio.lowlevel import RunVar
 
 from tpi_core.errors import IntegrityError
 from tpi_core.storage import Progress
+from tpi_core.transport.hashing import md5_digest
+from tpi_core.transport.pool import Stream
 
 MiB = 1 << 20
 _CHUNK = 1 * MiB
 _PWRITEV = hasattr(os, "pwritev")
 WRITE_BATCH = 512 << 10
-"""Bytes gathered before a worker thread writes them: 64 files of 2 MB in flight at 2 MiB
-a batch held 160 MiB at once; at 512 KiB, 65-115 MiB, as fast."""
+"""Bytes gathered before a worker thread writes them: larger batches held much more memory
+with 64 files in flight, and were no faster (benchmarks/README.md)."""
 
 INLINE_IO = 64 << 10
 """Files and bodies up to this size are read and written without a thread hop."""
@@ -52,6 +54,48 @@ async def file_chunks(path: Path, size: int, digest: Any,
                 progress(len(chunk))
     finally:
         handle.close()
+
+
+class HashedFile:
+    """A file as a streamed request body, hashed while it is sent (a Content-MD5 up front
+    would mean reading the file twice): compare :meth:`digest` with what the service
+    stored. A retry streams and hashes it again; the digest is the last attempt's."""
+
+    def __init__(self, path: Path, size: int, progress: Progress | None = None):
+        self._path, self._size, self._progress = path, size, progress
+        self._hashes: list[Any] = []
+        self.body = Stream(size, self._open)
+
+    def _open(self) -> AsyncIterator[bytes]:
+        self._hashes.append(hashlib.md5(usedforsecurity=False))
+        return file_chunks(self._path, self._size, self._hashes[-1], self._progress)
+
+    def digest(self) -> bytes:
+        """The md5 of what the last attempt sent."""
+        return self._hashes[-1].digest()
+
+
+async def read_upload(path: Path) -> tuple[int, bytes | None, bytes | None]:
+    """A file about to be uploaded: its size and, up to MEMORY_MAX, its bytes and md5. A
+    file up to INLINE_IO is read on the event loop (a local read of a few kB costs less than
+    the hop to a worker thread), a larger one in a worker thread."""
+    with open(path, "rb") as handle:  # noqa: ASYNC230 - a read of a few kB at most
+        if os.fstat(handle.fileno()).st_size <= INLINE_IO:
+            return _read_small(handle)
+    return await anyio.to_thread.run_sync(_read_file, path)
+
+
+def _read_file(path: Path) -> tuple[int, bytes | None, bytes | None]:
+    with open(path, "rb") as handle:
+        return _read_small(handle)
+
+
+def _read_small(handle: Any) -> tuple[int, bytes | None, bytes | None]:
+    size = os.fstat(handle.fileno()).st_size
+    if size > MEMORY_MAX:
+        return size, None, None
+    data = handle.read()
+    return size, data, md5_digest(data)
 
 
 def file_threads() -> anyio.CapacityLimiter:

@@ -8,9 +8,9 @@ stream's timeout.
 
 Why asyncio and not anyio streams here: the S3 fast path reads a response head with one
 ``readuntil`` and a body of up to 8 MiB with one ``readexactly`` on the StreamReader's
-buffer, and a small request costs about 0.23 ms in all. anyio's socket streams hand back at
-most 64 KiB per ``receive`` and its buffered stream copies again into its own buffer; the
-layers above are written against this interface, so another backend can be put here once
+buffer, which keeps a small request cheap (benchmarks/README.md). anyio's socket streams
+hand back at most 64 KiB per ``receive`` and its buffered stream copies again into its own
+buffer; the layers above are written against this interface, so another backend can be put here once
 it is measured to keep that pace. ``asyncio.timeout`` is used for the same reason (no
 cancel scope per read). The reader is a :class:`asyncio.StreamReader` whose ``feed_data``
 counts what arrived, so "was anything sent while this connection was idle?" is answered

@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 client: h11 over the network seam, a pool of connections per origin.
 
-Why not httpcore or aiohttp: httpcore's pool costs about 13 ms per small request here
-against 0.23 ms for this one (its pool is quadratic in the requests waiting,
-encode/httpcore#1035), and importing aiohttp costs about 110 ms (two TLS contexts built at
-import), a third of a whole no-change ``tpi sync``. h11 writes every request head
+Why not httpcore or aiohttp: httpcore's pool costs many times more per small request than
+this one (its pool is quadratic in the requests waiting, encode/httpcore#1035), and
+importing aiohttp (two TLS contexts built at import) costs a large share of a whole
+no-change ``tpi sync``; the figures are in benchmarks/README.md. h11 writes every request head
 (validating names and values) and parses every response head and any chunked or
 close-delimited body; a body framed by Content-Length (every object body a storage sends) is
 read straight from the stream (:mod:`.response`). A request body is bytes, or a
@@ -67,7 +67,7 @@ class Pool:
         self._absolute, fields = forwarding(origin, proxy)
         self._proxy_fields = [(k.lower().encode(), v.encode()) for k, v in fields.items()]
         self._ca_bundle = ca_bundle
-        self._context: ssl.SSLContext | None = None  # made on first use: ~20 ms
+        self._context: ssl.SSLContext | None = None  # made on first use: not cheap
         self._keepalive, self._connect_timeout = keepalive, connect_timeout
         self._read_timeout = read_timeout
         self._agent = user_agent.encode()

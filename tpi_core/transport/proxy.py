@@ -3,8 +3,8 @@
 ``https_proxy``/``HTTPS_PROXY``, ``http_proxy``/``HTTP_PROXY`` and ``no_proxy``/``NO_PROXY``
 are read by the standard library's own rules (``urllib.request``, which botocore uses too),
 so the transport and a cloud's own SDK client always agree on whether a proxy is in the way.
-``urllib.request`` costs about 10 ms to import, so it is imported only when some
-``*_proxy`` variable is set at all.
+Importing ``urllib.request`` is a visible part of a command's start, so it is imported only
+when some ``*_proxy`` variable is set at all.
 
 Only ``http://`` proxies are spoken to: an ``https://`` endpoint is reached through a
 ``CONNECT`` tunnel, a plain ``http://`` one with absolute request targets. Proxy

@@ -1,4 +1,5 @@
-"""Parallel ranged download of a large object, and the retry of one part or range.
+"""Parallel parts of a large upload, parallel ranges of a large download, and the retry of
+one part or range.
 
 A large transfer is many requests; one failed range must not cost the whole file, so
 ranges and parts (unlike whole objects, which the sync engine retries) are retried here
@@ -23,7 +24,7 @@ from tpi_core.sync.retry import RetryPolicy
 from tpi_core.sync.retry import retrying as sync_retrying
 from tpi_core.transport.endpoint import Endpoint
 from tpi_core.transport.files import check_md5, preallocate, write_all, write_body
-from tpi_core.transport.hashing import InOrderHasher
+from tpi_core.transport.hashing import InOrderHasher, md5_digest
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -44,6 +45,41 @@ async def retrying(call: Callable[[], Awaitable[T]]) -> T:
     """Run one part or range again on transient errors and damaged bodies (the sync
     engine's backoff with full jitter, PART_ATTEMPTS times)."""
     return await sync_retrying(PART_RETRY, lambda _moved: call())
+
+
+async def upload_parts(path: Path, size: int, step: int,
+                       put: Callable[[int, bytes, bytes], Awaitable[str]],
+                       slots: anyio.CapacityLimiter, progress: Progress | None) -> list[str]:
+    """Send a file in parts of ``step`` bytes, PART_WORKERS at a time (each holding one of
+    ``slots``): ``put(number, data, md5)`` sends part ``number`` (from 1) and returns what
+    the service calls it (S3's ETag, Azure's block id), retried on its own. Parts are read
+    and hashed in worker threads, which overlap the network on a second core."""
+    count = -(-size // step)
+    names = [""] * count
+    numbers = iter(range(count))
+
+    async def send(index: int) -> int:
+        data, digest = await anyio.to_thread.run_sync(_read_part, path, index * step, step)
+        names[index] = await put(index + 1, data, digest)
+        return len(data)
+
+    async def worker() -> None:
+        for index in numbers:
+            async with slots:
+                sent = await retrying(partial(send, index))
+            if progress:
+                progress(sent)
+
+    async with task_group() as group:
+        for _ in range(min(PART_WORKERS, count)):
+            group.start_soon(worker)
+    return names
+
+
+def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    with open(path, "rb") as handle:
+        data = os.pread(handle.fileno(), length, offset)
+    return data, md5_digest(data)
 
 
 async def download_ranges(endpoint: Endpoint, key: str, slots: anyio.CapacityLimiter,

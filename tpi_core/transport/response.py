@@ -1,7 +1,7 @@
 """What the pool reads: a connection, and a response on it.
 
 A response's head is parsed by h11; a body framed by Content-Length is read straight from
-the stream (h11's buffer copies cost 0.2 s per 200 MB), any other framing through h11.
+the stream (h11's buffer copies cost a large body real CPU time), any other framing through h11.
 h11's errors become :class:`~.exceptions.ProtocolError` here, where h11 is driven.
 """
 

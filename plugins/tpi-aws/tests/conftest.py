@@ -1,20 +1,12 @@
-"""Fixtures shared by the plugin's tests that talk to moto (started by tests/emulators.py)."""
+"""Fixtures shared by the plugin's tests that talk to moto (``moto_server`` and ``s3_env`` come from
+tpi_core.testing.pytest_plugin)."""
 
 from __future__ import annotations
 
 import boto3
 import pytest
 
-from tests import emulators
-from tests.emulators import REGION, unique_bucket
-
-moto_server, s3_env = emulators.moto_server, emulators.s3_env
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """tpi runs on asyncio."""
-    return "asyncio"
+from tpi_core.testing.emulators import REGION, unique_bucket
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from tests.emulators import REGION, free_port
-from tests.faultproxy import FaultProxy
+from tpi_core.testing.emulators import REGION, free_port
+from tpi_core.testing.faultproxy import FaultProxy
 
 SCRIPT = Path(__file__).parents[1] / "tpi_aws" / "bootfetch.py"
 ROLE = "tpi-task-role"

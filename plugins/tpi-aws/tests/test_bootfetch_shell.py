@@ -28,7 +28,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from tests.emulators import REGION, free_port
+from tpi_core.testing.emulators import REGION, free_port
 
 def _sibling(name: str):
     # this folder is no package: the Python fetcher's tests are loaded by their path

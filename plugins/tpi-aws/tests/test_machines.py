@@ -56,7 +56,7 @@ def test_native_types_are_checked_against_the_families_table():
 
 
 def test_a_family_newer_than_the_table_passes_on_its_shape():
-    assert "z9x" not in machines.FAMILIES
+    assert "z9x" not in machines.families()
     assert machines.instance_types("z9x.4xlarge") == ("z9x.4xlarge",)
     assert machines.instance_types("q9-new.metal-24xl") == ("q9-new.metal-24xl",)
     with pytest.raises(UsageError, match="neither a size alias"):
@@ -70,18 +70,18 @@ def test_families_table_covers_the_current_families_and_every_alias():
                "x2idn", "x2iedn", "z1d", "i3", "i3en", "i4i", "d3", "p3", "p3dn", "p4d", "p4de",
                "p5", "g4dn", "g4ad", "g5", "g5g", "g6", "g6e", "inf1", "inf2", "trn1", "dl1",
                "hpc6a"]
-    assert [family for family in current if not machines.FAMILIES.get(family)] == []
+    assert [family for family in current if not machines.families().get(family)] == []
     for types in machines.SIZES.values():
         for native in types:
             family, _, size = native.partition(".")
-            assert size in machines.FAMILIES[family], native
+            assert size in machines.families()[family], native
 
 
 def test_families_table_names_only_types_botocore_knows():
     loaders = pytest.importorskip("botocore.loaders")
     model = loaders.Loader().load_service_model("ec2", "service-2")
     known = set(model["shapes"]["InstanceType"]["enum"])
-    table = {f"{f}.{s}" for f, sizes in machines.FAMILIES.items() for s in sizes}
+    table = {f"{f}.{s}" for f, sizes in machines.families().items() for s in sizes}
     assert table - known == set()
     assert all(machines.SHAPE.match(t) for t in known)
 

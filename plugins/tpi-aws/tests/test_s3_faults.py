@@ -1,6 +1,6 @@
 """Sync through a proxy that fails a quarter of requests: every byte still arrives right.
 
-The fault proxy (tests/faultproxy.py) sits between S3Storage and moto and answers 503
+The fault proxy (tpi_core/testing/faultproxy.py) sits between S3Storage and moto and answers 503
 SlowDown, 500 InternalError, resets connections before answering, or cuts answers in the
 middle. The sync engine retries whole objects; S3Storage retries single parts.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import KINDS, FaultProxy
+from tpi_core.testing.faultproxy import KINDS, FaultProxy
 from tpi_aws.storage import S3Storage
 from tpi_core.storage.sync import RetryPolicy, download_tree, upload_tree
 

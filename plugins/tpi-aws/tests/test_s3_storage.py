@@ -14,8 +14,8 @@ from functools import partial
 import anyio
 import pytest
 
-from tests.emulators import unique_bucket
-from tests.faultproxy import FaultProxy
+from tpi_core.testing.emulators import unique_bucket
+from tpi_core.testing.faultproxy import FaultProxy
 from tpi_aws.storage import S3Storage
 from tpi_core.errors import (IntegrityError, PermissionDenied, ResourceNotFound, TpiError,
                              TransientError, UnsafePathError, UsageError)
@@ -392,11 +392,11 @@ async def test_a_damaged_streamed_put_is_an_integrity_error(via_proxy, proxy,
 
 async def test_a_file_that_shrinks_while_it_streams_is_a_transient_error(
         via_proxy, tmp_path, monkeypatch) -> None:
-    from tpi_aws import storage
+    from tpi_core.storage import objects
 
     path = tmp_path / "big"
     path.write_bytes(os.urandom(9 * MiB))
-    monkeypatch.setattr(storage, "_read_upload",  # the size taken before it shrank
+    monkeypatch.setattr(objects, "read_upload",  # the size taken before it shrank
                         partial(_sized, 10 * MiB))
     with pytest.raises(TransientError, match="announced"):
         await via_proxy.upload("big", path)

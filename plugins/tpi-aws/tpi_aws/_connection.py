@@ -2,10 +2,11 @@
 
 The fast path (:class:`~tpi_aws._wire.Wire`) carries listings and bodies, and is all a sync
 of small files needs. The botocore client (multipart control, batch deletes) is made on
-first use: it costs about 80 ms to create, a tenth of a whole ``tpi sync`` of 1,000 small
-files. With an endpoint configured (an S3-compatible service, an emulator) the bucket is
-addressed path-style, by the wire and the client alike, as rclone does by default; on AWS
-the bucket URL comes from botocore's endpoint rules, in the bucket's own region.
+first use: creating it is a real share of a whole ``tpi sync`` of small files
+(benchmarks/README.md). With an endpoint configured (an S3-compatible service, an
+emulator) the bucket is addressed path-style, by the wire and the client alike, as rclone
+does by default; on AWS the bucket URL comes from botocore's endpoint rules, in the
+bucket's own region.
 """
 
 from __future__ import annotations

@@ -2,17 +2,15 @@
 
 A large upload is many requests; one failed part must not cost the whole file, so parts
 (unlike whole objects, which the sync engine retries) are retried here with backoff
-(:func:`tpi_core.transport.ranges.retrying`). Part bodies are read and hashed in worker
-threads: hashlib and file I/O release the GIL, so they overlap the network on a second
-core. Create, complete and abort go through the botocore client.
+(:func:`tpi_core.transport.ranges.upload_parts`, which reads and hashes them in worker
+threads). Create, complete and abort go through the botocore client.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,10 @@ import anyio
 
 from tpi_aws._wire import Wire
 from tpi_aws.errors import aws_errors
-from tpi_core.concurrent import task_group
 from tpi_core.errors import ObjectNotFound, ResourceNotFound, TransientError
 from tpi_core.storage import Progress
-from tpi_core.transport.hashing import content_md5, md5_digest
-from tpi_core.transport.ranges import PART_ATTEMPTS, PART_WORKERS, part_size, retrying
+from tpi_core.transport.hashing import content_md5
+from tpi_core.transport.ranges import PART_ATTEMPTS, part_size, retrying, upload_parts
 
 __all__ = ["PART_ATTEMPTS", "Target", "multipart_etag", "upload_multipart"]
 
@@ -44,15 +41,14 @@ class Target:
 async def upload_multipart(target: Target, path: Path, size: int,
                            progress: Progress | None) -> None:
     """Upload a file in parts, several at once; abort the upload if anything fails."""
-    step = part_size(size)
-    count = -(-size // step)
     with aws_errors(f"create multipart upload {target.key}"):
         tags = {"Tagging": target.tagging} if target.tagging else {}
         created = await target.client.create_multipart_upload(Bucket=target.bucket,
                                                                Key=target.key, **tags)
     upload_id = created["UploadId"]
     try:
-        etags = await _upload_parts(target, path, upload_id, step, count, progress)
+        etags = await upload_parts(path, size, part_size(size), _part_sender(target, upload_id),
+                                   target.slots, progress)
         await retrying(lambda: _complete(target, upload_id, etags))
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -60,37 +56,17 @@ async def upload_multipart(target: Target, path: Path, size: int,
         raise
 
 
-async def _upload_parts(target: Target, path: Path, upload_id: str, step: int, count: int,
-                        progress: Progress | None) -> list[str]:
-    etags = [""] * count
-    numbers = iter(range(count))
-
-    async def worker() -> None:
-        for index in numbers:
-            async with target.slots:
-                etags[index], sent = await retrying(partial(_put_part, index))
-            if progress:
-                progress(sent)
-
-    async def _put_part(index: int) -> tuple[str, int]:
-        data, digest = await anyio.to_thread.run_sync(_read_part, path, index * step, step)
-        query = {"partNumber": index + 1, "uploadId": upload_id}
-        what = f"upload part {index + 1} of {target.key}"
+def _part_sender(target: Target, upload_id: str) -> Callable[[int, bytes, bytes],
+                                                             Awaitable[str]]:
+    async def put(number: int, data: bytes, digest: bytes) -> str:
+        query = {"partNumber": number, "uploadId": upload_id}
+        what = f"upload part {number} of {target.key}"
         async with target.wire.request("PUT", target.key, query=query, data=data,
                                        headers=content_md5(digest), what=what) as resp:
             target.wire.check_stored(what, resp.headers, digest)
-            return resp.headers.get("ETag", ""), len(data)
+            return resp.headers.get("ETag", "")
 
-    async with task_group() as group:
-        for _ in range(min(PART_WORKERS, count)):
-            group.start_soon(worker)
-    return etags
-
-
-def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    with open(path, "rb") as handle:
-        data = os.pread(handle.fileno(), length, offset)
-    return data, md5_digest(data)
+    return put
 
 
 async def _complete(target: Target, upload_id: str, etags: list[str]) -> None:

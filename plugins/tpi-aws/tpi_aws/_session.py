@@ -6,8 +6,8 @@ credentials come from the standard chain (environment, profile, SSO, instance ro
 Callers own their retry policy, so botocore retries only a little ("standard" mode).
 
 :func:`new_session` is an aioboto3 session. :func:`new_core_session` is the aiobotocore
-session under it, without boto3's import cost (a third of a second of a ``tpi sync`` of
-small files went to imports); its clients come from the same :func:`client`.
+session under it, without boto3's import cost (imports were much of a ``tpi sync`` of
+small files); its clients come from the same :func:`client`.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class EnvSettings(NamedTuple):
 
 def env_settings(region: str | None) -> EnvSettings | None:
     """The settings botocore would resolve, read from the environment without importing it
-    (a tenth of a second of every ``tpi sync``): only when keys are in the environment and
+    (a visible part of every ``tpi sync``): only when keys are in the environment and
     no profile or config file could change anything; None sends the caller to botocore."""
     env = os.environ
     key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")

@@ -1,8 +1,8 @@
 """AWS Signature Version 4 for S3 requests with an unsigned payload: the hot path's signer.
 
-botocore's signer builds an AWSRequest, parses its URL and walks its headers on every call
-(about 65 us here, a third of the client's CPU for a 4 KB PUT). This one signs pieces that
-are already encoded and keeps the day's signing key, for about a tenth of that. Its output
+botocore's signer builds an AWSRequest, parses its URL and walks its headers on every call,
+a large share of the client's CPU for a small PUT. This one signs pieces that are already
+encoded and keeps the day's signing key, for a fraction of that (benchmarks/README.md). Its output
 is compared with botocore's in the tests, and s3rver checks every signature in the
 benchmark.
 """

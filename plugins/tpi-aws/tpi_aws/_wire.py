@@ -1,9 +1,9 @@
 """Signed S3 requests on the core's transport: the hot path of tpi's S3 storage.
 
-botocore spends about a millisecond of CPU on every call (endpoint rules evaluated again for
-each key, event hooks, response parsing): more than a local server needs to store a 4 KB
-object, so a tree of small files went at half of rclone's speed, and parsing one page of a
-listing took it 90 ms. Object bodies (PutObject, GetObject, UploadPart) and listings
+botocore spends more CPU on every call (endpoint rules evaluated again for each key, event
+hooks, response parsing) than a local server needs to store a small object, so a tree of
+small files went at half of rclone's speed, and parsing a listing page was slow (figures in
+benchmarks/README.md). Object bodies (PutObject, GetObject, UploadPart) and listings
 (ListObjectsV2, parsed by ElementTree) therefore go through here, on the core's
 :mod:`tpi_core.transport`: :class:`S3Protocol` is what S3 plugs into it (path-style or
 virtual-host URLs, SigV4 with an unsigned payload (see _sigv4.py; integrity comes from
@@ -121,7 +121,7 @@ class Wire(Endpoint):
 
 def _parse_listing(body: bytes) -> tuple[list[Listed], dict[str, str]]:
     """The objects of one ListObjectsV2 page and its other top-level fields. Children are
-    walked once by local name: ``findtext("{*}...")`` per field cost 20 ms per 1,000 keys."""
+    walked once by local name: ``findtext("{*}...")`` per field was much slower."""
     page: list[Listed] = []
     fields: dict[str, str] = {}
     for child in ET.fromstring(body):

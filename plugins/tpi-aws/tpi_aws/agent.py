@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from tpi_aws import resources, scaling
 from tpi_aws.client import AwsClient
 from tpi_core.agent.hooks import GroupHooks
-from tpi_core.errors import TpiError, TransientError
-from tpi_core.model import ReplicaStatus
+from tpi_core.errors import TransientError
 
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 IMDS_DEFAULT = "http://169.254.169.254"
@@ -100,15 +99,10 @@ class AwsHooks(GroupHooks):
         row = await scaling.group_of_instance(await self.aws(), machine)
         return row is not None and row.get("LifecycleState") not in _GONE
 
-    async def on_exit(self, status: ReplicaStatus | None) -> None:
-        """Remove this instance, and only it, from the group, lowering the capacity."""
-        client, instance = await self.aws(), await self.instance_id()
-        try:
-            await scaling.leave_group(client, instance)
-        except TpiError:
-            # already out of the group (moto answers HTTP 500 here, AWS a ValidationError)
-            if await self.alive(instance):
-                raise
+    async def leave(self, machine: str) -> None:
+        """Terminate the instance through its group, lowering the capacity (once out of
+        the group, moto answers HTTP 500 here, AWS a ValidationError)."""
+        await scaling.leave_group(await self.aws(), machine)
 
     async def environment(self, spec: Mapping) -> Mapping[str, str]:
         """The task's environment values, from its SSM parameter (none when it has no keys)."""
@@ -121,7 +115,3 @@ class AwsHooks(GroupHooks):
         """Close the clients."""
         if self._client is not None:
             await self._client.aclose()
-
-
-AWSHooks = AwsHooks
-"""The spelling of :mod:`tpi_core.agent.hooks`' docstring."""

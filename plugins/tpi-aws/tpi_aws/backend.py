@@ -20,24 +20,28 @@ per task, or ``storage.container`` (``bucket[/path]``).
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
-import anyio
-
 from tpi_aws import machines, resources, scaling, userdata
 from tpi_aws.client import AwsClient
-from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
-from tpi_core.concurrent import task_group
-from tpi_core.errors import ResourceNotFound, TpiError, UsageError, field
+from tpi_core.backend import (
+    AGENT_PREFIX,
+    Backend,
+    Capability,
+    Launch,
+    MachineType,
+    Observation,
+    TaskRef,
+)
+from tpi_core.errors import ResourceNotFound, UsageError, check_fields
 from tpi_core.identifier import is_task_id
-from tpi_core.model import Event, Task
+from tpi_core.model import Event, Task, epoch_seconds
+from tpi_core.retry import poll
 from tpi_core.steps import Action, Step, nothing
-from tpi_core.storage import Storage
+from tpi_core.storage import Storage, split_url
 from tpi_core.tags import OwnTags
 
 _PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
@@ -61,12 +65,6 @@ def object_tagging(ref: TaskRef) -> str:
     own = TAGS.ids(ref.task_id)
     extra = [(k, v) for k, v in ref.tags.items() if k not in own]
     return urlencode([*own.items(), *extra][:OBJECT_TAG_LIMIT])
-
-
-split_url = userdata.split_url
-AGENT_PREFIX = "tpi-agent"
-"""Agent bundles of every task of a bucket, one ``<digest>/`` each (shared, never destroyed
-with a task; a bundle is about 200 kB)."""
 
 
 def template_data(*, image: resources.Image, instance_type: str, security_group: str,
@@ -132,7 +130,7 @@ async def observation(c: AwsClient, name: str) -> Observation:
 
 def first_launch(instances: list[dict], live: list[str]) -> float | None:
     """The earliest LaunchTime of the live instances EC2 lists, or None."""
-    times = [_seconds(i["LaunchTime"]) for i in instances
+    times = [epoch_seconds(i["LaunchTime"]) for i in instances
              if i.get("InstanceId") in live and i.get("LaunchTime")]
     return min(times, default=None)
 
@@ -142,7 +140,7 @@ def activity_event(activity: dict) -> Event:
     message = activity.get("Description", "")
     if activity.get("StatusMessage"):
         message += f": {activity['StatusMessage']}"
-    return Event(_seconds(activity.get("StartTime")),
+    return Event(epoch_seconds(activity.get("StartTime")),
                  "scaling-" + str(activity.get("StatusCode", "unknown")).lower(),
                  message, source="aws")
 
@@ -151,27 +149,16 @@ def instance_events(instance: dict) -> list[Event]:
     """Launch and, when it happened, termination of an instance (moto keeps no activities)."""
     ident = f"{instance['InstanceId']} ({instance.get('InstanceType', '?')}, " \
             f"{instance.get('Placement', {}).get('AvailabilityZone', '?')})"
-    launched = _seconds(instance.get("LaunchTime"))
+    launched = epoch_seconds(instance.get("LaunchTime"))
     events = [Event(launched, "instance-launched", ident, source="aws")]
     state = instance.get("State", {}).get("Name", "")
     if state in ("shutting-down", "terminated"):
         reason = instance.get("StateReason", {}).get("Message", "")
         stamp = _STAMP.search(instance.get("StateTransitionReason", ""))
-        when = _seconds(stamp.group(1) + "+00:00") if stamp else launched
+        when = epoch_seconds(stamp.group(1) + "+00:00") if stamp else launched
         events.append(Event(when, "instance-terminated", f"{ident}: {reason}".rstrip(": "),
                             source="aws"))
     return events
-
-
-def _seconds(value) -> float:
-    if isinstance(value, datetime.datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        try:
-            return datetime.datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            pass
-    return time.time()
 
 
 async def find_tasks(c: AwsClient, bucket: str) -> list[TaskRef]:
@@ -222,7 +209,7 @@ class AWSBackend(Backend):
         from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
 
         c = self.client(ref.region)
-        bucket, prefix = await self._location(c, ref)
+        bucket, prefix = await self.bucket_location(ref)
         region = ref.container_opts.get("region") or c.region
         if create:
             await self._ensure_bucket(c, bucket, ref)
@@ -235,16 +222,19 @@ class AWSBackend(Backend):
         from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
 
         c = self.client(ref.region)
-        bucket, _ = await self._location(c, ref)
+        bucket, _ = await self.bucket_location(ref)
         region = ref.container_opts.get("region") or c.region
         url = f"s3://{bucket}/{AGENT_PREFIX}"
         return self.kept_storage((url, region, ""), lambda: S3Storage.from_url(
             url, region=region, tagging=urlencode({resources.TAG_MANAGED: "true"})))
 
-    async def _location(self, c: AwsClient, ref: TaskRef) -> tuple[str, str]:
-        if not ref.container:
-            return f"tpi-{await self.account(c)}-{c.region}", ref.task_id
-        return ref.container_path()
+    async def own_bucket(self, ref: TaskRef) -> str:
+        """``tpi-<account>-<region>``."""
+        return await self._tpi_bucket(ref.region)
+
+    async def _tpi_bucket(self, region: str) -> str:
+        c = self.client(region)
+        return f"tpi-{await self.account(c)}-{c.region}"
 
     async def _ensure_bucket(self, c: AwsClient, bucket: str, ref: TaskRef) -> None:
         if not ref.container:
@@ -257,14 +247,8 @@ class AWSBackend(Backend):
 
     def validate(self, task: Task) -> None:
         """Size, image and region aliases and ``permission_set`` are usable (no request)."""
-        with field("region"):
-            machines.region(task.region)
-        with field("machine"):
-            machines.instance_types(task.machine)
-        with field("image"):
-            machines.image(task.image)
-        with field("permission_set"):
-            _check_permission_set(task.permission_set)
+        check_fields(task, {"region": machines.region, "machine": machines.instance_types,
+                            "image": machines.image, "permission_set": _check_permission_set})
 
     def steps(self, ref: TaskRef, task: Task | None = None,
               launch: Launch | None = None) -> Sequence[Step]:
@@ -317,34 +301,21 @@ class AWSBackend(Backend):
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
         """Until EC2 has no instance of the task left that could still be flushing (the
         group stops counting an instance as soon as it starts terminating)."""
-        c = self.client(ref.region)
-        with anyio.move_on_after(timeout):
-            while any(i.get("State", {}).get("Name") in ("pending", "running", "shutting-down",
-                                                         "stopping")
-                      for i in await scaling.group_instances(c, ref.task_id)):
-                await anyio.sleep(2.0)
-            return True
-        return False
+        c, flushing = self.client(ref.region), ("pending", "running", "shutting-down", "stopping")
+
+        async def stopped() -> bool:
+            return not any(i.get("State", {}).get("Name") in flushing
+                           for i in await scaling.group_instances(c, ref.task_id))
+
+        return await poll(stopped, timeout, 2.0)
 
     async def find(self, region: str | None = None) -> list[TaskRef]:
         """Tasks of a region (default: every region alias) from group tags and bucket prefixes."""
-        regions = [region] if region else sorted(set(machines.REGIONS.values()))
-        found: list[TaskRef] = []
-        failed: list[TpiError] = []
+        async def one(name: str) -> list[TaskRef]:
+            return await find_tasks(self.client(name), await self._tpi_bucket(name))
 
-        async def one(name: str) -> None:
-            c = self.client(name)
-            try:
-                found.extend(await find_tasks(c, f"tpi-{await self.account(c)}-{c.region}"))
-            except TpiError as exc:  # a region the account cannot use is no reason to stop
-                failed.append(exc)
-
-        async with task_group() as tg:
-            for name in regions:
-                tg.start_soon(one, name)
-        if failed and len(failed) == len(regions):
-            raise failed[0]
-        return sorted(found, key=lambda r: (r.region, r.task_id))
+        return await self.find_in([region] if region else sorted(set(machines.REGIONS.values())),
+                                  one)
 
     @classmethod
     def default_region(cls) -> str | None:

@@ -8,6 +8,8 @@ import functools
 from tpi_core import errors
 
 ERROR_CODES: dict[str, type[errors.TpiError]] = {
+    # codes only: an answer's HTTP status does the rest (tpi_core.errors.STATUS_ERRORS, any
+    # 5xx), "403", "500" and "503" of bodiless answers among them
     # not found: delete steps treat these as done
     "NoSuchBucket": errors.ResourceNotFound,
     "NoSuchKey": errors.ObjectNotFound,
@@ -24,7 +26,6 @@ ERROR_CODES: dict[str, type[errors.TpiError]] = {
     "AuthFailure": errors.PermissionDenied,
     "InvalidAccessKeyId": errors.PermissionDenied,
     "SignatureDoesNotMatch": errors.PermissionDenied,
-    "403": errors.PermissionDenied,
     # quotas and capacity
     "TooManyBuckets": errors.QuotaExceeded,
     "LimitExceeded": errors.QuotaExceeded,
@@ -45,8 +46,6 @@ ERROR_CODES: dict[str, type[errors.TpiError]] = {
     "RequestTimeout": errors.TransientError,
     "InternalError": errors.TransientError,
     "ServiceUnavailable": errors.TransientError,
-    "503": errors.TransientError,
-    "500": errors.TransientError,
     "ResourceInUse": errors.TransientError,
     "ScalingActivityInProgress": errors.TransientError,
     "DependencyViolation": errors.TransientError,
@@ -92,7 +91,7 @@ def translate(exc: BaseException, what: str = "") -> errors.TpiError:
 def from_answer(code: str, message: str, status: int | None, what: str = "") -> errors.TpiError:
     """The tpi error for a service's error answer (its code, message and HTTP status), by
     the same table as :func:`translate`, without importing botocore (a missing manifest is
-    a 404 in most first syncs: 3 ms of each)."""
+    a 404 in most first syncs, and the import would be a real share of one)."""
     prefix = f"{what}: " if what else ""
     cls = errors.error_for(code, status, ERROR_CODES)
     message = message or code

@@ -7,10 +7,12 @@ the capacity failures of TPI's single type. Native names pass through unchanged.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 
-from tpi_aws.instance_types import FAMILIES, SHAPE
 from tpi_core.errors import UsageError
 from tpi_core.machines import Aliases, did_you_mean, normal
 
@@ -81,6 +83,23 @@ IMAGES = {
                          "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *", "nvidia"),
 }
 
+SHAPE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*"
+                   r"\.(?:nano|micro|small|medium|large|\d*xlarge|metal(?:-\d+xl)?)$")
+"""``family.size`` as every EC2 type is spelled (``m7i.2xlarge``, ``u-6tb1.metal``)."""
+
+
+@functools.cache
+def families() -> dict[str, tuple[str, ...]]:
+    """EC2 family -> the sizes it sells, smallest first: the data file
+    ``instance_types.json`` (from botocore's EC2 model; where it comes from is in its
+    ``about``), read on first use. A family newer than the file passes on :data:`SHAPE`."""
+    text = resources.files(__package__).joinpath("instance_types.json").read_text()
+    found: dict[str, tuple[str, ...]] = {}
+    for names, sizes in json.loads(text)["families"]:
+        found.update(dict.fromkeys(names, tuple(sizes)))
+    return found
+
+
 _NATIVE_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _TPI_IMAGE = re.compile(r"^(?:[^@]+@)?([^:]+):([^:]+):(.+)$")
@@ -93,7 +112,7 @@ def instance_types(machine: str) -> tuple[str, ...]:
     if key in SIZES:
         return SIZES[key]
     family, _, size = key.partition(".")
-    sizes = FAMILIES.get(family)
+    sizes = families().get(family)
     if size in (sizes or ()) or (sizes is None and SHAPE.match(key)):
         return (key,)
     raise _unknown_type(machine, family, sizes)
@@ -131,5 +150,5 @@ def _unknown_type(machine: str, family: str, sizes: tuple[str, ...] | None) -> U
         return UsageError(f"unknown EC2 instance type {machine!r}"
                           f"{did_you_mean(normal(machine), [f'{family}.{s}' for s in sizes])}; "
                           f"{family} sizes: {', '.join(sizes)}")
-    native = [f"{f}.{s}" for f, known in FAMILIES.items() for s in known]
+    native = [f"{f}.{s}" for f, known in families().items() for s in known]
     return SIZE_ALIASES.unknown(machine, native, "a type is family.size (e.g. m7i.2xlarge)")

@@ -8,15 +8,13 @@ function may run twice. Every resource is named after the task id and tagged
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import anyio
-
 from tpi_aws.client import AwsClient
 from tpi_aws.machines import ImageQuery
-from tpi_core.errors import BackendError, TpiError, TransientError
+from tpi_core.errors import BackendError, TpiError
+from tpi_core.retry import until
 
 TAG_TASK, TAG_MANAGED, TAG_NAME, TAG_CONTAINER = ("tpi:task", "tpi:managed", "tpi:name",
                                                   "tpi:container")
@@ -35,19 +33,6 @@ def tag_list(tags: Mapping[str, str]) -> list[dict]:
 def parameter_name(task_id: str) -> str:
     """The SSM parameter that holds a task's environment."""
     return f"/tpi/{task_id}/environment"
-
-
-async def _retry(action, what: str, deadline: float):
-    """Retry ``action`` on TransientError (dependencies still being released) until ``deadline``."""
-    delay = 1.0
-    while True:
-        try:
-            return await action()
-        except TransientError:
-            if time.monotonic() + delay > deadline:
-                raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 15.0)
 
 
 # account, network, image ------------------------------------------------------------------
@@ -166,9 +151,9 @@ async def delete_security_group(c: AwsClient, name: str, wait: float = 300) -> N
     group = await find_security_group(c, name)
     if group is None:
         return
-    await _retry(lambda: c.call("ec2", "delete_security_group", GroupId=group,
-                                ok=("InvalidGroup.NotFound", "InvalidGroupId.NotFound")),
-                 name, time.monotonic() + wait)
+    # refused (DependencyViolation) while terminating instances still hold it
+    await until(lambda: c.call("ec2", "delete_security_group", GroupId=group,
+                               ok=("InvalidGroup.NotFound", "InvalidGroupId.NotFound")), wait)
 
 
 # IAM role and instance profile -------------------------------------------------------------
@@ -301,10 +286,3 @@ async def delete_launch_template(c: AwsClient, name: str) -> None:
                      ok=("InvalidLaunchTemplateId.NotFound",
                          "InvalidLaunchTemplateName.NotFoundException"),
                      LaunchTemplateId=template["LaunchTemplateId"])
-
-
-async def user_data(c: AwsClient, name: str) -> str:
-    """The (base64) user-data of the template's latest version."""
-    found = await c.call("ec2", "describe_launch_template_versions", LaunchTemplateName=name,
-                         Versions=["$Latest"])
-    return found["LaunchTemplateVersions"][0]["LaunchTemplateData"].get("UserData", "")

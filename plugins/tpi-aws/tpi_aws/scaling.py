@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime
 import time
 
-import anyio
-
 from tpi_aws.client import AwsClient
 from tpi_aws.resources import TAG_MANAGED, TAG_TASK
 from tpi_core.errors import ResourceNotFound, TransientError
+from tpi_core.retry import poll
 
 DEADLINE_ACTION = "tpi-deadline"
 
@@ -62,11 +61,8 @@ async def delete_group(c: AwsClient, name: str, wait: float = 900) -> None:
     await c.call("autoscaling", "delete_auto_scaling_group", AutoScalingGroupName=name,
                  ForceDelete=True, ok=("ValidationError", "ScalingActivityInProgress",
                                        "ResourceInUse"))
-    limit = time.monotonic() + wait
-    while await _group_listed(c, name):
-        if time.monotonic() > limit:
-            raise TransientError(f"the Auto Scaling group {name} is still being deleted")
-        await anyio.sleep(5)
+    if not await poll(lambda: _group_gone(c, name), wait, 5.0):
+        raise TransientError(f"the Auto Scaling group {name} is still being deleted")
     # an instance of the task that is in no group (detached, or launched by a create whose
     # answer was lost and retried) is not deleted with it: terminate it by its tag
     left = [i["InstanceId"] for i in await group_instances(c, name)
@@ -76,10 +72,10 @@ async def delete_group(c: AwsClient, name: str, wait: float = 900) -> None:
                      ok=("InvalidInstanceID.NotFound",))
 
 
-async def _group_listed(c: AwsClient, name: str) -> bool:
+async def _group_gone(c: AwsClient, name: str) -> bool:
     found = await c.call("autoscaling", "describe_auto_scaling_groups",
                          AutoScalingGroupNames=[name])
-    return bool(found["AutoScalingGroups"])
+    return not found["AutoScalingGroups"]
 
 
 async def tagged_groups(c: AwsClient) -> list[dict]:

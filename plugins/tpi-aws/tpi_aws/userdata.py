@@ -10,24 +10,17 @@ environment value (the agent reads those from SSM Parameter Store).
 
 from __future__ import annotations
 
-import base64
-import gzip
 from collections.abc import Sequence
 from importlib import metadata, resources
 
 from tpi_core.boot import script
 from tpi_core.boot.script import MachineBoot
 from tpi_core.errors import BackendError
+from tpi_core.storage import split_url
 
 HOOKS = "tpi_aws.agent:AwsHooks"
 LIMIT = 16384
 """EC2 takes at most 16 KB of user-data, before base64."""
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> ``("bucket", "prefix")``."""
-    bucket, _, prefix = url.removeprefix("s3://").partition("?")[0].partition("/")
-    return bucket, prefix.strip("/")
 
 
 def machine_boot(*, storage_url: str, agent_url: str, digest: str, wheels: Sequence[str],
@@ -52,29 +45,13 @@ def machine_boot(*, storage_url: str, agent_url: str, digest: str, wheels: Seque
         version=metadata.version("tpi"))
 
 
-def render(boot: MachineBoot) -> str:
-    """The user-data script."""
-    return script.render(boot)
+render = script.render
 
 
 def encode(text: str) -> str:
-    """Gzip, then base64, as launch templates take user-data. cloud-init, on every image
-    tpi supports, unpacks gzip user-data; packed, the script is well under EC2's 16 KB."""
-    packed = gzip.compress(text.encode(), mtime=0)
-    if len(packed) > LIMIT:
-        raise AssertionError(f"user-data is {len(packed)} bytes packed, over EC2's {LIMIT}")
-    return base64.b64encode(packed).decode()
+    """Gzip, then base64, as launch templates take user-data (under EC2's 16 KB)."""
+    return script.pack(text, LIMIT)
 
 
-def decode(user_data: str) -> str:
-    """The script of a launch template's user-data (base64, gzip or not), as cloud-init
-    reads it."""
-    if user_data.startswith("#!"):
-        return user_data
-    raw = base64.b64decode(user_data)
-    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
-
-
-def parse(user_data: str) -> dict:
-    """The boot settings inside a rendered user-data (plain, or as :func:`encode` made it)."""
-    return script.parse(decode(user_data))
+decode = script.unpack
+parse = script.parse

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import pytest
 from tpi_gcp.storage import GCSProtocol, GCSStorage
 
-from tests.emulators import gcs_server  # noqa: F401 (pytest fixture)
 from tpi_core.errors import ResourceNotFound, UsageError
 from tpi_core.testing.contract import StorageContract
 

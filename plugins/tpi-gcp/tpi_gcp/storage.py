@@ -1,24 +1,22 @@
-"""GCS storage: ``gs://bucket/prefix`` on the core's object-store transport.
+"""GCS storage: ``gs://bucket/prefix`` on the core's object-store base.
 
-Everything but what is GCS's own comes from :mod:`tpi_core.transport`: the pool, proxies,
-file bodies, the first-part/rest/range downloads and their checks. GCS's part is
-:class:`GCSProtocol` (the JSON API's URLs, a bearer token, its JSON errors, ``x-goog-hash``
-and generations) and the listing. Uploads go in one request (``uploadType=media``), the
-body streamed from the file above 1 MiB; the md5 GCS answers is compared with what was
-sent. ``STORAGE_EMULATOR_HOST`` (as the Google SDKs read it) points at an emulator, which
-is sent no credentials.
+Everything but what is GCS's own comes from :class:`~tpi_core.storage.objects.ObjectStorage`
+and :mod:`tpi_core.transport`: reads, uploads, downloads, their checks, the listing cache.
+GCS's part is :class:`GCSProtocol` (the JSON API's URLs, a bearer token, its JSON errors,
+``x-goog-hash`` and generations), the JSON listing, the upload request (``uploadType=media``,
+its answer's ``md5Hash`` compared with what was sent) and deletes, one request each.
+``STORAGE_EMULATOR_HOST`` (as the Google SDKs read it) points at an emulator, which is sent
+no credentials.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import quote, urlencode
 
 import anyio
 
@@ -30,14 +28,10 @@ from tpi_core.errors import (
     StorageError,
     TpiError,
     TransientError,
-    UsageError,
 )
-from tpi_core.storage import ObjectInfo, Progress, Storage, join
-from tpi_core.storage.local import checked_key
-from tpi_core.transport import download
+from tpi_core.storage.objects import Entry, ObjectStorage
 from tpi_core.transport.endpoint import Endpoint
-from tpi_core.transport.files import MEMORY_MAX, file_chunks
-from tpi_core.transport.hashing import base64_to_hex, md5_digest
+from tpi_core.transport.hashing import base64_to_hex
 from tpi_core.transport.pool import Stream
 
 API = "https://storage.googleapis.com"
@@ -105,127 +99,49 @@ class GCSProtocol:
         return {"x-goog-if-generation-match": version} if version else {}
 
 
-class GCSStorage(Storage):
-    """Objects under one prefix of a GCS bucket."""
+class GCSStorage(ObjectStorage):
+    """Objects under one prefix of a GCS bucket; option ``endpoint_url`` (an emulator)."""
 
-    SCHEME = "gs"
-    VERIFIES_MD5 = True  # bodies are checked against x-goog-hash by the transport
-    UPLOAD_MD5 = True
+    SCHEME, KIND = "gs", "GCS"
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 _shared: tuple[Endpoint, anyio.CapacityLimiter] | None = None):
-        self._endpoint: Endpoint
-        if not bucket or "/" in bucket or any(c.isspace() for c in bucket):
-            raise UsageError(f"invalid GCS bucket name {bucket!r}")
-        self.bucket, self.prefix = bucket, join(prefix)
-        self._owner = _shared is None
-        if _shared is None:
-            emulator = endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
-            protocol = GCSProtocol(bucket, authenticated=not emulator)
-            _shared = (Endpoint((emulator or API).rstrip("/"), protocol, pool=POOL),
-                       anyio.CapacityLimiter(RANGE_SLOTS))
-        self._endpoint, self._slots = _shared
-        self._listed = download.Listed()
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None):
+        super().__init__(bucket, prefix)
+        emulator = endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
+        protocol = GCSProtocol(bucket, authenticated=not emulator)
+        self._endpoint = Endpoint((emulator or API).rstrip("/"), protocol, pool=POOL)
+        self._slots = anyio.CapacityLimiter(RANGE_SLOTS)
 
-    @classmethod
-    def from_url(cls, url: str, **options: str) -> GCSStorage:
-        """``gs://bucket/prefix``; option ``endpoint_url`` (an emulator)."""
-        parsed = urlparse(url)
-        if parsed.scheme != "gs" or not parsed.netloc:
-            raise UsageError(f"not a gs://bucket/prefix URL: {url!r}")
-        unknown = sorted(set(options) - {"endpoint_url"})
-        if unknown:
-            raise UsageError(f"unknown GCS storage option(s) {', '.join(unknown)} "
-                             "(allowed: endpoint_url)")
-        return cls(parsed.netloc, parsed.path, **options)
+    async def _open(self) -> Endpoint:
+        return self._endpoint
 
-    @property
-    def url(self) -> str:
-        return f"gs://{self.bucket}/{self.prefix}" if self.prefix else f"gs://{self.bucket}"
-
-    def child(self, prefix: str) -> GCSStorage:
-        return GCSStorage(self.bucket, join(self.prefix, checked_key(prefix.strip("/"))),
-                          _shared=(self._endpoint, self._slots))
-
-    def _full(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    async def list(self, prefix: str = "", *, start_after: str = ""
-                   ) -> AsyncIterator[ObjectInfo]:
-        cut = len(self.prefix) + 1 if self.prefix else 0
-        query = {"prefix": self._full(prefix) if self.prefix else prefix,
+    async def _entries(self, prefix: str, start_after: str) -> AsyncIterator[Entry]:
+        query = {"prefix": prefix,
                  "fields": "items(name,size,md5Hash,generation,updated),nextPageToken"}
         if start_after:
-            query["startOffset"] = self._full(start_after)
+            query["startOffset"] = start_after
         while True:
             async with self._endpoint.request("GET", "", query=query,
                                               what=f"list {self.url}") as resp:
                 page = json.loads(await resp.read())
             for item in page.get("items", ()):
-                key, size = item["name"], int(item.get("size", 0))
-                if not key[cut:] or key.endswith("/") or key == query.get("startOffset"):
-                    continue
                 md5 = base64_to_hex(item.get("md5Hash", ""))
-                self._listed.saw(key, size, item.get("generation", ""), md5)
                 updated = datetime.fromisoformat(item["updated"].replace("Z", "+00:00"))
-                yield ObjectInfo(key[cut:], size, md5, updated.timestamp())
+                yield Entry(item["name"], int(item.get("size", 0)), md5,
+                            item.get("generation", ""), md5, updated.timestamp())
             if not page.get("nextPageToken"):
                 return
             query["pageToken"] = page["nextPageToken"]
 
-    async def read(self, key: str) -> bytes:
-        full = self._full(checked_key(key))
-        async with self._endpoint.request("GET", full, what=f"read {full}") as resp:
-            data = await resp.read()
-            expected = self._endpoint.protocol.md5_of(resp.headers)
-        if expected is not None and expected != md5_digest(data).hex():
-            raise TransientError(f"read {full}: the body does not match its md5")
-        return data
-
-    async def write(self, key: str, data: bytes) -> None:
-        full = self._full(checked_key(key))
-        self._listed.take(full)
-        await self._put(full, data, md5_digest(data))
-
-    async def _put(self, full: str, body: bytes | Stream, digest: Any) -> None:
-        what = f"upload {full}"
+    async def _send(self, full: str, body: bytes | Stream, md5: bytes | None) -> str | None:
         query = {"uploadType": "media", "name": full, "fields": "md5Hash"}
-        async with self._endpoint.request("POST", "", query=query, data=body, what=what,
+        async with self._endpoint.request("POST", "", query=query, data=body,
+                                          what=f"upload {full}",
                                           headers={"Content-Type": "application/octet-stream"}
                                           ) as resp:
-            stored = base64_to_hex(json.loads(await resp.read()).get("md5Hash", ""))
-        sent = digest if isinstance(digest, bytes) else digest.digest()
-        if stored is not None and stored != sent.hex():
-            raise TransientError(f"{what}: stored md5 {stored} does not match md5 sent "
-                                 f"{sent.hex()}")
+            return base64_to_hex(json.loads(await resp.read()).get("md5Hash", ""))
 
-    async def upload(self, key: str, path: Path, progress: Progress | None = None) -> str:
-        full, path = self._full(checked_key(key)), Path(path)
-        self._listed.take(full)
-        size = (await anyio.Path(path).stat()).st_size
-        if size <= MEMORY_MAX:
-            data = await anyio.Path(path).read_bytes()
-            digest = md5_digest(data)
-            await self._put(full, data, digest)
-            if progress:
-                progress(len(data))
-            return digest.hex()
-        hashes: list[Any] = []
-
-        def body() -> AsyncIterator[bytes]:  # hashed as it is sent; made again on a retry
-            hashes.append(hashlib.md5(usedforsecurity=False))
-            return file_chunks(path, size, hashes[-1], progress)
-
-        await self._put(full, Stream(size, body), _Last(hashes))
-        return hashes[-1].hexdigest()
-
-    async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        full = self._full(checked_key(key))
-        await download.fetch(self._endpoint, full, Path(path), progress, self._slots,
-                             self._listed.take(full))
-
-    async def delete(self, keys: Iterable[str]) -> None:
-        slots = anyio.Semaphore(DELETES)
+    async def _delete_batch(self, keys: list[str]) -> None:
+        slots = anyio.Semaphore(DELETES)  # the JSON API deletes one object per request
 
         async def one(full: str) -> None:
             async with slots:
@@ -237,24 +153,12 @@ class GCSStorage(Storage):
                     pass  # gone already: what a delete wants
 
         async with task_group() as group:
-            for key in keys:
-                self._listed.take(self._full(key))
-                group.start_soon(one, self._full(key))
+            for full in keys:
+                group.start_soon(one, full)
 
-    async def aclose(self) -> None:
-        if self._owner:
-            await self._endpoint.aclose()
-            await self._endpoint.protocol.aclose()
-
-
-class _Last:
-    """The digest of the last attempt of a streamed body (a retry streams it again)."""
-
-    def __init__(self, hashes: list[Any]):
-        self._hashes = hashes
-
-    def digest(self) -> bytes:
-        return self._hashes[-1].digest()
+    async def _close(self) -> None:
+        await self._endpoint.aclose()
+        await self._endpoint.protocol.aclose()
 
 
 def _token() -> Any:

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from functools import partial
 
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
-from tpi_core.errors import FieldError, TaskNotFound, UnsafePathError, UsageError, field
+from tpi_core.errors import (FieldError, TaskNotFound, UnsafePathError, UsageError, check_fields,
+                             field)
 from tpi_core.model import Task
 from tpi_core.registry import open_storage
 from tpi_core.steps import Step, nothing
@@ -164,14 +165,9 @@ class K8sBackend(Backend):
     def validate(self, task: Task) -> None:
         """Machine, region, image, ``permission_set``, tags and storage settings are usable
         (no request)."""
-        with field("machine"):
-            machines.size(task.machine)
-        with field("region"):
-            machines.node_selector(task.region)
-        with field("image"):
-            machines.image(task.image)
-        with field("permission_set"):
-            machines.service_account(task.permission_set)
+        check_fields(task, {"machine": machines.size, "region": machines.node_selector,
+                            "image": machines.image,
+                            "permission_set": machines.service_account})
         for key in task.tags:
             if not machines.is_label_key(key):
                 raise FieldError("tags", f"{key!r} is not a Kubernetes label or annotation key")

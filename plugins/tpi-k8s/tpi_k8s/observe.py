@@ -11,12 +11,11 @@ not install the agent says why. Codes are kebab-case reasons (``successful-creat
 
 from __future__ import annotations
 
-import datetime
 import re
 import time
 
 from tpi_core.backend import Observation
-from tpi_core.model import Event
+from tpi_core.model import Event, epoch_seconds
 from tpi_k8s import manifests, resources
 from tpi_k8s.client import K8sClient
 from tpi_k8s.errors import QUOTA_MARKS
@@ -93,7 +92,7 @@ def api_event(doc: dict, task_id: str) -> Event:
     when = doc.get("lastTimestamp") or doc.get("eventTime") or doc.get("firstTimestamp") or (
         doc.get("metadata") or {}).get("creationTimestamp")
     count = f" (x{doc['count']})" if (doc.get("count") or 1) > 1 else ""
-    return Event(seconds(when), code_of(reason, message),
+    return Event(epoch_seconds(when), code_of(reason, message),
                  f"{str(involved.get('kind', '')).lower()}/{name}: {message}{count}",
                  pod_replica(name, task_id), SOURCE)
 
@@ -104,7 +103,7 @@ def job_events(job: dict) -> list[Event]:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
             reason = condition.get("reason") or condition["type"]
-            found.append(Event(seconds(condition.get("lastTransitionTime")),
+            found.append(Event(epoch_seconds(condition.get("lastTransitionTime")),
                                f"job-{code_of(condition['type'])}",
                                f"job/{job['metadata']['name']}: {reason}: "
                                f"{condition.get('message', '')}".rstrip(": "), None, SOURCE))
@@ -115,11 +114,11 @@ def pod_events(pod: dict) -> list[Event]:
     """A pod's life from its status: created, unschedulable, stuck, exited."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     name, replica = meta.get("name", ""), replica_of(pod)
-    found = [Event(seconds(meta.get("creationTimestamp")), "pod-created", f"pod/{name}",
+    found = [Event(epoch_seconds(meta.get("creationTimestamp")), "pod-created", f"pod/{name}",
                    replica, SOURCE)]
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            found.append(Event(seconds(condition.get("lastTransitionTime")), "unschedulable",
+            found.append(Event(epoch_seconds(condition.get("lastTransitionTime")), "unschedulable",
                                f"pod/{name}: {condition.get('message', '')}", replica, SOURCE))
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
@@ -128,7 +127,7 @@ def pod_events(pod: dict) -> list[Event]:
             found.append(Event(time.time(), code_of(waiting["reason"]),
                                f"pod/{name}: {waiting.get('message', '')}", replica, SOURCE))
         if ended:
-            found.append(Event(seconds(ended.get("finishedAt")), _exit_code(ended),
+            found.append(Event(epoch_seconds(ended.get("finishedAt")), _exit_code(ended),
                                f"pod/{name}: {ended.get('reason', '')} exit code "
                                f"{ended.get('exitCode')}".replace(":  ", ": "), replica, SOURCE))
     return found
@@ -170,13 +169,3 @@ def _phase(pod: dict) -> str:
 def _condition(job: dict, kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def seconds(stamp: str | None) -> float:
-    """An RFC 3339 time as epoch seconds (now when missing or unreadable)."""
-    if stamp:
-        try:
-            return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return time.time()

@@ -1,6 +1,6 @@
 """Fixtures for the AWS backend on moto server: one server per session, reset per test.
 
-The server comes from :mod:`tests.emulators`, started with an AMI catalogue of its own
+The server comes from :mod:`tpi_core.testing.emulators`, started with an AMI catalogue of its own
 (amis.json: current Ubuntu LTS and Deep Learning images, which moto's bundled list lacks),
 so image aliases resolve as they do on AWS. ``TPI_MOTO_URL`` names a server already running
 (it must have been started with ``MOTO_AMIS_PATH`` pointing at amis.json).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulators import Emulator, aws_env as emulator_env, missing, reset_moto, start_moto
+from tpi_core.testing.emulators import Emulator, aws_env as emulator_env, missing, reset_moto, start_moto
 
 HERE = Path(__file__).parent
 REGION = "us-west-1"
@@ -46,8 +46,3 @@ def aws_env(moto_url, monkeypatch, tmp_path):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

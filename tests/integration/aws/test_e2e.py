@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tpi_aws import userdata
+
+from tpi_core.testing.contract import BackendContract
 
 from .conftest import FAKE_CREDENTIALS, REGION
 from .harness import Ec2Player
@@ -169,3 +170,17 @@ def test_debug_preempt_terminates_the_instance_of_the_replica(aws_env, tmp_path)
         assert done["state"] == "succeeded" and done["recoveries"] == 1, done
     tpi(workdir, "destroy", "--yes")
     assert (workdir / "results" / "epoch.txt").read_text() == "8\n"
+
+
+class TestAWSLifecycle(BackendContract):
+    """The contract on moto: :class:`.harness.Ec2Player` runs the real agent per instance."""
+
+    CLOUD = "aws"
+    SETTINGS = 'region = "us-west"\nmachine = "m"'
+
+    @pytest.fixture
+    def cloud(self, aws_env, tmp_path):
+        agent_env = {**os.environ, "TPI_AGENT_LOG_INTERVAL": "0.5",
+                     "TPI_AGENT_SYNC_INTERVAL": "0.5", "TPI_AWS_NOTICE_INTERVAL": "0.5"}
+        with Ec2Player(REGION, tmp_path / "machines", agent_env) as ec2:
+            yield ec2

@@ -1,6 +1,6 @@
 """Apply and destroy through a control plane that drops answers: 20 % of every request to
 moto (S3, EC2, Auto Scaling, IAM, SSM, STS) gets a 503, a reset connection, or an answer cut
-after the emulator acted on it (:class:`tests.faultproxy.FaultProxy`), 8 seeds each.
+after the emulator acted on it (:class:`tpi_core.testing.faultproxy.FaultProxy`), 8 seeds each.
 
 Every apply succeeds, or fails with one line and leaves nothing one destroy does not
 remove; every destroy ends with no tpi resource, counted through moto directly.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import FaultProxy
+from tpi_core.testing.faultproxy import FaultProxy
 
 from .conftest import REGION
 from .inventory import counts, inventory

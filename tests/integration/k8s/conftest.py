@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.emulators import missing
+from tpi_core.testing.emulators import missing
 
 from .fakes import FakeApiServer
 from .harness import stamp
@@ -25,11 +25,6 @@ NAMESPACE = "tpi-test"
 TOKEN = "fake-kube-token-0123"
 RESOURCES = ("v1/pods", "v1/secrets", "v1/persistentvolumeclaims", "v1/events",
              "v1/serviceaccounts", "batch/v1/jobs", "apps/v1/deployments")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.emulators import free_port
+from tpi_core.testing.emulators import free_port
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 

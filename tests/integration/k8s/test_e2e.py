@@ -19,8 +19,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-
 from tpi_k8s import manifests
+
+from tpi_core.testing.contract import BackendContract
 
 from .conftest import NAMESPACE, agent_env, objects
 from .harness import FakeCluster, fake_cluster
@@ -183,3 +184,23 @@ async def _check_objects(kmock_url: str, task_id: str) -> None:
         assert SECRET not in json.dumps(obj), name
     claim = found["persistentvolumeclaims"][task_id]["spec"]
     assert claim["accessModes"] == ["ReadWriteMany"]  # two replicas share it
+
+
+class TestK8sLifecycle(BackendContract):
+    """The contract on the emulated API: :mod:`.harness` plays the controllers and kubelet."""
+
+    CLOUD = "kubernetes"
+    SETTINGS = 'machine = "1-512"'
+
+    @pytest.fixture
+    async def cloud(self, api, kmock_url, kubeconfig, tmp_path):
+        async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env()) as cluster:
+            yield cluster
+
+    async def storage_left(self, cloud, backend, ref):
+        """The claim's volume (its storage server went with the task, so nothing to list)."""
+        claim = cloud.claim_dir(NAMESPACE, ref.task_id)
+        with anyio.move_on_after(10):
+            while claim.exists():
+                await anyio.sleep(0.1)
+        return [str(claim)] if claim.exists() else []

@@ -24,6 +24,7 @@ from tpi_core.errors import BackendError
 from tpi_core.model import ReplicaState, ReplicaStatus, Secrets, StorageSpec, Task
 from tpi_core.steps import delete_steps, run_steps
 from tpi_core.storage.sync import upload_tree
+from tpi_core.testing.contract import BackendContract
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -259,3 +260,14 @@ async def test_preempting_an_unknown_task_is_one_line_and_exit_3(backend: LocalB
                           timeout=20, env=os.environ)
     assert done.returncode == 3
     assert done.stderr.count("\n") == 1 and "no local task named 'nothing-here'" in done.stderr
+
+
+class TestLocalLifecycle(BackendContract):
+    """The contract on the local backend: its supervisor runs the real agents."""
+
+    CLOUD = "local"
+
+    @pytest.fixture
+    def cloud(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("TPI_AGENT_LOG_INTERVAL", "0.3")
+        monkeypatch.setenv("TPI_AGENT_SYNC_INTERVAL", "0.3")

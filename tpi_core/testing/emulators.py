@@ -5,9 +5,9 @@ code under test and slow both). Fixtures use :func:`missing` when an emulator ca
 skip on a developer's machine, a failure when ``CI`` is set, never a silent skip in CI.
 ``TPI_MOTO_URL`` points the fixtures at a moto server that is already running.
 
-Test modules import the fixtures they use::
-
-    from tests.emulators import moto_server, s3_env  # noqa: F401 (pytest fixtures)
+The pytest fixtures built on these (``moto_server``, ``s3_env``, ``gcs_server``) are in
+:mod:`tpi_core.testing.pytest_plugin`, which pytest loads by itself: tests name them, never
+import them.
 """
 
 from __future__ import annotations
@@ -183,8 +183,7 @@ _SHARED: dict[str, Emulator] = {}
 def shared_moto() -> Emulator:
     """The moto server of this test process, started on first use, stopped at exit.
 
-    Every module that imports the ``moto_server`` fixture gets its own copy of it; this
-    keeps them on one server.
+    The fixture and scripts outside pytest (benchmarks) share it this way.
     """
     if os.environ.get("TPI_MOTO_URL"):
         return Emulator("moto", os.environ["TPI_MOTO_URL"].rstrip("/"))
@@ -194,35 +193,18 @@ def shared_moto() -> Emulator:
     return _SHARED["moto"]
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Emulator:
-    """A moto server on 127.0.0.1 (or the one ``TPI_MOTO_URL`` names)."""
-    try:
-        return shared_moto()
-    except (OSError, RuntimeError) as exc:
-        missing(f"moto server: {exc}")
-
-
-@pytest.fixture(scope="session")
-def gcs_server() -> Emulator:
-    """A fake-gcs-server on 127.0.0.1 for this test process."""
+def shared_gcs() -> Emulator:
+    """The fake-gcs-server of this test process, started on first use, stopped at exit."""
     if "gcs" not in _SHARED:
-        try:
-            _SHARED["gcs"] = start_fake_gcs()
-        except (OSError, RuntimeError) as exc:
-            missing(f"fake-gcs-server: {exc}")
+        _SHARED["gcs"] = start_fake_gcs()
         atexit.register(_SHARED["gcs"].stop)
     return _SHARED["gcs"]
 
 
-@pytest.fixture
-def s3_env(moto_server: Emulator, monkeypatch: pytest.MonkeyPatch,
-           tmp_path: Path) -> dict[str, str]:
-    """moto emptied, every ``AWS_*`` variable replaced: fake credentials, moto as endpoint."""
-    reset_moto(moto_server.url)
+def isolate_aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Replace every ``AWS_*`` variable of this process with ``env``."""
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    env = aws_env(moto_server.url, home=tmp_path)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
