@@ -4,7 +4,6 @@ Tests name the fixtures, never import them::
 
     def test_upload(s3_env): ...
 
-``anyio_backend``  asyncio, the loop tpi runs on (module scope, as anyio's own default)
 ``moto_server``    a moto server on 127.0.0.1 for the session (or the one ``TPI_MOTO_URL`` names)
 ``s3_env``         moto emptied and every ``AWS_*`` variable replaced: fake keys, moto as endpoint
 ``gcs_server``     a fake-gcs-server on 127.0.0.1 for the session
@@ -24,12 +23,6 @@ import pytest
 
 if TYPE_CHECKING:
     from tpi_core.testing.emulators import Emulator
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """tpi runs on asyncio (aiohttp-based SDKs); trio is not promised."""
-    return "asyncio"
 
 
 @pytest.fixture(scope="session")
