@@ -35,6 +35,7 @@ from typing import ClassVar
 
 from tpi_core.concurrent import task_group
 from tpi_core.errors import BackendError, TpiError, UsageError
+from tpi_core.machines import Aliases
 from tpi_core.model import Event, Task, frozen_map
 from tpi_core.retry import poll
 from tpi_core.steps import Step
@@ -142,6 +143,8 @@ class Backend(ABC):
     agent with, e.g. ``("tpi-aws", "tpi_aws")``. When set, apply puts an agent bundle
     (:mod:`tpi_core.boot.bundle`) into :meth:`agent_storage` and passes its URL in
     :class:`Launch`; the machines boot with :func:`tpi_core.boot.script.render`."""
+    SIZE_ALIASES: ClassVar[Aliases | None] = None
+    """The backend's size aliases, for ``tpi machines`` (:func:`tpi_core.machines.load`)."""
 
     def __init__(self) -> None:
         self._storages: dict[Hashable, Storage] = {}
@@ -260,8 +263,13 @@ class Backend(ABC):
 
     @classmethod
     def machine_types(cls) -> list[MachineType]:
-        """The size aliases of ``tpi machines``."""
-        return []
+        """The size aliases of ``tpi machines``: by default :attr:`SIZE_ALIASES`, with the
+        native names of each (the preferred first)."""
+        sizes = cls.SIZE_ALIASES
+        if sizes is None:
+            return []
+        return [MachineType(alias, native if isinstance(native, str) else ", ".join(native),
+                            sizes.details.get(alias, "")) for alias, native in sizes.table.items()]
 
     async def aclose(self) -> None:
         """Close every storage handed out by :meth:`kept_storage`; a subclass closes its

@@ -10,8 +10,10 @@ an alias is the backend's native spelling, which it checks itself.
 from __future__ import annotations
 
 import difflib
+import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from typing import Generic, TypeVar
 
 from tpi_core.errors import UsageError
@@ -64,6 +66,8 @@ class Aliases(Generic[T]):
     table: Mapping[str, T]
     native: str
     """What a native name is, after "nor": ``an EC2 instance type``."""
+    details: Mapping[str, str] = field(default_factory=dict)
+    """What each alias gives (``8 vCPU, 32 GiB, 1x T4``), for ``tpi machines``."""
 
     def __post_init__(self) -> None:
         if self.key == "machine":
@@ -87,3 +91,28 @@ class Aliases(Generic[T]):
         hint = f"; {hint}" if hint else ""
         return UsageError(f"{self.key} {text!r} is neither a {self.kind} alias nor "
                           f"{self.native}{close}{hint}; aliases: {', '.join(self.table)}")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A backend's size and region aliases, read from its data file (:func:`load`)."""
+
+    sizes: Aliases[tuple[str, ...]]
+    regions: Aliases[str]
+
+
+def load(package: str, *, native_size: str, native_region: str,
+         name: str = "machines.toml") -> Vocabulary:
+    """The aliases of a backend package's data file::
+
+        [sizes]            # alias = native names, the preferred first, and what it gives
+        "m+t4" = { native = ["g4dn.xlarge", "g4dn.2xlarge"], detail = "4 vCPU, 16 GiB, 1x T4" }
+        [regions]          # alias = native region
+        us-east = "us-east-1"
+
+    Tables as data: a new cloud writes its aliases, not code; ``tpi machines`` prints them."""
+    data = tomllib.loads(resources.files(package).joinpath(name).read_text())
+    sizes = {alias: tuple(row["native"]) for alias, row in data["sizes"].items()}
+    details = {alias: row.get("detail", "") for alias, row in data["sizes"].items()}
+    return Vocabulary(Aliases("machine", sizes, native_size, details),
+                      Aliases("region", dict(data["regions"]), native_region))

@@ -6,9 +6,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tpi_core.agent.machinelog import MachineLog
+from tpi_core.backend import Launch
 from tpi_core.boot import script
 from tpi_core.boot.script import MachineBoot
+from tpi_core.errors import BackendError
 
 BOOT = MachineBoot(
     fetcher="#!/usr/bin/env python3\nprint('fetcher')\n", fetcher_config={"bucket": "b"},
@@ -71,3 +75,19 @@ def test_summary_shares_each_step(tmp_path: Path):
     assert "install 5.0 s (50%)" in text and text.endswith("agent 2.0 s (20%)")
     assert MachineLog.read(tmp_path / "missing").summary(1.0) is None
     assert MachineLog.read(None).lines == ()
+
+
+def test_machine_boot_from_a_launch_reads_the_task_bucket_only():
+    launch = Launch("gs://b/tpi-x", 0.0, agent_url="gs://b/tpi-agent/0123abcd",
+                    agent_digest="0123abcd", agent_wheels=("tpi-0.1.0-py3-none-any.whl",))
+    boot = script.machine_boot(launch, fetcher="f", fetcher_config={"bucket": "b"},
+                               hooks="tpi_gcp.agent:GcpHooks", imports=("tpi_gcp.agent",))
+    assert (boot.bundle, boot.failures, boot.storage_url) == (
+        "tpi-agent/0123abcd", "tpi-x/reports/boot-failed", "gs://b/tpi-x")
+    assert boot.imports == ("tpi_core.agent", "tpi_gcp.agent") and boot.version
+    with pytest.raises(BackendError, match="not in the task's bucket b"):
+        script.machine_boot(Launch("gs://b/x", 0.0, agent_url="gs://other/tpi-agent/d"),
+                            fetcher="f", fetcher_config={}, hooks="h", imports=())
+    with pytest.raises(BackendError, match="no agent bundle"):
+        script.machine_boot(Launch("gs://b/x", 0.0), fetcher="f", fetcher_config={},
+                            hooks="h", imports=())

@@ -29,9 +29,15 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import metadata, resources
+from typing import TYPE_CHECKING
 
+from tpi_core.errors import BackendError
 from tpi_core.model import frozen_map
+from tpi_core.storage import split_url
+
+if TYPE_CHECKING:
+    from tpi_core.backend import Launch
 
 MAX_FAILURES = 3
 """Failed boots of a task after which its machines leave the group instead of being replaced."""
@@ -94,6 +100,34 @@ class MachineBoot:
         return {"storage_url": self.storage_url, "hooks": self.hooks, "bundle": self.bundle,
                 "digest": self.digest, "failures": self.failures,
                 "environment": dict(self.environment)}
+
+
+def machine_boot(launch: Launch, *, fetcher: str, fetcher_config: Mapping[str, str],
+                 hooks: str, imports: Sequence[str], shell_fetcher: str = "",
+                 environment: Mapping[str, str] | None = None) -> MachineBoot:
+    """How a machine of a task's group boots, from the task's :class:`Launch` and its cloud's
+    parts. The bundle must lie in the task's bucket: the fetcher reads that bucket only."""
+    if not launch.agent_url:
+        raise BackendError("no agent bundle for the task's machines (Launch.agent_url)")
+    bucket, prefix = split_url(launch.storage_url)
+    agent_bucket, agent_prefix = split_url(launch.agent_url)
+    if agent_bucket != bucket:
+        raise BackendError(f"the agent bundle {launch.agent_url} is not in the task's "
+                           f"bucket {bucket}")
+    return MachineBoot(
+        fetcher=fetcher, shell_fetcher=shell_fetcher, fetcher_config=fetcher_config,
+        bundle=agent_prefix, failures=f"{prefix}/reports/boot-failed".lstrip("/"),
+        storage_url=launch.storage_url, hooks=hooks, digest=launch.agent_digest,
+        wheels=tuple(launch.agent_wheels), python_archive=launch.agent_python,
+        imports=("tpi_core.agent", *imports), environment=frozen_map(environment or {}),
+        version=metadata.version("tpi"))
+
+
+def fetcher_program(cloud: str) -> str:
+    """A cloud's whole fetcher program: the shared half (``fetchbase.py``: retries, checked
+    downloads, the verbs and exit codes) followed by the cloud's half (its signing, URLs,
+    listing and group), in one file as a machine runs it."""
+    return _read("fetchbase.py") + "\n\n" + cloud
 
 
 def render(boot: MachineBoot) -> str:

@@ -8,13 +8,13 @@ import re
 import subprocess
 
 from tpi_aws import userdata
+from tpi_core.backend import Launch
 
 STORAGE = "s3://tpi-123456789012-us-west-1/tpi-x-abcdefgh-12345678"
 AGENT = "s3://tpi-123456789012-us-west-1/tpi-agent/0123456789abcdef0123456789abcdef"
-BOOT = userdata.machine_boot(storage_url=STORAGE, agent_url=AGENT,
-                             digest="0123456789abcdef0123456789abcdef",
-                             wheels=("tpi-0.1.0-py3-none-any.whl",), region="us-west-1",
-                             group="tpi-x-abcdefgh-12345678")
+LAUNCH = Launch(STORAGE, 0.0, agent_url=AGENT, agent_digest="0123456789abcdef0123456789abcdef",
+                agent_wheels=("tpi-0.1.0-py3-none-any.whl",))
+BOOT = userdata.machine_boot(LAUNCH, region="us-west-1", group="tpi-x-abcdefgh-12345678")
 
 
 def test_round_trip_through_the_launch_template_encoding():

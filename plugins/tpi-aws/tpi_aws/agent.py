@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from tpi_aws import resources, scaling
 from tpi_aws.client import AwsClient
 from tpi_core.agent.hooks import GroupHooks
+from tpi_core.agent.metadata import MetadataService
 from tpi_core.errors import TransientError
 
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
@@ -24,41 +25,26 @@ _GONE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated",
          "Detaching", "Detached")
 
 
-class Imds:
-    """A small IMDSv2 client (token first, then the metadata paths)."""
+class Imds(MetadataService):
+    """IMDSv2: a session token first (PUT), then ``/latest/meta-data/`` paths with it."""
 
     def __init__(self, endpoint: str | None = None):
-        self.endpoint = (endpoint or os.environ.get(IMDS_ENV) or IMDS_DEFAULT).rstrip("/")
+        super().__init__(endpoint or os.environ.get(IMDS_ENV) or IMDS_DEFAULT)
         self._token: str | None = None
 
-    async def get(self, path: str) -> str | None:
+    async def auth(self, renew: bool) -> dict[str, str]:
+        if self._token is None or renew:
+            status, token = await self.fetch("PUT", "/latest/api/token", headers={
+                "X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+            if status != 200:
+                raise TransientError(f"instance metadata token: HTTP {status}")
+            self._token = token
+        return {"X-aws-ec2-metadata-token": self._token}
+
+    async def get(self, path: str, query: Mapping[str, str] | None = None, *,
+                  timeout: float | None = None) -> str | None:
         """``/latest/meta-data/<path>``; None when the service has no such item (404)."""
-        import aiohttp  # start-up cost: only a machine's agent asks the metadata service
-
-        timeout = aiohttp.ClientTimeout(total=5)
-        try:
-            async with aiohttp.ClientSession(timeout=timeout) as http:
-                return await self._get(http, path)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"instance metadata {path}: {type(exc).__name__}") from exc
-
-    async def _get(self, http, path: str) -> str | None:
-        for _ in range(2):
-            if self._token is None:
-                async with http.put(f"{self.endpoint}/latest/api/token", headers={
-                        "X-aws-ec2-metadata-token-ttl-seconds": "21600"}) as reply:
-                    reply.raise_for_status()
-                    self._token = await reply.text()
-            async with http.get(f"{self.endpoint}/latest/meta-data/{path}",
-                                headers={"X-aws-ec2-metadata-token": self._token}) as reply:
-                if reply.status == 401:  # the token expired: get another one
-                    self._token = None
-                    continue
-                if reply.status == 404:
-                    return None
-                reply.raise_for_status()
-                return await reply.text()
-        return None
+        return await super().get(f"/latest/meta-data/{path}", query, timeout=timeout)
 
 
 class AwsHooks(GroupHooks):
@@ -113,5 +99,6 @@ class AwsHooks(GroupHooks):
 
     async def aclose(self) -> None:
         """Close the clients."""
+        await self.imds.aclose()
         if self._client is not None:
             await self._client.aclose()

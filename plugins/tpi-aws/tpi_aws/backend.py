@@ -32,7 +32,6 @@ from tpi_core.backend import (
     Backend,
     Capability,
     Launch,
-    MachineType,
     Observation,
     TaskRef,
 )
@@ -182,6 +181,7 @@ class AWSBackend(Backend):
     CAPABILITIES = frozenset({Capability.STOP_START, Capability.SPOT, Capability.GPU,
                               Capability.FIND})
     AGENT = ("tpi-aws", "tpi_aws")
+    SIZE_ALIASES = machines.SIZE_ALIASES
 
     def __init__(self, session=None):
         super().__init__()
@@ -324,12 +324,6 @@ class AWSBackend(Backend):
         env = os.environ
         return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region(env)
 
-    @classmethod
-    def machine_types(cls) -> list[MachineType]:
-        """The size aliases and their instance types (the first is the preferred one)."""
-        return [MachineType(alias, ", ".join(types), machines.DETAILS.get(alias, ""))
-                for alias, types in machines.SIZES.items()]
-
     async def aclose(self) -> None:
         """Close every storage handed out and every region's clients."""
         await super().aclose()
@@ -405,10 +399,8 @@ class _Creation:
 
     async def template(self) -> None:
         image = await resources.find_image(self.c, self.image_query)
-        script = userdata.render(userdata.machine_boot(
-            storage_url=self.launch.storage_url, agent_url=self.launch.agent_url,
-            digest=self.launch.agent_digest, wheels=self.launch.agent_wheels,
-            python=self.launch.agent_python, region=self.c.region, group=self.name))
+        script = userdata.render(userdata.machine_boot(self.launch, region=self.c.region,
+                                                       group=self.name))
         data = template_data(image=image, instance_type=self.types[0],
                              security_group=self.group_id, profile_arn=self.profile,
                              disk_size=self.task.disk_size, user_data=userdata.encode(script),

@@ -1,8 +1,5 @@
-"""Size, region and image aliases of AWS (TPI's tables, brought up to date).
-
-Each size alias lists several equivalent instance types, cheapest-first by convention: the
-first is the launch template's type, and a spot group may use any of them, which spares
-the capacity failures of TPI's single type. Native names pass through unchanged.
+"""Size, region and image aliases of AWS. The size and region tables are data
+(``machines.toml``); native names pass through unchanged, checked against EC2's families.
 """
 
 from __future__ import annotations
@@ -14,50 +11,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from tpi_core.errors import UsageError
-from tpi_core.machines import Aliases, did_you_mean, normal
+from tpi_core.machines import did_you_mean, load, normal
 
-SIZES: dict[str, tuple[str, ...]] = {
-    "s": ("t3.micro", "t3a.micro", "t2.micro"),
-    "m": ("m5.2xlarge", "m6i.2xlarge", "m6a.2xlarge", "m5a.2xlarge", "m7i.2xlarge"),
-    "l": ("m5.8xlarge", "m6i.8xlarge", "m6a.8xlarge", "m5a.8xlarge", "m7i.8xlarge"),
-    "xl": ("m5.16xlarge", "m6i.16xlarge", "m6a.16xlarge", "m5a.16xlarge", "m7i.16xlarge"),
-    "m+t4": ("g4dn.xlarge", "g4dn.2xlarge"),
-    "m+k80": ("p2.xlarge",),
-    "l+k80": ("p2.8xlarge",),
-    "xl+k80": ("p2.16xlarge",),
-    # TPI maps m+v100 to p3.xlarge, which does not exist: P3 starts at p3.2xlarge
-    "m+v100": ("p3.2xlarge",),
-    "l+v100": ("p3.8xlarge",),
-    "xl+v100": ("p3.16xlarge", "p3dn.24xlarge"),
-    "m+a10g": ("g5.xlarge", "g5.2xlarge"),
-    "l+a10g": ("g5.12xlarge", "g5.24xlarge"),
-    "xl+a10g": ("g5.48xlarge",),
-    "m+l4": ("g6.xlarge", "g6.2xlarge"),
-    "l+l4": ("g6.12xlarge", "g6.24xlarge"),
-    "xl+l4": ("g6.48xlarge",),
-    "xl+a100": ("p4d.24xlarge", "p4de.24xlarge"),
-    "xl+h100": ("p5.48xlarge",),
-}
-
-DETAILS = {
-    "s": "1-2 vCPU, 1 GiB", "m": "8 vCPU, 32 GiB", "l": "32 vCPU, 128 GiB",
-    "xl": "64 vCPU, 256 GiB", "m+t4": "4 vCPU, 16 GiB, 1x T4",
-    "m+k80": "4 vCPU, 61 GiB, 1x K80 (retired hardware)",
-    "l+k80": "32 vCPU, 488 GiB, 8x K80 (retired hardware)",
-    "xl+k80": "64 vCPU, 732 GiB, 16x K80 (retired hardware)",
-    "m+v100": "8 vCPU, 61 GiB, 1x V100", "l+v100": "32 vCPU, 244 GiB, 4x V100",
-    "xl+v100": "64 vCPU, 488 GiB, 8x V100", "m+a10g": "4 vCPU, 16 GiB, 1x A10G",
-    "l+a10g": "48 vCPU, 192 GiB, 4x A10G", "xl+a10g": "192 vCPU, 768 GiB, 8x A10G",
-    "m+l4": "4 vCPU, 16 GiB, 1x L4", "l+l4": "48 vCPU, 192 GiB, 4x L4",
-    "xl+l4": "192 vCPU, 768 GiB, 8x L4", "xl+a100": "96 vCPU, 1152 GiB, 8x A100",
-    "xl+h100": "192 vCPU, 2048 GiB, 8x H100",
-}
-
-REGIONS = {"us-east": "us-east-1", "us-west": "us-west-1",
-           "eu-north": "eu-north-1", "eu-west": "eu-west-1"}
-
-SIZE_ALIASES = Aliases("machine", SIZES, "an EC2 instance type")
-REGION_ALIASES = Aliases("region", REGIONS, "an AWS region")
+VOCABULARY = load(__package__, native_size="an EC2 instance type", native_region="an AWS region")
+SIZE_ALIASES, REGION_ALIASES = VOCABULARY.sizes, VOCABULARY.regions
+SIZES, REGIONS = SIZE_ALIASES.table, REGION_ALIASES.table
 
 
 @dataclass(frozen=True, slots=True)
