@@ -215,7 +215,22 @@ class Backend(ABC):
 
     async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
         """Rehearse a spot loss of one replica's machine (``tpi debug preempt``): what
-        happened, in one line. A backend with :attr:`Capability.SPOT` implements it."""
+        happened, in one line. By default, for a cloud whose machines claim replicas by
+        lease (:mod:`tpi_core.agent.lease`): the lease's holder is lost through
+        :meth:`lose_machine`."""
+        # start-up cost: the tpi_core.agent package imports the whole agent
+        from tpi_core.agent.lease import holder
+
+        machine = await holder(await self.storage(ref), replica)
+        if machine is None:
+            raise UsageError(f"replica {replica} of task {ref.task_id} holds no machine "
+                             "(not started yet?)")
+        lost = await self.lose_machine(ref, machine, grace)
+        return f"preempted replica {replica} of task {ref.task_id}: {lost}"
+
+    async def lose_machine(self, ref: TaskRef, machine: str, grace: float) -> str:
+        """What a spot loss does to one machine of the task, as the cloud does it (its
+        group replaces the machine); what was done, in a few words."""
         raise BackendError(f"backend {self.NAME!r} cannot rehearse a preemption")
 
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:

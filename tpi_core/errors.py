@@ -174,6 +174,16 @@ def error_for(code: str, status: int | None,
 ErrorMap = Mapping[type[BaseException], type[TpiError] | Callable[[BaseException], TpiError]]
 
 
+def unmapped(exc: BaseException, what: str = "",
+             transient: tuple[type[BaseException], ...] = ()) -> TpiError:
+    """The tpi error for an SDK exception no code table names: a network failure (an
+    ``OSError``, or one of the SDK's ``transient`` classes) is transient, the rest a
+    :class:`BackendError` that names the exception's class."""
+    prefix = f"{what}: " if what else ""
+    cls = TransientError if isinstance(exc, (OSError, *transient)) else BackendError
+    return cls(f"{prefix}{type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
 def map_errors(mapping: ErrorMap) -> Iterator[None]:
     """Translate foreign exceptions into the tpi tree (httpcore's ``map_exceptions``).

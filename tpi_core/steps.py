@@ -25,6 +25,15 @@ async def nothing() -> None:
     return None
 
 
+def creates(creation: object | None) -> Callable[[str], Action]:
+    """``make(name)`` for a step list: the ``name`` method of ``creation`` (an object with a
+    method per resource), or :func:`nothing` when the steps are built from a task id alone
+    (a destroy) and ``creation`` is None."""
+    if creation is None:
+        return lambda name: nothing
+    return lambda name: getattr(creation, name)
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One resource: how to create it and how to delete it."""

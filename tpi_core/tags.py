@@ -9,7 +9,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from tpi_core.backend import TaskRef
@@ -51,3 +51,18 @@ class OwnTags:
             region = tags.get(self.region, region)
         return TaskRef(task_id, cloud, region, tags.get(self.name, ""),
                        tags.get(self.container, ""))
+
+    def found(self, tagged: Iterable[Mapping[str, str]], prefixes: Iterable[str], cloud: str,
+              region: str = "") -> list[TaskRef]:
+        """The tasks of one region: from the tags of resources (a group, a scale set), then
+        from the task prefixes of tpi's own bucket that no resource names (a task whose
+        machines are gone but whose storage stays)."""
+        refs: dict[str, TaskRef] = {}
+        for tags in tagged:
+            ref = self.ref(tags, cloud, region)
+            if ref is not None:
+                refs.setdefault(ref.task_id, ref)
+        for prefix in prefixes:
+            if is_task_id(prefix) and prefix not in refs:
+                refs[prefix] = TaskRef(prefix, cloud, region)
+        return list(refs.values())

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import anyio
 
 from tpi_core.agent import lease, preempt
+from tpi_core.agent.metadata import MetadataService
 from tpi_core.errors import TpiError, UsageError
 from tpi_core.model import ReplicaStatus
 from tpi_core.storage import Storage
@@ -62,8 +63,15 @@ class GroupHooks(AgentHooks):
     """Hooks of a machine in a cloud's group: the replica is claimed by lease
     (:mod:`tpi_core.agent.lease`) and the notice polled (:mod:`tpi_core.agent.preempt`).
 
-    A cloud gives :meth:`machine_id`, :meth:`alive`, :meth:`preempted` and :meth:`leave`.
+    A cloud gives :meth:`alive`, :meth:`preempted` and :meth:`leave`, and its machine's
+    :attr:`metadata` service with the :attr:`machine_id_path` there (or :meth:`machine_id`).
     """
+
+    metadata: MetadataService | None = None
+    """The machine's metadata service (a cloud's ``__init__`` sets it)."""
+    machine_id_path = ""
+    """Where :attr:`metadata` tells this machine's id."""
+    _machine: str | None = None
 
     notice_interval = 5.0
     """Seconds between two looks at the preemption notice."""
@@ -73,8 +81,13 @@ class GroupHooks(AgentHooks):
     """Seconds a machine waits for a replica to free up before it leaves the group."""
 
     async def machine_id(self) -> str:
-        """This machine's id in the group (what its lease holds)."""
-        raise NotImplementedError
+        """This machine's id in the group (what its lease holds), asked of the metadata
+        service once."""
+        if self._machine is None:
+            if self.metadata is None:
+                raise NotImplementedError("a cloud's hooks give their metadata service")
+            self._machine = await self.metadata.get(self.machine_id_path)
+        return self._machine
 
     async def alive(self, machine: str) -> bool:
         """Whether ``machine`` is a live member of the task's group."""
@@ -111,6 +124,11 @@ class GroupHooks(AgentHooks):
     async def wait_for_preemption(self) -> None:
         """Return once :meth:`preempted` says yes (asked every ``notice_interval``)."""
         await preempt.poll_notice(self.preempted, self.notice_interval)
+
+    async def aclose(self) -> None:
+        """Close the metadata service's connections (a subclass closes its clients too)."""
+        if self.metadata is not None:
+            await self.metadata.aclose()
 
 
 def load_hooks(spec: str | None) -> AgentHooks:

@@ -20,13 +20,15 @@ from tpi_core.transport.pool import Pool
 
 
 class MetadataService:
-    """GETs of one metadata service; ``headers`` go with every request."""
+    """GETs of one metadata service, of paths under ``root`` (``/latest/meta-data/``,
+    ``/computeMetadata/v1/``); ``headers`` go with every request."""
 
     timeout = 5.0
     """Seconds a plain answer may take (the service is on the machine's own host)."""
 
-    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None):
-        self.endpoint = endpoint.rstrip("/")
+    def __init__(self, endpoint: str, root: str = "/",
+                 headers: Mapping[str, str] | None = None):
+        self.endpoint, self.root = endpoint.rstrip("/"), root
         self.headers = dict(headers or {})
         self._pool: Pool | None = None
 
@@ -37,12 +39,12 @@ class MetadataService:
 
     async def get(self, path: str, query: Mapping[str, str] | None = None, *,
                   timeout: float | None = None) -> str | None:
-        """The text at ``path`` (from the endpoint's root); None when the service has no
-        such item. ``timeout`` None: the class's; a long wait (GCE's ``wait_for_change``)
-        passes its own."""
+        """The text at ``path`` under the root; None when the service has no such item.
+        ``timeout`` None: the class's; a long wait (GCE's ``wait_for_change``) passes its
+        own."""
         for attempt in range(2):
-            status, text = await self.fetch("GET", path, query, await self.auth(attempt > 0),
-                                            timeout=timeout)
+            status, text = await self.fetch("GET", self.root + path, query,
+                                            await self.auth(attempt > 0), timeout=timeout)
             if status == 401 and attempt == 0:
                 continue  # a session token that expired: get another one
             if status == 404:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from tpi_core.errors import IntegrityError, TpiError
 from tpi_core.transport.exceptions import BodyMismatch, NetworkError, UntrustedCertificate
@@ -28,6 +29,18 @@ KEEPALIVE = 4.0
 """Local servers (node's default is 5 s) drop idle connections sooner than clouds do
 (about 20 s); reusing one they already closed costs a failed request, so give them up
 first."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_base(url: str) -> tuple[str, str, str]:
+    """``(origin, host, path)`` of a bucket's or container's base URL; the host without the
+    scheme's default port, as a Host header and a signature carry it."""
+    parts = urlsplit(url.rstrip("/"))
+    port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
+    host = f"{parts.hostname}:{port}" if port else f"{parts.hostname}"
+    return f"{parts.scheme}://{host}", host, parts.path
 
 
 class Endpoint:

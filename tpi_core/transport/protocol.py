@@ -48,3 +48,16 @@ class ObjectProtocol(Protocol):
         """Headers that make a later request fail unless the object still has ``version``
         (S3 and Azure: If-Match), so ranges of one object never mix two versions."""
         ...
+
+
+class ETagVersions:
+    """:meth:`ObjectProtocol.version` and :meth:`ObjectProtocol.pinned` of a service whose
+    objects carry an ETag and that honours If-Match (S3, Azure Blob)."""
+
+    def version(self, headers: Mapping[str, str]) -> str:
+        """The ETag, without quotes."""
+        return headers.get("ETag", "").strip('"')
+
+    def pinned(self, version: str) -> dict[str, str]:
+        """If-Match: the service answers 412 once the object is another."""
+        return {"If-Match": f'"{version}"'}

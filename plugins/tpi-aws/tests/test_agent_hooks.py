@@ -107,7 +107,7 @@ class Group:
 
 def make_hooks(instance: str, group: Group) -> AwsHooks:
     hooks = AwsHooks(Imds("http://127.0.0.1:9"))
-    hooks._instance = instance
+    hooks._machine = instance
     hooks.claim_settle = 0.05
     hooks.claim_patience = 0.3
 
@@ -175,7 +175,7 @@ async def test_on_exit_leaves_the_group_and_tolerates_being_gone(monkeypatch):
     monkeypatch.setattr(hooks_module.scaling, "leave_group", leave_group)
     monkeypatch.setattr(hooks_module.scaling, "group_of_instance", group_of_instance)
     hooks = AwsHooks(Imds("http://127.0.0.1:9"), client=object())
-    hooks._instance = "i-self"
+    hooks._machine = "i-self"
     await hooks.on_exit(ReplicaStatus(0, ReplicaState.SUCCEEDED))
     alive["i-self"] = False
     await hooks.on_exit(ReplicaStatus(0, ReplicaState.SUCCEEDED))

@@ -141,7 +141,7 @@ def test_task_policy_reaches_only_the_tasks_own_things():
 
 
 def test_task_tags_keep_tpi_keys():
-    tags = aws.task_tags("tpi-x", {"tpi:task": "forged", "team": "ml"}, "train", "bkt/p")
+    tags = aws.TAGS.tags("tpi-x", {"tpi:task": "forged", "team": "ml"}, "train", "bkt/p")
     assert tags == {"tpi:task": "tpi-x", "tpi:managed": "true", "tpi:name": "train",
                     "tpi:container": "bkt/p", "team": "ml"}
 

@@ -69,33 +69,27 @@ class Connection:
     async def _open(self) -> None:
         self._stack = AsyncExitStack()
         try:
-            if await self._open_from_env():
-                return
-            self._session = _session.new_core_session(self.region)
-            endpoint = self.endpoint_url or _session.configured_endpoint(self._session, "s3")
+            # keys and an endpoint in the environment alone: the fast path without botocore
+            # (the client, if ever needed, still comes from botocore's own session)
+            env = _session.env_settings(self.region)
+            if env is None:
+                self._session = _session.new_core_session(self.region)
+            endpoint = self.endpoint_url or (
+                env.endpoint if env else _session.configured_endpoint(self._session, "s3"))
             if endpoint and _use_path_style(self._session, endpoint):
                 self._path_style, self.endpoint_url = True, endpoint
                 bucket_url = f"{endpoint.rstrip('/')}/{quote(self.bucket, safe='')}"
-                self._wire = await self._new_wire(bucket_url, _session.region_of(self._session))
+                if env:
+                    self._wire = self._keep(Wire(bucket_url, env.region, env.credentials,
+                                                 pool=POOL, ca_bundle=env.ca_bundle))
+                else:
+                    self._wire = await self._new_wire(bucket_url,
+                                                      _session.region_of(self._session))
             else:
                 await self._open_aws()
         except BaseException:
             await self.aclose()
             raise
-
-    async def _open_from_env(self) -> bool:
-        """The fast path to an endpoint the environment names, without botocore (the
-        client, if ever needed, still comes from botocore's own session)."""
-        env = _session.env_settings(self.region)
-        endpoint = self.endpoint_url or (env.endpoint if env else None)
-        if env is None or not endpoint or not _use_path_style(None, endpoint):
-            return False
-        self._path_style, self.endpoint_url = True, endpoint
-        bucket_url = f"{endpoint.rstrip('/')}/{quote(self.bucket, safe='')}"
-        self._wire = Wire(bucket_url, env.region, env.credentials, pool=POOL,
-                          ca_bundle=env.ca_bundle)
-        self._stack.push_async_callback(self._wire.aclose)
-        return True
 
     async def _open_aws(self) -> None:
         self._client = await self._new_client()
@@ -111,8 +105,11 @@ class Connection:
         self._wire = await self._new_wire(bucket_url, self._client.meta.region_name)
 
     async def _new_wire(self, bucket_url: str, region: str | None) -> Wire:
-        wire = Wire(bucket_url, region or "us-east-1", await self._session.get_credentials(),
-                    pool=POOL, ca_bundle=self._session.get_config_variable("ca_bundle"))
+        return self._keep(Wire(bucket_url, region or "us-east-1",
+                               await self._session.get_credentials(), pool=POOL,
+                               ca_bundle=self._session.get_config_variable("ca_bundle")))
+
+    def _keep(self, wire: Wire) -> Wire:
         self._stack.push_async_callback(wire.aclose)
         return wire
 

@@ -88,27 +88,18 @@ def s3_addressing(session: AioSession) -> str:
 
 
 class Frozen(NamedTuple):
-    """Credentials as botocore's ``get_frozen_credentials`` gives them."""
+    """Credentials as botocore's ``get_frozen_credentials`` gives them; read once from the
+    environment, they stand for themselves (they never refresh)."""
 
     access_key: str
     secret_key: str
     token: str | None
 
 
-class StaticCredentials:
-    """Credentials read once from the environment (they never refresh)."""
-
-    def __init__(self, frozen: Frozen):
-        self._frozen = frozen
-
-    async def get_frozen_credentials(self) -> Frozen:
-        return self._frozen
-
-
 class EnvSettings(NamedTuple):
     """What the S3 fast path needs, when the environment alone decides it."""
 
-    credentials: StaticCredentials
+    credentials: Frozen
     region: str
     endpoint: str | None
     ca_bundle: str | None
@@ -123,7 +114,7 @@ def env_settings(region: str | None) -> EnvSettings | None:
     if not key or not secret or _config_may_matter(env):
         return None
     token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
-    return EnvSettings(StaticCredentials(Frozen(key, secret, token)),
+    return EnvSettings(Frozen(key, secret, token),
                        region or env.get("AWS_DEFAULT_REGION") or "us-east-1",
                        _env_endpoint(env), env.get("AWS_CA_BUNDLE") or None)
 

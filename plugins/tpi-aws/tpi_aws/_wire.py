@@ -19,14 +19,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 
+from tpi_aws._session import Frozen
 from tpi_aws._sigv4 import Signer
 from tpi_aws.errors import from_answer, translate
 from tpi_core.errors import TpiError
-from tpi_core.transport.endpoint import Endpoint
+from tpi_core.transport.endpoint import Endpoint, split_base
+from tpi_core.transport.protocol import ETagVersions
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 CA_HINT = "AWS_CA_BUNDLE names a CA file to trust"
 Listed = tuple[str, int, str, float]
 
@@ -38,7 +39,7 @@ def is_md5_etag(etag: str, headers: Any) -> bool:
     return len(etag) == 32 and "-" not in etag and not sse.startswith("aws:kms") and not customer
 
 
-class S3Protocol:
+class S3Protocol(ETagVersions):
     """S3's part of a request (:class:`~tpi_core.transport.protocol.ObjectProtocol`)."""
 
     def __init__(self, host: str, root: str, region: str, credentials: Any):
@@ -69,20 +70,13 @@ class S3Protocol:
         etag = headers.get("ETag", "").strip('"')
         return etag if is_md5_etag(etag, headers) else None
 
-    def version(self, headers: Mapping[str, str]) -> str:
-        """The ETag, without quotes."""
-        return headers.get("ETag", "").strip('"')
-
-    def pinned(self, version: str) -> dict[str, str]:
-        """If-Match: S3 answers 412 once the object is another."""
-        return {"If-Match": f'"{version}"'}
-
     async def _current_signer(self) -> Signer:
         if self._credentials is None:
             from botocore.exceptions import NoCredentialsError
 
             raise translate(NoCredentialsError())
-        frozen = await self._credentials.get_frozen_credentials()
+        frozen = self._credentials if isinstance(self._credentials, Frozen) \
+            else await self._credentials.get_frozen_credentials()
         if self._signer is None or self._signer[0] != frozen:
             # refreshed credentials get a new signer; until then the same one is reused
             self._signer = (frozen, Signer(frozen.access_key, frozen.secret_key,
@@ -95,11 +89,8 @@ class Wire(Endpoint):
 
     def __init__(self, bucket_url: str, region: str, credentials: Any, *, pool: int,
                  ca_bundle: str | None = None):
-        parts = urlsplit(bucket_url.rstrip("/"))
-        port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
-        host = f"{parts.hostname}:{port}" if port else f"{parts.hostname}"
-        super().__init__(f"{parts.scheme}://{host}",
-                         S3Protocol(host, parts.path, region, credentials), pool=pool,
+        origin, host, root = split_base(bucket_url)
+        super().__init__(origin, S3Protocol(host, root, region, credentials), pool=pool,
                          ca_bundle=ca_bundle, ca_hint=CA_HINT)
 
     async def list_pages(self, prefix: str, what: str,

@@ -29,7 +29,8 @@ class Imds(MetadataService):
     """IMDSv2: a session token first (PUT), then ``/latest/meta-data/`` paths with it."""
 
     def __init__(self, endpoint: str | None = None):
-        super().__init__(endpoint or os.environ.get(IMDS_ENV) or IMDS_DEFAULT)
+        super().__init__(endpoint or os.environ.get(IMDS_ENV) or IMDS_DEFAULT,
+                         "/latest/meta-data/")
         self._token: str | None = None
 
     async def auth(self, renew: bool) -> dict[str, str]:
@@ -41,11 +42,6 @@ class Imds(MetadataService):
             self._token = token
         return {"X-aws-ec2-metadata-token": self._token}
 
-    async def get(self, path: str, query: Mapping[str, str] | None = None, *,
-                  timeout: float | None = None) -> str | None:
-        """``/latest/meta-data/<path>``; None when the service has no such item (404)."""
-        return await super().get(f"/latest/meta-data/{path}", query, timeout=timeout)
-
 
 class AwsHooks(GroupHooks):
     """Hooks of the agent on EC2 (``--hooks tpi_aws.agent:AwsHooks``)."""
@@ -53,18 +49,11 @@ class AwsHooks(GroupHooks):
     notice_interval = float(os.environ.get("TPI_AWS_NOTICE_INTERVAL") or 5.0)
     """Seconds between two looks at the spot notice (AWS suggests 5)."""
 
+    machine_id_path = "instance-id"
+
     def __init__(self, imds: Imds | None = None, client: AwsClient | None = None):
-        self.imds = imds or Imds()
+        self.metadata = self.imds = imds or Imds()
         self._client = client
-        self._instance: str | None = None
-
-    async def instance_id(self) -> str:
-        """This machine's instance id."""
-        if self._instance is None:
-            self._instance = await self.imds.get("instance-id")
-        return self._instance
-
-    machine_id = instance_id
 
     async def aws(self) -> AwsClient:
         """The region's clients (region from the unit's environment, else the metadata)."""
@@ -99,6 +88,6 @@ class AwsHooks(GroupHooks):
 
     async def aclose(self) -> None:
         """Close the clients."""
-        await self.imds.aclose()
+        await super().aclose()
         if self._client is not None:
             await self._client.aclose()

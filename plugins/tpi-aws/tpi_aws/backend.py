@@ -36,10 +36,9 @@ from tpi_core.backend import (
     TaskRef,
 )
 from tpi_core.errors import ResourceNotFound, UsageError, check_fields
-from tpi_core.identifier import is_task_id
 from tpi_core.model import Event, Task, epoch_seconds
 from tpi_core.retry import poll
-from tpi_core.steps import Action, Step, nothing
+from tpi_core.steps import Step, creates
 from tpi_core.storage import Storage, split_url
 from tpi_core.tags import OwnTags
 
@@ -47,12 +46,6 @@ _PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.
 TAGS = OwnTags(resources.TAG_TASK, resources.TAG_MANAGED, resources.TAG_NAME,
                resources.TAG_CONTAINER)
 """tpi's own tags on AWS resources (the region is the resource's own)."""
-
-
-def task_tags(task_id: str, tags: Mapping[str, str], name: str = "",
-              container: str = "") -> dict[str, str]:
-    """The tags of every resource of a task; tpi's own keys win over the task's."""
-    return TAGS.tags(task_id, tags, name, container)
 
 
 OBJECT_TAG_LIMIT = 10
@@ -122,16 +115,11 @@ async def observation(c: AwsClient, name: str) -> Observation:
             if i.get("LifecycleState") in _LIVE]
     events = [*map(activity_event, activities),
               *(e for i in instances for e in instance_events(i))]
+    launched = [epoch_seconds(i["LaunchTime"]) for i in instances
+                if i.get("InstanceId") in live and i.get("LaunchTime")]
     return Observation(True, len(live), group.get("DesiredCapacity", 0),
                        tuple(sorted(events, key=lambda e: e.time)),
-                       first_up=first_launch(instances, live))
-
-
-def first_launch(instances: list[dict], live: list[str]) -> float | None:
-    """The earliest LaunchTime of the live instances EC2 lists, or None."""
-    times = [epoch_seconds(i["LaunchTime"]) for i in instances
-             if i.get("InstanceId") in live and i.get("LaunchTime")]
-    return min(times, default=None)
+                       first_up=min(launched, default=None))
 
 
 def activity_event(activity: dict) -> Event:
@@ -162,16 +150,11 @@ def instance_events(instance: dict) -> list[Event]:
 
 async def find_tasks(c: AwsClient, bucket: str) -> list[TaskRef]:
     """Tasks of a region: tagged groups, then task prefixes of the tpi bucket."""
-    refs: dict[str, TaskRef] = {}
-    for group in await scaling.tagged_groups(c):
-        ref = TAGS.ref({t["Key"]: t["Value"] for t in group.get("Tags", [])}, "aws", c.region)
-        if ref is not None:
-            refs[ref.task_id] = ref
-    if await resources.bucket_exists(c, bucket):
-        for prefix in await resources.task_prefixes(c, bucket):
-            if is_task_id(prefix) and prefix not in refs:
-                refs[prefix] = TaskRef(prefix, "aws", c.region)
-    return list(refs.values())
+    groups = [{t["Key"]: t["Value"] for t in group.get("Tags", [])}
+              for group in await scaling.tagged_groups(c)]
+    prefixes = await resources.task_prefixes(c, bucket) \
+        if await resources.bucket_exists(c, bucket) else []
+    return TAGS.found(groups, prefixes, "aws", c.region)
 
 
 class AWSBackend(Backend):
@@ -206,27 +189,23 @@ class AWSBackend(Backend):
 
     async def storage(self, ref: TaskRef, *, create: Task | None = None) -> Storage:
         """The task's prefix: in the tpi bucket of the account and region, or the container."""
-        from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
-
-        c = self.client(ref.region)
         bucket, prefix = await self.bucket_location(ref)
-        region = ref.container_opts.get("region") or c.region
         if create:
-            await self._ensure_bucket(c, bucket, ref)
-        url, tagging = f"s3://{bucket}/{prefix}", object_tagging(ref)
-        return self.kept_storage((url, region, tagging), lambda: S3Storage.from_url(
-            url, region=region, tagging=tagging))
+            await self._ensure_bucket(self.client(ref.region), bucket, ref)
+        return self._s3(ref, f"s3://{bucket}/{prefix}", object_tagging(ref))
 
     async def agent_storage(self, ref: TaskRef) -> Storage:
         """``tpi-agent/`` of the task's bucket: shared by the bucket's tasks."""
+        bucket, _ = await self.bucket_location(ref)
+        return self._s3(ref, f"s3://{bucket}/{AGENT_PREFIX}",
+                        urlencode({resources.TAG_MANAGED: "true"}))
+
+    def _s3(self, ref: TaskRef, url: str, tagging: str) -> Storage:
         from tpi_aws.storage import S3Storage  # start-up cost: the HTTP stack, when used
 
-        c = self.client(ref.region)
-        bucket, _ = await self.bucket_location(ref)
-        region = ref.container_opts.get("region") or c.region
-        url = f"s3://{bucket}/{AGENT_PREFIX}"
-        return self.kept_storage((url, region, ""), lambda: S3Storage.from_url(
-            url, region=region, tagging=urlencode({resources.TAG_MANAGED: "true"})))
+        region = ref.container_opts.get("region") or self.client(ref.region).region
+        return self.kept_storage((url, region, tagging), lambda: S3Storage.from_url(
+            url, region=region, tagging=tagging))
 
     async def own_bucket(self, ref: TaskRef) -> str:
         """``tpi-<account>-<region>``."""
@@ -256,7 +235,7 @@ class AWSBackend(Backend):
         deleted from the task id alone."""
         c, name = self.client(ref.region), ref.task_id
         parameter = resources.parameter_name(name)
-        make = _Creation(self, task, launch).action if task and launch else _no_create
+        make = creates(_Creation(self, task, launch) if task and launch else None)
         # the global role comes first, so it is deleted last: only once the task's regional
         # resources are gone (a destroy in the wrong region must not strip a live task)
         return [
@@ -282,21 +261,11 @@ class AWSBackend(Backend):
         """Scale the task's group (stop: 0, start: parallelism)."""
         await scaling.set_capacity(self.client(ref.region), ref.task_id, machines)
 
-    async def preempt(self, ref: TaskRef, replica: int, grace: float) -> str:
-        """What a spot loss does: terminate the instance that holds the replica (its lease),
-        without lowering the group's capacity, so the group launches a replacement. The
-        shutdown gives the agent SIGTERM, and the unit's stop timeout, to flush."""
-        # start-up cost: the tpi_core.agent package imports the whole agent
-        from tpi_core.agent.lease import holder
-
-        instance = await holder(await self.storage(ref), replica)
-        if instance is None:
-            raise UsageError(f"replica {replica} of task {ref.task_id} holds no machine "
-                             "(not started yet?)")
-        c = self.client(ref.region)
-        await c.call("ec2", "terminate_instances", InstanceIds=[instance])
-        return (f"preempted replica {replica} of task {ref.task_id}: terminated instance "
-                f"{instance}; its group launches a replacement")
+    async def lose_machine(self, ref: TaskRef, machine: str, grace: float) -> str:
+        """Terminate the instance without lowering the group's capacity, as a spot loss
+        does; the shutdown gives the agent SIGTERM, and the unit's stop timeout, to flush."""
+        await self.client(ref.region).call("ec2", "terminate_instances", InstanceIds=[machine])
+        return f"terminated instance {machine}; its group launches a replacement"
 
     async def wait_stopped(self, ref: TaskRef, timeout: float) -> bool:
         """Until EC2 has no instance of the task left that could still be flushing (the
@@ -353,10 +322,6 @@ def _check_permission_set(value: str) -> None:
                          "(arn:aws:iam::<account>:instance-profile/<name>)")
 
 
-def _no_create(action: str) -> Action:
-    return nothing  # a step built from the ref alone creates nothing
-
-
 class _Creation:
     """The create side of one task's steps; each step looks up what it needs again, so a
     second run (apply twice, ``tpi start``) gives the same resources."""
@@ -365,14 +330,10 @@ class _Creation:
         self.backend, self.task, self.launch = backend, task, launch
         self.c = backend.client(task.region)
         self.name = task.id
-        self.tags = task_tags(task.id, task.tags, task.name, task.storage.container)
+        self.tags = TAGS.tags(task.id, task.tags, task.name, task.storage.container)
         self.types = machines.instance_types(task.machine)
         self.image_query = machines.image(task.image)
         _check_permission_set(task.permission_set)
-
-    def action(self, name: str) -> Action:
-        """The create of the resource ``name`` (a method of this class)."""
-        return getattr(self, name)
 
     async def security_group(self) -> None:
         vpc = await resources.default_vpc(self.c)

@@ -70,8 +70,8 @@ ERROR_CODES: dict[str, type[errors.TpiError]] = {
 
 def translate(exc: BaseException, what: str = "") -> errors.TpiError:
     """The tpi error for a botocore/aiohttp exception; the message names the code."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError,
-                                     NoCredentialsError, ReadTimeoutError)
+    from botocore.exceptions import (ClientError, ConnectionError, NoCredentialsError,
+                                     ReadTimeoutError)
 
     prefix = f"{what}: " if what else ""
     if isinstance(exc, ClientError):
@@ -81,11 +81,7 @@ def translate(exc: BaseException, what: str = "") -> errors.TpiError:
     if isinstance(exc, NoCredentialsError):
         return errors.PermissionDenied(f"{prefix}no AWS credentials found "
                                        "(set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
-    if isinstance(exc, (ConnectionError, ReadTimeoutError, OSError)):
-        return errors.TransientError(f"{prefix}{type(exc).__name__}: {exc}")
-    if isinstance(exc, BotoCoreError):
-        return errors.BackendError(f"{prefix}{exc}")
-    return errors.BackendError(f"{prefix}{type(exc).__name__}: {exc}")
+    return errors.unmapped(exc, what, (ConnectionError, ReadTimeoutError))
 
 
 def from_answer(code: str, message: str, status: int | None, what: str = "") -> errors.TpiError:
