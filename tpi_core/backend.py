@@ -31,8 +31,9 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from tpi_core.agent.lease import holder
 from tpi_core.concurrent import task_group
 from tpi_core.errors import BackendError, TpiError, UsageError
 from tpi_core.machines import Aliases
@@ -40,6 +41,9 @@ from tpi_core.model import Event, Task, frozen_map
 from tpi_core.retry import poll
 from tpi_core.steps import Step
 from tpi_core.storage import Storage
+
+if TYPE_CHECKING:
+    from tpi_core.boot.bundle import Bundle
 
 
 class Capability(enum.Enum):
@@ -94,6 +98,12 @@ class Observation:
     supervisor killed): nothing will run it until ``apply`` or ``start`` brings it back."""
     first_up: float | None = None
     """When the first of the running machines came up (epoch seconds), if the cloud says."""
+    failed: Mapping[int, str] = field(default_factory=frozen_map)
+    """Replicas the cloud gave up on before their agent could say (a container that cannot
+    start), by replica, with why; a replica whose report is final keeps it."""
+    waiting: Mapping[int, str] = field(default_factory=frozen_map)
+    """Why replicas the cloud wants are not running yet (an image that cannot be pulled, no
+    node that fits), by replica."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +153,15 @@ class Backend(ABC):
     agent with, e.g. ``("tpi-aws", "tpi_aws")``. When set, apply puts an agent bundle
     (:mod:`tpi_core.boot.bundle`) into :meth:`agent_storage` and passes its URL in
     :class:`Launch`; the machines boot with :func:`tpi_core.boot.script.render`."""
+    AGENT_VENDORED: ClassVar[tuple[str, ...]] = ()
+    """Third-party distributions whose wheels the bundle carries (pure Python): for
+    machines that install it with no package index (a pod, from a ConfigMap)."""
     SIZE_ALIASES: ClassVar[Aliases | None] = None
     """The backend's size aliases, for ``tpi machines`` (:func:`tpi_core.machines.load`)."""
 
     def __init__(self) -> None:
         self._storages: dict[Hashable, Storage] = {}
+        self._bundles: dict[tuple, Bundle] = {}
 
     def kept_storage(self, key: Hashable, make: Callable[[], Storage], *,
                      renew: bool = False) -> Storage:
@@ -184,6 +198,31 @@ class Backend(ABC):
         region, or per storage account (Azure). Only backends on an object store have one."""
         raise NotImplementedError(f"the {self.NAME} backend keeps no bucket of its own")
 
+    def agent_distributions(self, ref: TaskRef) -> list[tuple[str, str]]:
+        """The tpi distributions the task's machines run (besides the core): :attr:`AGENT`."""
+        return [self.AGENT] if self.AGENT else []
+
+    def agent_bundle(self, ref: TaskRef) -> Bundle:
+        """The agent bundle of the task's machines, built once per set of distributions (a
+        blocking call: it reads and zips the installed packages)."""
+        # packaging: only for a backend with machines
+        from tpi_core.boot.bundle import build
+
+        key = (tuple(self.agent_distributions(ref)), self.AGENT_VENDORED)
+        if key not in self._bundles:
+            self._bundles[key] = build(list(key[0]), vendored=self.AGENT_VENDORED)
+        return self._bundles[key]
+
+    async def publish_agent(self, ref: TaskRef, built: Bundle) -> tuple[str, bool]:
+        """Put the bundle where the task's machines read it: its URL, and whether it was
+        uploaded now (else it was in place already). Default: ``<digest>/`` under
+        :meth:`agent_storage`."""
+        from tpi_core.boot.bundle import publish
+
+        place = await self.agent_storage(ref)
+        prefix, uploaded = await publish(built, place)
+        return place.child(prefix).url, uploaded
+
     async def agent_storage(self, ref: TaskRef) -> Storage:
         """Where agent bundles are kept for the task, one ``<digest>/`` each; the task's
         machines must be able to read it. Default: ``.tpi-agent/`` of the task's storage
@@ -218,9 +257,6 @@ class Backend(ABC):
         happened, in one line. By default, for a cloud whose machines claim replicas by
         lease (:mod:`tpi_core.agent.lease`): the lease's holder is lost through
         :meth:`lose_machine`."""
-        # start-up cost: the tpi_core.agent package imports the whole agent
-        from tpi_core.agent.lease import holder
-
         machine = await holder(await self.storage(ref), replica)
         if machine is None:
             raise UsageError(f"replica {replica} of task {ref.task_id} holds no machine "

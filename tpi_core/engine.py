@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
@@ -29,9 +28,6 @@ from tpi_core.retry import retry
 from tpi_core.steps import crash_point, delete_steps, run_steps
 from tpi_core.storage import Storage
 from tpi_core.storage.sync import Guard, SyncResult, download_tree, upload_tree
-
-if TYPE_CHECKING:
-    from tpi_core.boot.bundle import Bundle
 
 Report = Callable[[str], None]
 
@@ -64,7 +60,6 @@ class Engine:
         self._report = report or (lambda message: None)
         self._progress = progress_factory or (lambda label: contextlib.nullcontext(None))
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._bundles: dict[tuple[str, str], Bundle] = {}
 
     async def __aenter__(self) -> Engine:
         return self
@@ -185,18 +180,11 @@ class Engine:
         """The launch of a task: with the agent bundle in place when its backend wants one."""
         if backend.AGENT is None:
             return Launch(storage.url, deadline)
-        from tpi_core.boot import bundle  # packaging: only for a backend with machines
-
-        if backend.AGENT not in self._bundles:
-            self._bundles[backend.AGENT] = await anyio.to_thread.run_sync(
-                bundle.build, [backend.AGENT])
-        built = self._bundles[backend.AGENT]
-        place = await backend.agent_storage(ref)
-        prefix, uploaded = await bundle.publish(built, place)
+        built = await anyio.to_thread.run_sync(backend.agent_bundle, ref)
+        url, uploaded = await backend.publish_agent(ref, built)
         self.say(ref, f"agent bundle {built.digest} " + ("uploaded" if uploaded else
-                                                          "already in storage"))
-        return Launch(storage.url, deadline, place.child(prefix).url, built.digest,
-                      built.wheels, built.python)
+                                                          "already in place"))
+        return Launch(storage.url, deadline, url, built.digest, built.wheels, built.python)
 
     async def upload(self, task: Task, storage: Storage) -> SyncResult:
         """Upload the workdir into ``data/`` (changed files only), and keep beside the

@@ -188,8 +188,17 @@ def build_status(spec: dict, reports: Reports, seen: Observation,
         replicas = tuple(replace(r, state=ReplicaState.PREEMPTED)
                          if r.state == ReplicaState.RUNNING else r for r in replicas)
         reason = LOST
+    if seen.failed:
+        replicas = tuple(replace(r, state=ReplicaState.FAILED, reason=seen.failed[r.index])
+                         if r.index in seen.failed and not r.state.final else r
+                         for r in replicas)
     failures = len(reports.boot_failures)
     state = derive_state(count, replicas, seen, failures)
+    if not state.final and not reason:
+        reason = "; ".join(f"replica {i}: {why}" for i, why in sorted(seen.waiting.items()))
+    if seen.failed and not reason:
+        reason = "; ".join(f"replica {r.index}: {r.reason}" for r in replicas
+                           if r.index in seen.failed and r.reason == seen.failed[r.index])
     since = None
     if agent and state == State.PROVISIONING and seen.machines and not reports.statuses:
         state, since = State.BOOTING, seen.first_up or spec.get("created")

@@ -12,10 +12,24 @@ stops the script at the task's absolute deadline, and writes the replica's statu
 
 Environment values reach the agent through its own process environment only; it hands
 the script the task's ``environment_keys`` from it, never writing a value anywhere.
+
+The package's names are imported on first use, so the CLI can read one of its small modules
+(the lease reader, the pod wrapper's text) without importing the whole agent.
 """
 
-from tpi_core.agent.hooks import AgentHooks, GroupHooks, load_hooks
-from tpi_core.agent.runner import EXIT_DONE, EXIT_PREEMPTED, Agent, AgentConfig
+from __future__ import annotations
 
-__all__ = ["EXIT_DONE", "EXIT_PREEMPTED", "Agent", "AgentConfig", "AgentHooks", "GroupHooks",
-           "load_hooks"]
+import importlib
+from typing import Any
+
+_NAMES = {"AgentHooks": "hooks", "GroupHooks": "hooks", "load_hooks": "hooks",
+          "EXIT_DONE": "runner", "EXIT_PREEMPTED": "runner", "Agent": "runner",
+          "AgentConfig": "runner"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)

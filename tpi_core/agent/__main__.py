@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 import anyio
 
 from tpi_core.agent.hooks import load_hooks
-from tpi_core.agent.runner import Agent, AgentConfig
+from tpi_core.agent.runner import EXIT_ERROR, Agent, AgentConfig
 from tpi_core.errors import TpiError, UsageError
-
-EXIT_ERROR = 1
-"""The agent could not do its job (storage unreachable...): its replica is not final."""
 
 
 def _interval(variable: str, default: str) -> str:
@@ -38,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
                         default=_interval("TPI_AGENT_STOP_GRACE", "5"))
     parser.add_argument("--machine-log", type=Path, default=None,
                         help="the machine's boot log, put at the head of this boot's log")
+    parser.add_argument("--companion", type=Path, default=None,
+                        help="run directory shared with the container that runs the script "
+                             "(a pod's; tpi_core.agent.companion)")
+    parser.add_argument("--start-patience", type=float,
+                        default=_interval("TPI_AGENT_START_PATIENCE", "1800"),
+                        help="seconds the companion may take to start the script")
+    parser.add_argument("--linger", action="store_true",
+                        help="after the replica's end, stay until SIGTERM (a native sidecar "
+                             "is restarted when it exits)")
     return parser
 
 
@@ -46,12 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = AgentConfig(args.storage, args.replica, args.workdir.absolute(),
                          args.log_interval, args.sync_interval, args.stop_grace,
-                         args.machine_log)
+                         args.machine_log, args.companion and args.companion.absolute(),
+                         args.start_patience)
     try:
-        return anyio.run(Agent(config, load_hooks(args.hooks)).run)
+        code = anyio.run(Agent(config, load_hooks(args.hooks)).run)
     except TpiError as exc:
         print(f"tpi-agent: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else EXIT_ERROR
+        code = 2 if isinstance(exc, UsageError) else EXIT_ERROR
+    if args.linger:
+        anyio.run(_until_sigterm)
+    return code
+
+
+async def _until_sigterm() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
 
 
 if __name__ == "__main__":

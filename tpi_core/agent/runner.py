@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from tpi_core import layout
+from tpi_core.agent import companion
 from tpi_core.agent.bootlog import BootLog
 from tpi_core.agent.hooks import AgentHooks
 from tpi_core.agent.machinelog import MachineLog
@@ -39,6 +40,8 @@ EXIT_DONE = 0
 """The replica has a final status (whatever the script's exit code): do not run it again."""
 EXIT_PREEMPTED = 143
 """The replica was stopped by a preemption notice: a replacement resumes it."""
+EXIT_ERROR = 1
+"""The agent could not do its job (storage unreachable...): its replica is not final."""
 
 _NOTICE_SETTLE = 1.0
 _EVENT = {ReplicaState.SUCCEEDED: "exited", ReplicaState.FAILED: "exited",
@@ -58,6 +61,11 @@ class AgentConfig:
     stop_grace: float = 5.0
     machine_log: Path | None = None
     """The machine's boot log (``--machine-log``), copied to the head of this boot's log."""
+    companion: Path | None = None
+    """The run directory shared with the container that runs the script (a pod's); None:
+    the agent runs the script itself (:mod:`tpi_core.agent.companion`)."""
+    start_patience: float = 1800.0
+    """Seconds the companion container may take to start the script (an image pull)."""
 
 
 class Agent:
@@ -81,6 +89,7 @@ class Agent:
         """
         storage = self._storage or open_storage(self.config.storage_url)
         failure: Exception | None = None
+        code = EXIT_ERROR
         try:
             async with storage, task_group() as tg:
                 self.storage = storage
@@ -91,6 +100,8 @@ class Agent:
                     failure = exc
                 tg.cancel_scope.cancel()
         finally:
+            if self.config.companion is not None:
+                companion.finish(self.config.companion, code)
             await self.hooks.aclose()
         if failure is not None:
             raise failure
@@ -139,6 +150,9 @@ class Agent:
         await self.reports.event("boot", f"attempt {self.reports.attempt}"
                                  + (", resumed after tpi stop" if self._resumed else ""))
         await self._restore()
+        if self.config.companion is not None:
+            await anyio.to_thread.run_sync(companion.prepare, self.config.companion,
+                                           self.config.workdir)
         if time.time() >= self._deadline:
             return await self._finish(ReplicaState.TIMED_OUT, None, "deadline passed before start")
         if self.notice.is_set():
@@ -162,11 +176,36 @@ class Agent:
             attempt=self.reports.attempt)
         if (summary := self._machine.summary(time.time())) is not None:
             self.log.add("boot", summary)
-        async with run_script(self.spec["script"], self.config.workdir, env, self.log) as script:
-            await self.reports.event("started", f"pid {script.pid}")
+        run = self.config.companion
+        if run is None:
+            starting = run_script(self.spec["script"], self.config.workdir, env, self.log)
+        else:
+            starting = companion.run_in_companion(self.spec["script"], run, self.config.workdir,
+                                                  env, self.log)
+        async with starting as script, task_group() as watching:
+            if isinstance(script, companion.CompanionScript):
+                watching.start_soon(self._watch_companion, script)
+            await self.reports.event("started", f"pid {script.pid}" if run is None
+                                     else "handed to the task's container")
             outcome = await self._race(script)
             code = await self._stop(outcome, script)
+            watching.cancel_scope.cancel()
+        if run is not None and not script.started:
+            return await self._unstarted(outcome)
         return await self._conclude(outcome, code)
+
+    async def _unstarted(self, outcome: ReplicaState) -> int:
+        """The task's container never started the script: gone with its pod (a notice: the
+        pod's next one runs it), or not started within the patience (failed)."""
+        if outcome == ReplicaState.PREEMPTED:
+            return await self._finish(outcome, None, "stopped before the task's container "
+                                                     "started the script")
+        if outcome == ReplicaState.TIMED_OUT:
+            return await self._finish(outcome, None, "deadline reached before the task's "
+                                                     "container started the script")
+        return await self._finish(ReplicaState.FAILED, None, "the task's container did not "
+                                  f"start the script within {self.config.start_patience:g} s "
+                                  "(its image, its shell: see tpi status)")
 
     async def _race(self, script: Script) -> ReplicaState:
         """Whichever comes first: the script's exit, a preemption notice, the deadline.
@@ -182,16 +221,32 @@ class Agent:
 
             tg.start_soon(first, ReplicaState.SUCCEEDED, script.wait)
             tg.start_soon(first, ReplicaState.PREEMPTED, self.notice.wait)
+            if isinstance(script, companion.CompanionScript):
+                tg.start_soon(first, ReplicaState.FAILED, lambda: self._never_started(script))
             tg.start_soon(first, ReplicaState.TIMED_OUT, self._deadline_passed)
             tg.start_soon(self._every, self.config.log_interval, self._push_log)
             tg.start_soon(self._every, self.config.sync_interval, self._push_files)
         return outcome[0]
+
+    async def _watch_companion(self, script: companion.CompanionScript) -> None:
+        """The companion's SIGTERM is the pod's notice: the agent may hear of it later."""
+        while not script.terminated:
+            await anyio.sleep(companion.POLL)
+        self.notice.set()
+
+    async def _never_started(self, script: companion.CompanionScript) -> None:
+        """Returns only when the companion has not started the script within the patience."""
+        await anyio.sleep(self.config.start_patience)
+        if script.started:
+            await anyio.sleep_forever()
 
     async def _stop(self, outcome: ReplicaState, script: Script) -> int:
         if outcome == ReplicaState.PREEMPTED:
             # what the script wrote before the notice is saved before anything is stopped
             await self._flush()
             await self.reports.event("flush", "preemption notice")
+        if isinstance(script, companion.CompanionScript) and not script.started:
+            return 137  # nothing to stop: _unstarted says what happened
         if outcome != ReplicaState.SUCCEEDED:
             return await script.stop(self.config.stop_grace)
         return await script.wait()
@@ -209,6 +264,9 @@ class Agent:
     async def _noticed(self, code: int) -> bool:
         """Whether a preemption notice came with the script's end. A shutdown signals every
         process at once, so a script killed by a signal may end just before the notice."""
+        run = self.config.companion
+        if run is not None and companion.CompanionScript(run).terminated:
+            self.notice.set()  # the companion's SIGTERM, seen after the script's end
         if code > 128:
             with anyio.move_on_after(_NOTICE_SETTLE):
                 await self.notice.wait()

@@ -46,4 +46,6 @@ async def _logs(app: Application, targets, follow: bool) -> int:
                 app.say(f"{target.label}: no log yet: {_follow.waiting(status)}")
                 continue
             await _follow.print_new_logs(engine, target, {}, app.out, logs, as_json=app.json)
+            if status.state != State.SUCCEEDED and (status.state.final or status.reason):
+                app.say(f"{target.label}: {_follow.outcome(status)}")  # why it did not
     return 0

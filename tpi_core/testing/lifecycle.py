@@ -14,9 +14,13 @@ backend asks for) while it runs::
                 yield ec2
 
 Every test applies a task that counts epochs into ``results/epoch.txt`` and resumes from
-it. Preemption runs where the backend declares :attr:`Capability.SPOT`, stop and start where
-it declares :attr:`Capability.STOP_START`. The value of ``cloud`` may have an ``errors`` list,
-shown when a wait times out.
+it, with a secret in its environment and a tag. Preemption runs where the backend declares
+:attr:`Capability.SPOT`, stop and start where it declares :attr:`Capability.STOP_START`.
+The value of ``cloud`` may have an ``errors`` list, shown when a wait times out, and empty
+at the end. A subclass checks what its cloud shows (resources and their tags, the cloud's
+events, what a preemption did) in :meth:`~BackendContract.check_applied`,
+:meth:`~BackendContract.check_finished`, :meth:`~BackendContract.check_destroyed` and
+:meth:`~BackendContract.check_preempted`.
 """
 
 from __future__ import annotations
@@ -36,18 +40,25 @@ import pytest
 from tpi_core.backend import Backend, Capability, TaskRef
 from tpi_core.registry import backend_class
 
+SECRET = "contract-secret-value-0451"
+"""The task's one environment value: never in a log, a resource, or a local file."""
+TAG = ("project", "contract")
+"""The task's one tag of its own."""
 SCRIPT = """
-#!/bin/bash
+#!/bin/sh
 mkdir -p results
 epoch=$(cat results/epoch.txt 2>/dev/null || echo 0)
-echo "resuming at $epoch, attempt $TPI_ATTEMPT"
-for ((; epoch < EPOCHS; epoch++)); do
+echo "resuming at $epoch, attempt $TPI_ATTEMPT, token ${TOKEN:+present}"
+while [ "$epoch" -lt EPOCHS ]; do
   echo "epoch $epoch"
-  echo $((epoch + 1)) > results/epoch.tmp && mv results/epoch.tmp results/epoch.txt
+  epoch=$((epoch + 1))
+  echo "$epoch" > results/epoch.tmp && mv results/epoch.tmp results/epoch.txt
   sleep 0.4
 done
+echo scratch > scratch.txt
 echo done
 """
+"""The task's script: POSIX shell and coreutils only, so it runs in any image."""
 
 
 class BackendContract:
@@ -74,9 +85,13 @@ class BackendContract:
     def write_tasks(self, work: Path, epochs: int, spot: bool = False) -> None:
         script = SCRIPT.replace("EPOCHS", str(epochs))
         lines = [f'cloud = "{self.CLOUD}"', 'timeout = "10m"', self.SETTINGS,
-                 "spot = 0" if spot else "", f"script = '''{script}'''"]
+                 "spot = 0" if spot else "", f'tags = {{ {TAG[0]} = "{TAG[1]}" }}',
+                 f"script = '''{script}'''"]
         table = "[task.contract]\n" + "\n".join(lines)
-        (work / "tasks.toml").write_text(table + textwrap.dedent("""
+        (work / "tasks.toml").write_text(table + textwrap.dedent(f"""
+            [task.contract.environment]
+            TOKEN = "{SECRET}"
+
             [task.contract.storage]
             workdir = "."
             output = "results"
@@ -92,6 +107,22 @@ class BackendContract:
         assert len(refs) == 1, f"find() lists {task_id} {len(refs)} times"
         return refs[0]
 
+    async def check_applied(self, cloud: Any, task_id: str) -> None:
+        """What the cloud shows once the task is applied (its resources, their tags, no
+        secret in them); nothing by default."""
+
+    async def check_finished(self, cloud: Any, done: dict) -> None:
+        """What the cloud shows once the task succeeded (``done``: its ``tpi status
+        --json``); nothing by default."""
+
+    async def check_destroyed(self, cloud: Any, task_id: str) -> None:
+        """That the cloud holds nothing of the task any more (beyond :meth:`storage_left`);
+        nothing by default."""
+
+    async def check_preempted(self, cloud: Any, said: str, done: dict) -> None:
+        """What ``tpi debug preempt`` said it did (``said``), and the status once the task
+        succeeded after it; nothing by default."""
+
     async def storage_left(self, cloud: Any, backend: Backend, ref: TaskRef) -> list[str]:
         """What is left of the task's storage after destroy; a backend whose storage cannot
         be listed once gone (a claim behind a server) overrides this."""
@@ -102,22 +133,33 @@ class BackendContract:
 
     @pytest.mark.anyio
     async def test_apply_twice_then_destroy_twice_leaves_nothing(self, cloud, project):
-        assert json.loads((await tpi(project, "apply", "--json")).stdout)[0]["action"] == "create"
+        created = json.loads((await tpi(project, "apply", "--json")).stdout)[0]
+        assert created["action"] == "create"
+        await self.check_applied(cloud, created["id"])
         again = json.loads((await tpi(project, "apply", "--json")).stdout)[0]
         assert again["action"] == "unchanged"
         done = await self.wait_state(cloud, project, "succeeded")
-        assert "epoch 3" in (await tpi(project, "logs")).stdout
+        text = (await tpi(project, "logs")).stdout
+        assert "resuming at 0, attempt 1, token present" in text and "epoch 3" in text
+        assert SECRET not in text
+        await self.check_finished(cloud, done)
         backend = backend_class(self.CLOUD)()
         try:
             ref = await self.found(backend, done["task_id"])
             await tpi(project, "destroy", "--yes")
             await tpi(project, "destroy", "--yes")
             assert (project / "results" / "epoch.txt").read_text() == "4\n"
+            assert not (project / "scratch.txt").exists()  # only `output` comes back
             assert (await status(project))["state"] == "destroyed"
             assert ref.task_id not in [r.task_id for r in await backend.find()]
             assert await self.storage_left(cloud, backend, ref) == []
+            await self.check_destroyed(cloud, ref.task_id)
         finally:
             await backend.aclose()
+        for path in project.rglob("*"):
+            if path.is_file() and path.name != "tasks.toml":
+                assert SECRET.encode() not in path.read_bytes(), path
+        assert not getattr(cloud, "errors", None)
 
     @pytest.mark.anyio
     async def test_a_preempted_replica_resumes(self, cloud, project):
@@ -126,9 +168,10 @@ class BackendContract:
         self.write_tasks(project, epochs=12, spot=True)
         await tpi(project, "apply")
         await self.wait_for(cloud, lambda t: "epoch 3" in t, "epoch 3", project)
-        await tpi(project, "debug", "preempt", "contract")
+        said = (await tpi(project, "debug", "preempt", "contract")).stderr
         done = await self.wait_state(cloud, project, "succeeded")
         assert done["recoveries"] == 1, done
+        await self.check_preempted(cloud, said, done)
         await self.resumed(project)
 
     @pytest.mark.anyio

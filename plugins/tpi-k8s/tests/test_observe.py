@@ -49,11 +49,41 @@ def test_pod_status_becomes_events():
         "waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]})
     assert observe.pod_events(stuck)[-1].code == "image-pull-back-off"
     for code, expected in ((0, "pod-succeeded"), (143, "pod-preempted"), (1, "pod-failed")):
-        ended = pod({"phase": "Failed", "containerStatuses": [{"name": "agent", "state": {
+        ended = pod({"phase": "Failed", "containerStatuses": [{"name": "task", "state": {
             "terminated": {"exitCode": code, "reason": "Error",
                            "finishedAt": "2026-01-02T03:05:00Z"}}}]})
         event = observe.pod_events(ended)[-1]
         assert event.code == expected and f"exit code {code}" in event.message
+    # the agent sidecar's usual end (stopped with its pod) is no event of the task's; its
+    # failure is
+    sidecar = pod({"phase": "Succeeded", "initContainerStatuses": [{"name": "agent", "state": {
+        "terminated": {"exitCode": 143, "finishedAt": "2026-01-02T03:05:00Z"}}}]})
+    assert [e.code for e in observe.pod_events(sidecar)] == ["pod-created"]
+    broken = pod({"phase": "Running", "initContainerStatuses": [{"name": "agent", "state": {
+        "terminated": {"exitCode": 1, "finishedAt": "2026-01-02T03:05:00Z"}}}]})
+    assert observe.pod_events(broken)[-1].code == "pod-failed"
+    evicted = pod({"phase": "Failed", "reason": "Evicted",
+                   "message": "The node was low on resource: memory."})
+    assert ("evicted", 1) in [(e.code, e.replica) for e in observe.pod_events(evicted)]
+
+
+def test_why_replicas_are_not_running():
+    stuck = pod({"phase": "Pending", "containerStatuses": [{"name": "task", "image": "me/x:1",
+                 "state": {"waiting": {"reason": "ImagePullBackOff",
+                                       "message": "pull access denied"}}}]}, "0")
+    agent_stuck = pod({"phase": "Pending", "initContainerStatuses": [{"name": "agent", "state": {
+        "waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}, "1")
+    unschedulable = pod({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "message": "0/2 nodes are available"}]}, "2")
+    running = pod({"phase": "Running", "containerStatuses": [{"name": "task", "state": {
+        "running": {}}}]}, "3")
+    assert observe.waiting([stuck, agent_stuck, unschedulable, running]) == {
+        0: "the task's container (image me/x:1): ImagePullBackOff: pull access denied",
+        1: "container agent: ErrImagePull: not found",
+        2: "unschedulable: 0/2 nodes are available"}
+    newer = pod({"phase": "Running"}, "0")
+    newer["metadata"]["creationTimestamp"] = "2026-01-02T04:00:00Z"
+    assert 0 not in observe.waiting([stuck, newer])  # the newest pod of a replica counts
 
 
 def test_desired_pods():

@@ -31,6 +31,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
 
 from tpi_core.backend import Backend, Capability, Launch, MachineType, Observation, TaskRef
 from tpi_core.errors import (FieldError, TaskNotFound, UnsafePathError, UsageError, check_fields,
@@ -44,14 +47,17 @@ from tpi_k8s import launch, machines, manifests, observe, resources
 from tpi_k8s.client import K8sClient
 from tpi_k8s.storage import Endpoint, K8sStorage
 
+if TYPE_CHECKING:
+    from tpi_core.boot.bundle import Bundle
+
 BUCKET_SCHEMES = ("s3", "gs", "az")
 CLAIM_OPTIONS = ("storage_class", "size", "access_mode")
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
-DEFAULT_STORAGE_IMAGE = "python:3.12-slim"
-"""The storage server's image when the task is not known (it needs only Python)."""
+SIDECARS_SINCE = (1, 29)
+"""Native sidecars (``initContainers`` with ``restartPolicy: Always``) are on by default
+from Kubernetes 1.29; before, the agent is the pod's second container."""
 READY_TIMEOUT_ENV = "TPI_K8S_READY_TIMEOUT"
-"""Seconds apply waits for the storage server to be ready (default 600: an image pull and a
-pip install)."""
+"""Seconds apply waits for the storage server to be ready (default 600: an image pull)."""
 DRAIN_TIMEOUT = 120.0
 """How long destroy waits for the Job's pods to stop before deleting their claim."""
 
@@ -101,16 +107,51 @@ class K8sBackend(Backend):
 
     NAME = "k8s"
     CAPABILITIES = frozenset({Capability.STOP_START, Capability.GPU, Capability.FIND})
+    AGENT = ("tpi-k8s", "tpi_k8s")
+    AGENT_VENDORED = ("anyio", "h11", "pathspec")
+    """What the agent and the storage server import besides the standard library and tpi:
+    pure Python, so a pod installs it all by file from the bundle's ConfigMap."""
 
     def __init__(self, client: K8sClient | None = None):
         super().__init__()
         self._client = client
+        self._sidecars: bool | None = None
 
     def client(self) -> K8sClient:
         """The cluster client (configured on first request)."""
         if self._client is None:
             self._client = K8sClient()
         return self._client
+
+    # agent bundle ------------------------------------------------------------------------
+
+    def agent_distributions(self, ref: TaskRef) -> list[tuple[str, str]]:
+        """The plugin, and the plugin of a bucket used as ``storage.container``."""
+        scheme = bucket_url(ref).partition("://")[0]
+        plugin = {"s3": ("tpi-aws", "tpi_aws"), "gs": ("tpi-gcp", "tpi_gcp"),
+                  "az": ("tpi-azure", "tpi_azure")}.get(scheme)
+        return [self.AGENT, plugin] if plugin else [self.AGENT]
+
+    async def publish_agent(self, ref: TaskRef, built: Bundle) -> tuple[str, bool]:
+        """The bundle's ConfigMap (wheels, pins, manifest), made once per tpi version."""
+        from tpi_core.boot.bundle import MANIFEST, REQUIREMENTS  # packaging: apply only
+
+        c = self.client()
+        namespace, name = await c.namespace(), launch.bundle_name(built.digest)
+        files = {k: v for k, v in built.files.items() if k.endswith(".whl")
+                 or k == REQUIREMENTS}
+        files[MANIFEST] = built.manifest()
+        made = await resources.ensure_bundle(c, namespace,
+                                             manifests.bundle_config_map(name, files))
+        return f"configmap://{namespace}/{name}", made
+
+    async def sidecars(self) -> bool:
+        """Whether the cluster runs native sidecars (Kubernetes 1.29+); a server that does
+        not say its version is taken to be current."""
+        if self._sidecars is None:
+            version = await resources.server_version(self.client())
+            self._sidecars = version is None or version >= SIDECARS_SINCE
+        return self._sidecars
 
     # storage -----------------------------------------------------------------------------
 
@@ -149,9 +190,10 @@ class K8sBackend(Backend):
             namespace = await c.namespace()
             token = manifests.token_secret(owner, secrets.token_urlsafe(32))
             await resources.ensure_token(c, namespace, token)
-            image = launch.storage_image(machines.image(task.image) if task
-                                         else DEFAULT_STORAGE_IMAGE)
-            body = manifests.storage_server(owner, spec, image, launch.package(),
+            built = await anyio.to_thread.run_sync(self.agent_bundle, ref)
+            await self.publish_agent(ref, built)  # the server runs the bundle too
+            body = manifests.storage_server(owner, spec, launch.agent_image(),
+                                            launch.bundle_name(built.digest),
                                             machines.node_selector(ref.region))
             await resources.create(c, namespace, "deployments", body)
 
@@ -172,6 +214,12 @@ class K8sBackend(Backend):
             if not machines.is_label_key(key):
                 raise FieldError("tags", f"{key!r} is not a Kubernetes label or annotation key")
         ref = TaskRef.of(task)
+        if bucket_url(ref) and not launch.from_index():
+            raise FieldError("storage.container", f"a bucket on Kubernetes needs its plugin's "
+                             f"SDK in the pods, which is not pure Python: set "
+                             f"{launch.AGENT_INDEX_ENV}=1 to let the agent image install the "
+                             "bundle's pinned requirements from a package index, or use a "
+                             f"prepared agent image ({launch.AGENT_IMAGE_ENV}; plugin README)")
         if not bucket_url(ref):
             with field("storage.container"):
                 claim_of(ref, task)
@@ -217,7 +265,9 @@ class K8sBackend(Backend):
             size=machines.size(task.machine), storage_url=url, deadline=launch_.deadline,
             environment_keys=sorted(task.environment), claim=claim, disk_size=task.disk_size,
             node_selector=machines.node_selector(task.region),
-            service_account=task.permission_set, package=launch.package(launch_.storage_url))
+            service_account=task.permission_set, agent_image=launch.agent_image(),
+            bundle=launch.bundle_name(launch_.agent_digest), sidecar=await self.sidecars(),
+            from_index=launch.from_index())
         body = manifests.job(owner_of(ref, task), spec, time.time())
         await resources.ensure_job(c, namespace, body)
 

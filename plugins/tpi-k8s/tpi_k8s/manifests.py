@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tpi_core.agent.companion import wrapper_command
 from tpi_core.model import frozen_map
 from tpi_core.tags import OwnTags
 from tpi_k8s import launch
@@ -27,8 +28,15 @@ ANNOTATION_CONTAINER = "tpi.dev/container"
 TAGS = OwnTags(LABEL_TASK, LABEL_MANAGED, ANNOTATION_NAME, ANNOTATION_CONTAINER,
                ANNOTATION_REGION)
 """tpi's own labels (task, managed) and annotations (name, container, region)."""
-ROLE_AGENT, ROLE_STORAGE = "agent", "storage"
+ROLE_AGENT, ROLE_STORAGE, ROLE_BUNDLE = "agent", "storage", "agent-bundle"
 AGENT_CONTAINER = "agent"
+TASK_CONTAINER = "task"
+"""The user's container: the user's image, the wrapper as its command."""
+AGENT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+"""The agent's share of the pod, beside the task's own size."""
+START_FAILURES = [126, 127, 128]
+"""Exit codes of a container that could not start its command (not executable, not found,
+the runtime's StartError): the same image fails the same way in every pod."""
 TOKEN_KEY = "token"
 TOKEN_ENV = "TPI_STORAGE_TOKEN"
 BACKOFF_PER_REPLICA = 6
@@ -38,6 +46,7 @@ DEADLINE_GRACE = 120
 """Seconds the Job outlives the task's deadline, so agents report ``timed_out`` themselves
 before the Job controller stops their pods."""
 EXIT_PREEMPTED = 143
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def secret_name(task_id: str) -> str:
@@ -125,31 +134,53 @@ def claim(owner: Owner, spec: Claim) -> dict:
             "metadata": owner.metadata(spec.name), "spec": body}
 
 
+def bundle_config_map(name: str, files: Mapping[str, bytes]) -> dict:
+    """The agent bundle as an immutable ConfigMap (its wheels, pins and manifest), mounted by
+    the agent image's containers: shared by the namespace's tasks of one tpi version."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
+            "metadata": {"name": name, "labels": {LABEL_MANAGED: "true",
+                                                  LABEL_ROLE: ROLE_BUNDLE}},
+            "binaryData": _encoded_bytes(files)}
+
+
+def _encoded_bytes(files: Mapping[str, bytes]) -> dict[str, str]:
+    return {k: base64.b64encode(v).decode() for k, v in sorted(files.items())}
+
+
+def _agent_volumes(bundle: str) -> tuple[list[dict], list[dict]]:
+    """The bundle's ConfigMap and the scratch volume it is installed into."""
+    volumes = [{"name": "agent", "emptyDir": {}},
+               {"name": "bundle", "configMap": {"name": bundle}}]
+    mounts = [{"name": "agent", "mountPath": launch.AGENT_MOUNT},
+              {"name": "bundle", "mountPath": launch.BUNDLE_MOUNT, "readOnly": True}]
+    return volumes, mounts
+
+
 def _claim_volume(spec: Claim) -> tuple[dict, dict]:
     volume = {"name": "storage", "persistentVolumeClaim": {"claimName": spec.name}}
     mount = {"name": "storage", "mountPath": launch.STORAGE_MOUNT, "subPath": spec.sub_path}
     return volume, mount
 
 
-def storage_server(owner: Owner, spec: Claim, image: str, package: str,
+def storage_server(owner: Owner, spec: Claim, image: str, bundle: str,
                    node_selector: Mapping[str, str]) -> dict:
-    """The storage server's Deployment: one pod serving the claim to the pod proxy."""
+    """The storage server's Deployment: one pod serving the claim to the pod proxy, in the
+    agent image with the bundle's ConfigMap."""
     volume, mount = _claim_volume(spec)
+    volumes, mounts = _agent_volumes(bundle)
     token = {"secretKeyRef": {"name": token_name(owner.task_id), "key": TOKEN_KEY}}
     container = {
         "name": ROLE_STORAGE, "image": image, "command": launch.command(),
-        "args": launch.server_args(),
-        "env": [{"name": "TPI_AGENT_PACKAGE", "value": package},
-                {"name": TOKEN_ENV, "valueFrom": token}],
+        "args": launch.server_args(), "env": [{"name": TOKEN_ENV, "valueFrom": token}],
         "ports": [{"name": "storage", "containerPort": launch.SERVER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/v1/health", "port": launch.SERVER_PORT},
                            "periodSeconds": 2},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                       "limits": {"memory": "512Mi"}},
-        "volumeMounts": [mount, {"name": "agent", "mountPath": launch.AGENT_MOUNT}]}
+        "volumeMounts": [mount, *mounts]}
     pod = {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 10,
            "nodeSelector": dict(node_selector), "containers": [container],
-           "volumes": [volume, {"name": "agent", "emptyDir": {}}]}
+           "volumes": [volume, *volumes]}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": owner.metadata(server_name(owner.task_id), ROLE_STORAGE),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
@@ -172,7 +203,13 @@ class JobSpec:
     disk_size: int = -1
     node_selector: Mapping[str, str] = field(default_factory=frozen_map)
     service_account: str = ""
-    package: str = launch.DEFAULT_PACKAGE
+    agent_image: str = launch.AGENT_IMAGE
+    bundle: str = ""
+    """The agent bundle's ConfigMap."""
+    sidecar: bool = True
+    """The agent as a native sidecar (Kubernetes 1.29+), else as a second container."""
+    from_index: bool = False
+    """The agent image may install the bundle's pins from a package index."""
 
 
 def active_deadline(deadline: float, now: float) -> int:
@@ -197,11 +234,14 @@ def job(owner: Owner, spec: JobSpec, now: float) -> dict:
 
 
 def _failure_policy() -> dict:
-    # a preempted or evicted pod flushed its work to the claim: replace it, uncounted
+    # a preempted or evicted pod flushed its work: replace it, uncounted; a task container
+    # that cannot start (no shell in its image) fails the Job at once, not after retries
     return {"rules": [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        {"action": "Ignore", "onExitCodes": {"containerName": AGENT_CONTAINER,
-                                             "operator": "In", "values": [EXIT_PREEMPTED]}}]}
+        {"action": "Ignore", "onExitCodes": {"containerName": TASK_CONTAINER,
+                                             "operator": "In", "values": [EXIT_PREEMPTED]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": TASK_CONTAINER,
+                                              "operator": "In", "values": START_FAILURES}}]}
 
 
 def _pod_metadata(owner: Owner, role: str) -> dict:
@@ -209,19 +249,36 @@ def _pod_metadata(owner: Owner, role: str) -> dict:
 
 
 def _agent_pod(owner: Owner, spec: JobSpec) -> dict:
-    mounts = [{"name": "work", "mountPath": launch.WORK_MOUNT},
-              {"name": "agent", "mountPath": launch.AGENT_MOUNT}]
-    volumes: list[dict] = [{"name": "work", "emptyDir": {}}, {"name": "agent", "emptyDir": {}}]
+    """The user's container runs the script (the wrapper of :mod:`tpi_core.agent.companion`
+    is its command: the image needs only ``/bin/sh``); the agent beside it, in the agent
+    image, restores, syncs and reports through the two shared volumes."""
+    shared = [{"name": "work", "mountPath": launch.WORK_MOUNT},
+              {"name": "run", "mountPath": launch.RUN_MOUNT}]
+    volumes, mounts = _agent_volumes(spec.bundle)
+    volumes = [{"name": "work", "emptyDir": {}}, {"name": "run", "emptyDir": {}}, *volumes]
+    mounts = [*shared, *mounts]
     if spec.claim is not None:
         volume, mount = _claim_volume(spec.claim)
         mounts.append(mount)
         volumes.append(volume)
-    container = {"name": AGENT_CONTAINER, "image": spec.image, "command": launch.command(),
-                 "args": launch.agent_args(spec.storage_url), "env": _agent_env(owner, spec),
-                 "resources": spec.size.resources(spec.disk_size), "volumeMounts": mounts}
-    pod = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 60,
-           "nodeSelector": {**spec.node_selector, **spec.size.node_selector()},
-           "containers": [container], "volumes": volumes}
+    index = {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}
+    env = [{"name": "JOB_COMPLETION_INDEX", "valueFrom": index}]
+    if spec.from_index:
+        env.append({"name": "TPI_AGENT_INDEX", "value": "1"})
+    agent = {"name": AGENT_CONTAINER, "image": spec.agent_image, "command": launch.command(),
+             "args": launch.agent_args(spec.storage_url, spec.sidecar), "env": env,
+             "resources": AGENT_RESOURCES, "volumeMounts": mounts}
+    task = {"name": TASK_CONTAINER, "image": spec.image, "command": wrapper_command(),
+            "workingDir": launch.WORK_MOUNT, "env": _task_env(owner, spec),
+            "resources": spec.size.resources(spec.disk_size), "volumeMounts": shared}
+    pod: dict = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 60,
+                 "nodeSelector": {**spec.node_selector, **spec.size.node_selector()},
+                 "volumes": volumes}
+    if spec.sidecar:
+        pod["initContainers"] = [{**agent, "restartPolicy": "Always"}]
+        pod["containers"] = [task]
+    else:
+        pod["containers"] = [task, agent]
     if spec.service_account:
         pod["serviceAccountName"] = spec.service_account
     else:
@@ -231,8 +288,8 @@ def _agent_pod(owner: Owner, spec: JobSpec) -> dict:
     return pod
 
 
-def _agent_env(owner: Owner, spec: JobSpec) -> list[dict]:
-    env: list[dict] = [{"name": "TPI_AGENT_PACKAGE", "value": spec.package}]
+def _task_env(owner: Owner, spec: JobSpec) -> list[dict]:
+    env: list[dict] = [{"name": "TPI_RUN", "value": launch.RUN_MOUNT}]
     for key in sorted(spec.environment_keys):
         ref = {"name": secret_name(owner.task_id), "key": key}
         env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})

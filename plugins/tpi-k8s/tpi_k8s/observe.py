@@ -26,7 +26,7 @@ LOG_LINES = 5
 LOGGED_FAILURES = 3
 """At most this many failed pods have their log tail fetched per observation."""
 STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
-          "CreateContainerConfigError", "CreateContainerError")
+         "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 """Waiting reasons of a container that will not start on its own."""
 
 
@@ -45,7 +45,80 @@ async def observation(c: K8sClient, namespace: str, task_id: str) -> Observation
     found += await failure_logs(c, namespace, pods)
     running = sum(1 for p in pods if _phase(p) == "Running"
                   and not p["metadata"].get("deletionTimestamp"))
-    return Observation(True, running, desired(job), tuple(sorted(found, key=lambda e: e.time)))
+    failed = {i: why for i, (why, _) in (await start_failures(c, namespace, pods)).items()}
+    if _condition(job, "Failed"):  # the Job gave up: its replicas run no more
+        why = next((e.message for e in job_events(job) if e.code == "job-failed"), "")
+        for index in range(int((job.get("spec") or {}).get("completions") or 0)):
+            failed.setdefault(index, why)
+    return Observation(True, running, desired(job), tuple(sorted(found, key=lambda e: e.time)),
+                       failed=failed, waiting=waiting(pods))
+
+
+def latest(pods: list[dict]) -> dict[int, dict]:
+    """The newest pod of each replica."""
+    newest: dict[int, dict] = {}
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+        if (index := replica_of(pod)) is not None:
+            newest[index] = pod
+    return newest
+
+
+def _containers(pod: dict) -> list[dict]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _whose(container: dict, pod: dict) -> str:
+    images = {c["name"]: c.get("image", "") for c in [
+        *(pod.get("spec") or {}).get("initContainers", []),
+        *(pod.get("spec") or {}).get("containers", [])]}
+    name = container.get("name", "")
+    who = "the task's container" if name == manifests.TASK_CONTAINER else f"container {name}"
+    image = container.get("image") or images.get(name, "")
+    return f"{who} (image {image})" if image else who
+
+
+def waiting(pods: list[dict]) -> dict[int, str]:
+    """Why each replica's newest pod does not run: a container stuck (its image cannot be
+    pulled, its configuration is wrong) or no node for the pod."""
+    found = {}
+    for index, pod in latest(pods).items():
+        for container in _containers(pod):
+            state = (container.get("state") or {}).get("waiting") or {}
+            if state.get("reason") in STUCK:
+                found[index] = (f"{_whose(container, pod)}: {state['reason']}: "
+                                f"{state.get('message', '')}").rstrip(": ")
+                break
+        else:
+            for condition in (pod.get("status") or {}).get("conditions") or []:
+                if condition.get("type") == "PodScheduled" and condition.get(
+                        "status") == "False":
+                    found[index] = f"unschedulable: {condition.get('message', '')}".rstrip(": ")
+    return found
+
+
+async def start_failures(c: K8sClient, namespace: str,
+                         pods: list[dict]) -> dict[int, tuple[str, str]]:
+    """Replicas whose newest pod's task container could not start (no shell in its image,
+    a command that cannot run): why, with the container's own output, by replica."""
+    found = {}
+    for index, pod in latest(pods).items():
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") != manifests.TASK_CONTAINER or ended.get(
+                    "exitCode") not in manifests.START_FAILURES:
+                continue
+            name = pod["metadata"]["name"]
+            output = (await resources.pod_log(c, namespace, name, LOG_LINES,
+                                              manifests.TASK_CONTAINER)).strip()
+            why = (f"{_whose(container, pod)} could not start: {ended.get('reason', 'Error')} "
+                   f"exit code {ended['exitCode']}")
+            if ended.get("message"):
+                why += f": {ended['message'].strip()}"
+            if output:
+                why += f"; its output: {' | '.join(output.splitlines())}"
+            found[index] = (why, name)
+    return found
 
 
 def desired(job: dict) -> int:
@@ -120,13 +193,17 @@ def pod_events(pod: dict) -> list[Event]:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             found.append(Event(epoch_seconds(condition.get("lastTransitionTime")), "unschedulable",
                                f"pod/{name}: {condition.get('message', '')}", replica, SOURCE))
-    for container in status.get("containerStatuses") or []:
+    if status.get("reason") in ("Evicted", "Preempting", "OutOfmemory", "OutOfcpu"):
+        found.append(Event(time.time(), code_of(status["reason"]),
+                           f"pod/{name}: {status.get('message', '')}", replica, SOURCE))
+    for container in _containers(pod):
         state = container.get("state") or {}
         waiting, ended = state.get("waiting") or {}, state.get("terminated")
         if waiting.get("reason") in STUCK:
             found.append(Event(time.time(), code_of(waiting["reason"]),
                                f"pod/{name}: {waiting.get('message', '')}", replica, SOURCE))
-        if ended:
+        if ended and not (container.get("name") == manifests.AGENT_CONTAINER and ended.get(
+                "exitCode") in (0, 137, manifests.EXIT_PREEMPTED)):  # a sidecar's usual end
             found.append(Event(epoch_seconds(ended.get("finishedAt")), _exit_code(ended),
                                f"pod/{name}: {ended.get('reason', '')} exit code "
                                f"{ended.get('exitCode')}".replace(":  ", ": "), replica, SOURCE))
@@ -155,9 +232,10 @@ async def failure_logs(c: K8sClient, namespace: str, pods: list[dict]) -> list[E
 
 
 def _agent_failed(pod: dict) -> bool:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+    for container in _containers(pod):
         ended = (container.get("state") or {}).get("terminated")
-        if ended and ended.get("exitCode") not in (0, manifests.EXIT_PREEMPTED):
+        if (container.get("name") == manifests.AGENT_CONTAINER and ended
+                and ended.get("exitCode") not in (0, manifests.EXIT_PREEMPTED, 137)):
             return True
     return False
 

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 
 import anyio
 
-from tpi_core.errors import ResourceNotFound, TransientError
+from tpi_core.errors import BackendError, ResourceNotFound, TpiError, TransientError
 from tpi_k8s import manifests
 from tpi_k8s.client import MERGE_PATCH, K8sClient
 
 GROUPS = {"secrets": "/api/v1", "persistentvolumeclaims": "/api/v1", "pods": "/api/v1",
-          "events": "/api/v1", "serviceaccounts": "/api/v1", "jobs": "/apis/batch/v1",
+          "events": "/api/v1", "serviceaccounts": "/api/v1", "configmaps": "/api/v1",
+          "jobs": "/apis/batch/v1",
           "deployments": "/apis/apps/v1"}
 BACKGROUND = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
 
@@ -126,14 +127,36 @@ async def wait_gone(c: K8sClient, namespace: str, labels: Mapping[str, str],
     return True
 
 
-async def pod_log(c: K8sClient, namespace: str, pod: str, lines: int) -> str:
-    """The last ``lines`` lines of a pod's agent container ("" when there is no log)."""
+async def pod_log(c: K8sClient, namespace: str, pod: str, lines: int,
+                  container: str = manifests.AGENT_CONTAINER) -> str:
+    """The last ``lines`` lines of a pod's container ("" when there is no log)."""
     try:
         return await c.text(f"{path(namespace, 'pods', pod)}/log",
-                            query={"container": manifests.AGENT_CONTAINER,
-                                   "tailLines": str(lines)}, what=f"log of pod {pod}")
-    except ResourceNotFound:
+                            query={"container": container, "tailLines": str(lines)},
+                            what=f"log of pod {pod}")
+    except (ResourceNotFound, BackendError):  # a container that never started has none
         return ""
+
+
+async def ensure_bundle(c: K8sClient, namespace: str, body: dict) -> bool:
+    """Create the agent bundle's ConfigMap unless it exists (it is immutable, named by its
+    digest); True when it was created now."""
+    if await read(c, namespace, "configmaps", body["metadata"]["name"]) is not None:
+        return False
+    return await create(c, namespace, "configmaps", body)
+
+
+async def server_version(c: K8sClient) -> tuple[int, int] | None:
+    """The API server's ``(major, minor)`` (``1.29+`` is ``(1, 29)``), None when it does not
+    say."""
+    try:
+        found = await c.call("GET", "/version", what="API server version")
+    except TpiError:
+        return None
+    try:
+        return int(found["major"]), int(str(found["minor"]).rstrip("+"))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 async def events(c: K8sClient, namespace: str) -> list[dict]:

@@ -28,13 +28,10 @@ from tpi_k8s import launch, manifests
 from tpi_k8s.client import K8sClient
 from tpi_k8s.errors import status_message, translate
 from tpi_k8s.observe import STUCK
+from tpi_k8s.wire import CHUNK, MARK_HEADER, TOKEN_HEADER
 
 SCHEME = "k8s"
 DELETE_BATCH = 1000
-CHUNK = 1 << 20
-TOKEN_HEADER = "X-Tpi-Token"
-MARK_HEADER = "X-Tpi-Storage"
-"""Set on every answer of the storage server: a 404 without it came from the API server."""
 
 
 def storage_url(namespace: str, task_id: str, prefix: str = "") -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,13 +20,18 @@ import pytest
 
 from tpi_core.testing.emulators import missing
 
+from tpi_k8s.launch import AGENT_IMAGE
+
 from .fakes import FakeApiServer
 from .harness import stamp
+from .kubelet import Image, bare_tools
 
 NAMESPACE = "tpi-test"
+NO_SHELL = "tpi-test/no-shell:1"
+"""An image with coreutils and no shell: its container cannot start."""
 TOKEN = "fake-kube-token-0123"
 RESOURCES = ("v1/pods", "v1/secrets", "v1/persistentvolumeclaims", "v1/events",
-             "v1/serviceaccounts", "batch/v1/jobs", "apps/v1/deployments")
+             "v1/serviceaccounts", "v1/configmaps", "batch/v1/jobs", "apps/v1/deployments")
 
 
 @pytest.fixture
@@ -91,3 +98,20 @@ def agent_env() -> dict[str, str]:
     """What the fake kubelet adds to every container: fast agent intervals."""
     return {"TPI_AGENT_LOG_INTERVAL": "0.3", "TPI_AGENT_SYNC_INTERVAL": "0.3",
             "TPI_AGENT_STOP_GRACE": "3", "LANG": os.environ.get("LANG", "C.UTF-8")}
+
+
+@pytest.fixture(scope="session")
+def agent_image(tmp_path_factory) -> Image:
+    """The agent image's stand-in: ``python3`` of a clean virtual environment (pip and
+    nothing else: no tpi, so the pod must install its bundle), a shell and coreutils."""
+    root = tmp_path_factory.mktemp("agent-image")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    return Image.build(root, {**bare_tools(), "python3": str(root / "venv" / "bin" / "python3")})
+
+
+@pytest.fixture
+def stand_ins(agent_image, tmp_path) -> tuple[dict[str, Image], Image]:
+    """Images by name, and the image of any other name: a shell and coreutils, no Python."""
+    images = {AGENT_IMAGE: agent_image,
+              NO_SHELL: Image.build(tmp_path / "image-no-shell", bare_tools(shell=False))}
+    return images, Image.build(tmp_path / "image-bare", bare_tools())

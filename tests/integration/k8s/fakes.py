@@ -11,7 +11,9 @@ without uid, namespace or creation time (EMULATORS.md). :class:`FakeApiServer` l
 - ``DELETE`` of a collection: each selected object is deleted;
 - ``pods/NAME[:PORT]/proxy/...``: forwarded, body streamed both ways, to the port the fake
   kubelet mapped for that pod (503 when the pod is not running, as the API server answers);
-- ``pods/NAME/log``: the log file the fake kubelet writes for the pod (``tailLines``).
+- ``pods/NAME/log``: the log file the fake kubelet writes for a container (``container``,
+  ``tailLines``);
+- ``/version``: a configurable server version (:attr:`FakeApiServer.version`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class FakeApiServer:
         self.token = token
         self.ports: dict[tuple[str, str, int], int] = {}
         """(namespace, pod, container port) -> local port, filled by the fake kubelet."""
-        self.logs: dict[tuple[str, str], Path] = {}
+        self.logs: dict[tuple[str, str, str], Path] = {}
+        """(namespace, pod, container) -> its log, filled by the fake kubelet."""
+        self.version = {"major": "1", "minor": "31"}
+        """What ``/version`` answers (``None``: a 404, as some proxies do)."""
         self.proxied: list[tuple[str, str, str]] = []
         """(method, pod, path) of every proxied request, for assertions."""
         self.on_request: Callable[[web.Request], web.Response | None] | None = None
@@ -101,6 +106,10 @@ class FakeApiServer:
             return canned
         if found := PROXY.match(request.path):
             return await self._proxy(request, *found.groups())
+        if request.path == "/version":
+            if self.version is None:
+                return status(404, "NotFound", "the server could not find the version")
+            return web.json_response({**self.version, "gitVersion": "v1.x-fake"})
         if found := LOG.match(request.path):
             return await self._log(request, *found.groups())
         found = OBJECT.match(request.path)
@@ -189,10 +198,11 @@ class FakeApiServer:
     async def _log(self, request: web.Request, namespace: str, name: str) -> web.Response:
         if await self._pod(namespace, name) is None:
             return status(404, "NotFound", f'pods "{name}" not found')
-        path = self.logs.get((namespace, name))
+        container = request.query.get("container") or "task"
+        path = self.logs.get((namespace, name, container))
         if path is None or not path.exists():
-            return status(400, "BadRequest", f'container "agent" in pod "{name}" is waiting '
-                          "to start")
+            return status(400, "BadRequest", f'container "{container}" in pod "{name}" is '
+                          "waiting to start")
         lines = path.read_text(errors="replace").splitlines(keepends=True)
         tail = int(request.query.get("tailLines") or len(lines) or 1)
         return web.Response(text="".join(lines[-tail:]))

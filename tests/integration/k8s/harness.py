@@ -12,7 +12,8 @@ kmock stores objects and nothing happens to them. :class:`FakeCluster` polls it 
 - the **garbage collector**: pods whose owner is gone are deleted;
 - the **volume provisioner**: a claim is bound to a directory ``claims/<ns>/<name>``,
   removed once the claim is deleted and no running container mounts it;
-- the **kubelet**: :mod:`.kubelet`.
+- the **kubelet**: :mod:`.kubelet`, which runs each container as its image would
+  (:class:`.kubelet.Image`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import aiohttp
 import anyio
 
 from .fakes import FakeApiServer
-from .kubelet import INDEX_KEY, Container, Kubelet, now_stamp, phase, pod_path
+from .kubelet import INDEX_KEY, Image, Kubelet, PodRun, now_stamp, phase, pod_path
 
 INDEX_FIELD = f"metadata.annotations['{INDEX_KEY}']"
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -50,7 +51,10 @@ class FakeCluster(Kubelet):
     front: FakeApiServer
     root: Path
     env: dict[str, str]
-    containers: dict[tuple[str, str], Container] = field(default_factory=dict)
+    images: dict[str, Image]
+    """Stand-in roots by image name; any other image is :attr:`default_image`."""
+    default_image: Image
+    pods: dict[tuple[str, str], PodRun] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     """Names of every pod the controllers made, in order."""
@@ -130,8 +134,7 @@ class FakeCluster(Kubelet):
             if (claim.get("status") or {}).get("phase") != "Bound":
                 await self.patch(f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/"
                                  f"{meta['name']}/status", {"status": {"phase": "Bound"}})
-        mounted = {c for k in self.containers.values() if k.process.poll() is None
-                   for c in k.claims}
+        mounted = {c for run in self.pods.values() if run.alive() for c in run.claims}
         for directory in (self.root / "claims").glob("*/*"):
             key = (directory.parent.name, directory.name)
             if key not in bound and key not in mounted:
@@ -152,7 +155,7 @@ class FakeCluster(Kubelet):
         meta, template = owner["metadata"], owner["spec"]["template"]
         spec = copy.deepcopy(template["spec"])
         if index is not None:
-            for container in spec["containers"]:
+            for container in [*spec.get("initContainers", []), *spec["containers"]]:
                 container.setdefault("env", []).append({"name": "JOB_COMPLETION_INDEX",
                                                         "valueFrom": {"fieldRef": {
                                                             "fieldPath": INDEX_FIELD}}})
@@ -176,7 +179,9 @@ class FakeCluster(Kubelet):
         done = {_index(p) for p in mine if phase(p) == "Succeeded"}
         active = [p for p in mine if phase(p) not in ("Succeeded", "Failed")]
         failed = [p for p in mine if phase(p) == "Failed"]
-        counted = [p for p in failed if _policy_action(p, spec) != "Ignore"]
+        actions = {p["metadata"]["name"]: _policy_action(p, spec) for p in failed}
+        counted = [p for p in failed if actions[p["metadata"]["name"]][0] != "Ignore"]
+        fatal = [why for action, why in actions.values() if action == "FailJob"]
         started = status.get("startTime") or now_stamp()
         path = f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status"
         if spec.get("suspend"):
@@ -184,6 +189,8 @@ class FakeCluster(Kubelet):
         elapsed = time.time() - _seconds(started)
         if spec.get("activeDeadlineSeconds") and elapsed > spec["activeDeadlineSeconds"]:
             return await self._stop_job(job, active, path, "DeadlineExceeded")
+        if fatal:
+            return await self._stop_job(job, active, path, "PodFailurePolicy", fatal[0])
         if len(counted) > spec.get("backoffLimit", 6):
             return await self._stop_job(job, active, path, "BackoffLimitExceeded")
         if len(done) >= spec["completions"]:
@@ -200,8 +207,8 @@ class FakeCluster(Kubelet):
         """Indexes whose deleted pod still runs (podReplacementPolicy: Failed waits)."""
         if job["spec"].get("podReplacementPolicy") != "Failed":
             return set()
-        return {c.index for c in self.containers.values() if c.owner == job["metadata"]["uid"]
-                and c.kill_at is not None and c.process.poll() is None}
+        return {r.index for r in self.pods.values() if r.owner == job["metadata"]["uid"]
+                and r.kill_at is not None and r.alive()}
 
     async def _fill(self, job: dict, done: set, active: list[dict]) -> None:
         running = {_index(p) for p in active} | self.terminating(job)
@@ -218,18 +225,19 @@ class FakeCluster(Kubelet):
                 room -= 1
 
     async def _stop_job(self, job: dict, active: list[dict], path: str,
-                        failure: str | None) -> None:
+                        failure: str | None, message: str = "") -> None:
         for pod in active:
             await self.delete(pod_path(pod))
         conditions = [_condition("Suspended", "JobSuspended")] if failure is None else [
-            _condition("Failed", failure)]
+            {**_condition("Failed", failure), "message": message}]
         await self.patch(path, {"status": {"active": 0, "conditions": conditions}})
 
 
 @contextlib.asynccontextmanager
-async def fake_cluster(kmock_url: str, front: FakeApiServer, root: Path, env: dict[str, str]):
+async def fake_cluster(kmock_url: str, front: FakeApiServer, root: Path, env: dict[str, str],
+                       images: dict[str, Image], default_image: Image):
     """Run a :class:`FakeCluster` in the background for the duration of the block."""
-    cluster = FakeCluster(kmock_url.rstrip("/"), front, root, env)
+    cluster = FakeCluster(kmock_url.rstrip("/"), front, root, env, images, default_image)
     async with anyio.create_task_group() as tg:
         tg.start_soon(cluster.run)
         try:
@@ -257,20 +265,25 @@ def _condition(kind: str, reason: str) -> dict:
     return {"type": kind, "status": "True", "reason": reason, "lastTransitionTime": now_stamp()}
 
 
-def _policy_action(pod: dict, spec: dict) -> str:
-    """What the Job's podFailurePolicy says of a failed pod ("Count" when no rule matches)."""
+def _policy_action(pod: dict, spec: dict) -> tuple[str, str]:
+    """What the Job's podFailurePolicy says of a failed pod ("Count" when no rule matches),
+    and the Job controller's message for a FailJob."""
     states = {c["name"]: (c.get("state") or {}).get("terminated") or {}
               for c in (pod.get("status") or {}).get("containerStatuses") or []}
     conditions = {c.get("type") for c in (pod.get("status") or {}).get("conditions") or []
                   if c.get("status") == "True"}
-    for rule in (spec.get("podFailurePolicy") or {}).get("rules", []):
+    name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    for number, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules", [])):
         codes = rule.get("onExitCodes")
-        if codes and any(s.get("exitCode") in codes["values"] for name, s in states.items()
-                         if codes.get("containerName") in (None, name)):
-            return rule["action"]
+        for container, state in states.items():
+            if codes and codes.get("containerName") in (None, container) and (
+                    state.get("exitCode") in codes["values"]):
+                return rule["action"], (
+                    f"Container {container} for pod {name} failed with exit code "
+                    f"{state['exitCode']} matching {rule['action']} rule at index {number}")
         if any(c.get("type") in conditions for c in rule.get("onPodConditions") or []):
-            return rule["action"]
-    return "Count"
+            return rule["action"], ""
+    return "Count", ""
 
 
 def _seconds(stamp_: str) -> float:

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from tpi_core.backend import Launch, TaskRef
-from tpi_core.errors import (PermissionDenied, QuotaExceeded, ResourceNotFound, TransientError,
-                             UsageError)
+from tpi_core.errors import (FieldError, PermissionDenied, QuotaExceeded, ResourceNotFound,
+                             TransientError, UsageError)
 from tpi_core.identifier import deterministic
 from tpi_core.model import Secrets, StorageSpec, Task, frozen_map
 from tpi_core.steps import delete_steps, run_steps
@@ -41,7 +41,8 @@ def task(**changes) -> Task:
 
 
 def launch() -> Launch:
-    return Launch(f"k8s://{NAMESPACE}/{TASK_ID}", time.time() + 600)
+    return Launch(f"k8s://{NAMESPACE}/{TASK_ID}", time.time() + 600,
+                  agent_digest="0123456789abcdef" * 4)
 
 
 class _backend:
@@ -180,7 +181,7 @@ async def test_observe_brings_failed_pods_log_tail(api, kmock_url, kubeconfig, t
         "reason": "Pulled", "message": "Successfully pulled image", "count": 1})
     log = tmp_path / "pod.log"
     log.write_text("".join(f"line {i}\n" for i in range(20)) + "tpi: this image has no python3")
-    api.logs[(NAMESPACE, pod)] = log
+    api.logs[(NAMESPACE, pod, "agent")] = log
     async with _backend() as backend:
         seen = await backend.observe(TaskRef.of(task()))
     codes = {e.code: e for e in seen.events}
@@ -189,8 +190,10 @@ async def test_observe_brings_failed_pods_log_tail(api, kmock_url, kubeconfig, t
     assert "line 14" not in codes["pod-log"].message and codes["pod-log"].replica == 0
 
 
-async def test_storage_on_a_claim_the_user_owns(api, kmock_url, kubeconfig, tmp_path):
-    async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env()) as cluster:
+async def test_storage_on_a_claim_the_user_owns(api, kmock_url, kubeconfig, tmp_path,
+                                                stand_ins):
+    async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env(),
+                            *stand_ins) as cluster:
         owned = task(storage={"container": "shared/runs/a"})
         async with _backend() as backend:
             backend.validate(owned)
@@ -207,7 +210,7 @@ async def test_storage_on_a_claim_the_user_owns(api, kmock_url, kubeconfig, tmp_
             assert landed.read_bytes() == b"on the user's claim"
             await run_steps(backend.create_steps(owned, launch()))
             (job,) = await objects(kmock_url, "/apis/batch/v1/jobs")
-            mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            mounts = job["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"]
             assert {"name": "storage", "mountPath": "/tpi/storage", "subPath": "runs/a"} in mounts
             await delete_steps(backend.delete_steps(TaskRef.of(owned)))
         assert not landed.exists() and keep.read_text() == "not tpi's"
@@ -238,23 +241,32 @@ async def test_a_claim_still_being_deleted_is_waited_for(api, kmock_url, kubecon
 
 
 async def test_a_bucket_container_replaces_the_claim(api, kmock_url, kubeconfig, monkeypatch):
-    monkeypatch.delenv("TPI_K8S_AGENT_PACKAGE", raising=False)
     pytest.importorskip("tpi_aws")
     in_bucket = task(storage={"container": "s3://team-bucket/runs",
                               "container_opts": frozen_map({"region": "eu-west-1"})})
     async with _backend() as backend:
+        with pytest.raises(FieldError, match="TPI_K8S_AGENT_INDEX=1"):
+            backend.validate(in_bucket)  # its SDK is no pure Python: the pod needs an index
+        monkeypatch.setenv("TPI_K8S_AGENT_INDEX", "1")
         backend.validate(in_bucket)
         storage = await backend.storage(TaskRef.of(in_bucket), create=in_bucket)
         assert storage.url == "s3://team-bucket/runs"
-        await run_steps(backend.create_steps(in_bucket, Launch(storage.url, time.time() + 60)))
+        ref = TaskRef.of(in_bucket)
+        built = backend.agent_bundle(ref)
+        assert any(w.startswith("tpi_aws-") for w in built.wheels)  # the bucket's plugin
+        url, _ = await backend.publish_agent(ref, built)
+        await run_steps(backend.create_steps(in_bucket, Launch(
+            storage.url, time.time() + 60, url, built.digest, built.wheels)))
         assert await tpi_objects(kmock_url) == {
             "secrets": [TASK_ID], "persistentvolumeclaims": [], "pods": [], "deployments": [],
             "jobs": [TASK_ID]}
         (job,) = await objects(kmock_url, "/apis/batch/v1/jobs")
-        (container,) = job["spec"]["template"]["spec"]["containers"]
-        assert container["args"][container["args"].index("--storage") + 1] == (
-            "s3://team-bucket/runs")
-        assert {"name": "TPI_AGENT_PACKAGE", "value": "tpi[k8s,aws]"} in container["env"]
-        assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tpi/work", "/tpi/agent"]
+        pod = job["spec"]["template"]["spec"]
+        (agent,), (user,) = pod["initContainers"], pod["containers"]
+        assert agent["args"][agent["args"].index("--storage") + 1] == "s3://team-bucket/runs"
+        assert {"name": "TPI_AGENT_INDEX", "value": "1"} in agent["env"]
+        assert [m["mountPath"] for m in agent["volumeMounts"]] == [
+            "/tpi/work", "/tpi/run", "/tpi/agent", "/tpi/bundle"]
+        assert [m["mountPath"] for m in user["volumeMounts"]] == ["/tpi/work", "/tpi/run"]
         await delete_steps(backend.delete_steps(TaskRef.of(in_bucket)))
     assert not any((await tpi_objects(kmock_url)).values())

@@ -4,16 +4,17 @@ happens when the server moves, goes, or is asked for something outside its root.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
-from aiohttp import web
 
 from tpi_core.errors import (ObjectNotFound, PermissionDenied, ResourceNotFound,
                              TransientError, UnsafePathError)
 from tpi_core.testing.contract import StorageContract
 from tpi_k8s import manifests
-from tpi_k8s.server import build_app
+from tpi_k8s.server import serve
 from tpi_k8s.storage import K8sStorage
 
 from .conftest import NAMESPACE, seed
@@ -32,12 +33,22 @@ def pod_doc(name: str, ready: bool = True, phase: str = "Running") -> dict:
                 {"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
+class Served:
+    """The storage server in a thread of this process, as the pod runs it."""
+
+    def __init__(self, root: Path, token: str):
+        self.server = serve(root, token, "127.0.0.1", 0)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    async def cleanup(self) -> None:
+        await anyio.to_thread.run_sync(self.server.shutdown)
+        self.server.server_close()
+
+
 async def start_server(root: Path, token: str = SERVER_TOKEN):
-    runner = web.AppRunner(build_app(root, token), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, runner.addresses[0][1]
+    root.mkdir(parents=True, exist_ok=True)
+    served = Served(root, token)
+    return served, served.server.server_address[1]
 
 
 @pytest.fixture
