@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from tpi_core.errors import UnsafePathError
-from tpi_core.storage import open_storage
+from tpi_core.registry import open_storage
 from tpi_core.storage import local
 from tpi_core.storage.local import LocalStorage, checked_key
 from tpi_core.testing.contract import StorageContract

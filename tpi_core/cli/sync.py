@@ -85,7 +85,7 @@ def _collect(actions: list[dict]):
 async def _sync(app: Application, src: str, dst: str, delete: bool, rules: list[str],
                 jobs: int, dry_run: DryRun | None, max_delete: int | None) -> SyncResult:
     from tpi_core.errors import UsageError
-    from tpi_core.storage import open_storage
+    from tpi_core.registry import open_storage
     from tpi_core.storage.sync import download_tree, upload_tree
 
     if _is_url(src) and _is_url(dst):

@@ -168,13 +168,3 @@ def check_bucket(bucket: str, kind: str) -> None:
 def join(*parts: str) -> str:
     """Join key parts with ``/``, dropping empty parts and stray separators."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
-
-
-def __getattr__(name: str) -> object:
-    # open_storage lives in tpi_core.registry (which imports this module): still importable
-    # from here, where callers of earlier versions look for it
-    if name == "open_storage":
-        from tpi_core.registry import open_storage
-
-        return open_storage
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ from tpi_core.testing.faultproxy import FaultProxy
 from tpi_aws.storage import S3Storage
 from tpi_core.errors import (IntegrityError, PermissionDenied, ResourceNotFound, TpiError,
                              TransientError, UnsafePathError, UsageError)
-from tpi_core.storage import open_storage
+from tpi_core.registry import open_storage
 from tpi_core.storage.sync import download_tree
 from tpi_core.sync.retry import RetryPolicy, retrying
 from tpi_core.testing.contract import StorageContract

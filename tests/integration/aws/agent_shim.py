@@ -18,7 +18,7 @@ import anyio
 
 from tpi_core import layout
 from tpi_core.agent import Agent, AgentConfig, load_hooks
-from tpi_core.storage import open_storage
+from tpi_core.registry import open_storage
 
 
 async def main(args: argparse.Namespace) -> int:

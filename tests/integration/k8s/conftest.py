@@ -29,6 +29,8 @@ from .kubelet import Image, bare_tools
 NAMESPACE = "tpi-test"
 NO_SHELL = "tpi-test/no-shell:1"
 """An image with coreutils and no shell: its container cannot start."""
+UNPULLABLE = "registry.example/private/trainer:7"
+"""An image the registry refuses: its container waits in ImagePullBackOff."""
 TOKEN = "fake-kube-token-0123"
 RESOURCES = ("v1/pods", "v1/secrets", "v1/persistentvolumeclaims", "v1/events",
              "v1/serviceaccounts", "v1/configmaps", "batch/v1/jobs", "apps/v1/deployments")
@@ -113,5 +115,6 @@ def agent_image(tmp_path_factory) -> Image:
 def stand_ins(agent_image, tmp_path) -> tuple[dict[str, Image], Image]:
     """Images by name, and the image of any other name: a shell and coreutils, no Python."""
     images = {AGENT_IMAGE: agent_image,
-              NO_SHELL: Image.build(tmp_path / "image-no-shell", bare_tools(shell=False))}
+              NO_SHELL: Image.build(tmp_path / "image-no-shell", bare_tools(shell=False)),
+              UNPULLABLE: Image(tmp_path, pullable=False)}
     return images, Image.build(tmp_path / "image-bare", bare_tools())

@@ -52,6 +52,8 @@ class Image:
     """A stand-in root: its ``bin`` is the container's PATH and holds its ``/bin/sh``."""
 
     bin: Path
+    pullable: bool = True
+    """False: the registry refuses it (the container waits in ImagePullBackOff)."""
 
     @classmethod
     def build(cls, root: Path, tools: dict[str, str]) -> Image:
@@ -84,16 +86,21 @@ class Container:
     ready: bool = False
     start_error: str = ""
     """Why the runtime could not start it (its exit code is then 128)."""
+    waiting: str = ""
+    """Why it has not started (its image cannot be pulled), until its pod goes."""
     signalled: bool = False
 
     @property
     def code(self) -> int | None:
+        if self.waiting:
+            return 137 if self.signalled else None
         if self.process is None:
             return 128
         code = self.process.poll()
         return None if code is None else (128 - code if code < 0 else code)
 
     def signal(self, sig: int) -> None:
+        self.signalled = self.signalled or bool(self.waiting)
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
@@ -254,6 +261,10 @@ class Kubelet:
         log = box / f"{container['name']}.log"
         self.front.logs[(*key, container["name"])] = log
         cwd = mounts.get(container.get("workingDir", ""), box)
+        if not image.pullable:
+            log.touch()
+            return Container(container["name"], None, log, sidecar, waiting=(
+                f'Back-off pulling image "{container.get("image", "")}"'))
         program = _in_image(argv[0], image)
         if program is None:
             log.touch()
@@ -303,6 +314,8 @@ class Kubelet:
         if done:
             run.reported = True
             phase_ = "Succeeded" if all(c.code == 0 for c in run.mains) else "Failed"
+        elif any(c.waiting and c.code is None for c in run.containers):
+            phase_ = "Pending"
         else:
             phase_ = "Running"
         flag = "True" if ready else "False"
@@ -354,7 +367,9 @@ def pod_path(pod: dict) -> str:
 
 def _state(container: Container) -> dict:
     code = container.code
-    if code is None:
+    if code is None and container.waiting:
+        state = {"waiting": {"reason": "ImagePullBackOff", "message": container.waiting}}
+    elif code is None:
         state = {"running": {"startedAt": now_stamp()}}
     elif container.start_error:
         state = {"terminated": {"exitCode": 128, "reason": "StartError",

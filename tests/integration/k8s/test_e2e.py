@@ -24,7 +24,7 @@ from tpi_k8s import launch, manifests
 
 from tpi_core.testing.contract import BackendContract
 
-from .conftest import NAMESPACE, NO_SHELL, agent_env, objects
+from .conftest import NAMESPACE, NO_SHELL, UNPULLABLE, agent_env, objects
 from .harness import FakeCluster, fake_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -187,6 +187,62 @@ async def test_an_image_without_a_shell_fails_the_replica_with_the_reason(
         # the Job failed at the first pod: a broken image is not retried
         assert len([n for n in cluster.created if n.startswith(f"{done['task_id']}-0-")]) == 1
         await tpi(workdir, "destroy", "--yes")
+
+
+async def _status_until(workdir: Path, ready, what: str, cluster: FakeCluster) -> dict:
+    limit = time.monotonic() + 60
+    while time.monotonic() < limit:
+        found = json.loads((await tpi(workdir, "status", "--json")).stdout)[0]
+        if ready(found):
+            return found
+        await anyio.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}: {found}; {cluster.errors}")
+
+
+def _short_task(workdir: Path, name: str, image: str = "ubuntu") -> None:
+    workdir.mkdir()
+    (workdir / "tasks.toml").write_text(
+        f'[task.{name}]\ncloud = "kubernetes"\nimage = "{image}"\nmachine = "1-512"\n'
+        'timeout = "10m"\nscript = "mkdir -p results; echo ran > results/out.txt"\n'
+        f'[task.{name}.storage]\nworkdir = "."\noutput = "results"\n')
+
+
+async def test_an_image_that_cannot_be_pulled_is_named_in_status_and_logs(
+        api, kmock_url, kubeconfig, tmp_path, stand_ins):
+    workdir = tmp_path / "project"
+    _short_task(workdir, "private", UNPULLABLE)
+    async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env(),
+                            *stand_ins) as cluster:
+        await tpi(workdir, "apply", "tasks.toml")
+        found = await _status_until(workdir, lambda s: "ImagePullBackOff" in s["reason"],
+                                    "the pull failure in status", cluster)
+        assert not found["state"] in ("succeeded", "failed")
+        assert f'Back-off pulling image "{UNPULLABLE}"' in found["reason"]
+        assert found["reason"].startswith("replica 0: the task's container")
+        logs = await tpi(workdir, "logs")
+        assert "ImagePullBackOff" in logs.stdout.decode() + logs.stderr.decode()
+        await tpi(workdir, "destroy", "--yes")
+        assert not cluster.errors
+
+
+async def test_before_native_sidecars_the_agent_is_the_pods_second_container(
+        api, kmock_url, kubeconfig, tmp_path, stand_ins):
+    api.version = {"major": "1", "minor": "28+"}
+    workdir = tmp_path / "project"
+    _short_task(workdir, "older")
+    async with fake_cluster(kmock_url, api, tmp_path / "cluster", agent_env(),
+                            *stand_ins) as cluster:
+        await tpi(workdir, "apply", "tasks.toml")
+        (job,) = await objects(kmock_url, "/apis/batch/v1/jobs")
+        pod = job["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+        assert [c["name"] for c in pod["containers"]] == ["task", "agent"]
+        done = await _status_until(workdir, lambda s: s["state"] in ("succeeded", "failed"),
+                                   "the task to end", cluster)
+        assert done["state"] == "succeeded", done
+        await tpi(workdir, "destroy", "--yes")
+        assert (workdir / "results" / "out.txt").read_text() == "ran\n"
+        assert not cluster.errors
 
 
 def _final(storage: Path, index: int) -> bool:
