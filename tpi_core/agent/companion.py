@@ -51,7 +51,7 @@ command -v sleep >/dev/null 2>&1 || {
 }
 trap 'echo >"$R/term"; [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null' TERM INT
 echo "tpi: waiting for the agent to restore the workdir" >&2
-while [ ! -e "$R/go" ] && [ ! -e "$R/done" ]; do sleep 0.2; done
+while [ ! -e "$R/go" ] && [ ! -e "$R/done" ]; do sleep 0.2 || exit 127; done
 if [ ! -e "$R/done" ]; then
   . "$R/env"
   cd "$TPI_WORKDIR" || exit 127
@@ -63,7 +63,7 @@ if [ ! -e "$R/done" ]; then
   esac
   pid=$!
   echo "$pid" >"$R/started"
-  (while [ ! -e "$R/stop" ]; do sleep 0.2; done
+  (while [ ! -e "$R/stop" ]; do kill -0 $$ 2>/dev/null && sleep 0.2 || exit 0; done
    kill -TERM "$pid" 2>/dev/null
    read -r grace <"$R/stop" || grace=5; sleep "${grace:-5}"
    kill -KILL "$pid" 2>/dev/null) &
@@ -79,7 +79,7 @@ if [ ! -e "$R/done" ]; then
   esac
   echo "$code" >"$R/exit"
 fi
-while [ ! -e "$R/done" ]; do sleep 0.2; done
+while [ ! -e "$R/done" ]; do sleep 0.2 || exit 127; done
 read -r code <"$R/done" || code=1
 exit "${code:-1}"
 """

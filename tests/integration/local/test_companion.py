@@ -8,6 +8,7 @@ coreutils alone: no Python, no bash, as in a bare image.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,7 +66,8 @@ class Pod:
         command = [sys.executable, "-m", "tpi_core.agent", "--storage", str(self.store),
                    "--replica", "0", "--workdir", str(self.work), "--companion", str(self.run),
                    *extra]
-        self.agent = subprocess.Popen(command, env={**os.environ, **FAST})
+        self.agent = subprocess.Popen(command, env={**os.environ, **FAST},
+                                      start_new_session=True)
         return self.agent
 
     def start_wrapper(self) -> subprocess.Popen:
@@ -73,7 +75,8 @@ class Pod:
                "HOME": str(self.work)}
         self.stderr = self.work.parent / "wrapper.err"
         with self.stderr.open("w") as err:
-            self.wrapper = subprocess.Popen(["/bin/sh", "-c", WRAPPER], env=env, stderr=err)
+            self.wrapper = subprocess.Popen(["/bin/sh", "-c", WRAPPER], env=env, stderr=err,
+                                            start_new_session=True)
         return self.wrapper
 
     def both(self) -> tuple[int, int]:
@@ -85,9 +88,11 @@ class Pod:
         return self.agent.wait(timeout=30), self.wrapper.wait(timeout=30)
 
     def close(self) -> None:
+        """Kill what is left, the wrapper's children too: a container's end takes them."""
         for process in (self.agent, self.wrapper):
-            if process is not None and process.poll() is None:
-                process.kill()
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
 
@@ -209,7 +214,7 @@ def test_an_image_that_runs_as_another_user_writes_the_workdir(tmp_path):
         pod.start_agent()
         env = {"PATH": str(bare), "TPI_RUN": str(pod.run), "HOME": "/"}
         pod.wrapper = subprocess.Popen(["/bin/sh", "-c", WRAPPER], env=env, user=65534,
-                                       group=65534)
+                                       group=65534, start_new_session=True)
         try:
             assert pod.wait() == (0, 0)
         finally:
