@@ -33,11 +33,11 @@ STORAGE_GROUP = "tpi.storage"
 ALIASES = {"az": "azure", "kubernetes": "k8s"}
 """Other spellings a tasks file may use for a backend name."""
 
-FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "s3": "aws", "gs": "gcp"}
+FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "s3": "aws", "gs": "gcp"}
 """Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it (a
 test checks that each is declared)."""
 
-PLANNED = {"gcp": "gcp", "azure": "azure", "az": "azure"}
+PLANNED = {"azure": "azure", "az": "azure"}
 """Backend or storage scheme -> the first-party plugin that will provide it, not published
 yet: no extra to suggest."""
 
@@ -45,6 +45,7 @@ KNOWN = {
     (BACKEND_GROUP, "local"): "tpi_core.backends.local:LocalBackend",
     (BACKEND_GROUP, "aws"): "tpi_aws.backend:AWSBackend",
     (BACKEND_GROUP, "k8s"): "tpi_k8s.backend:K8sBackend",
+    (BACKEND_GROUP, "gcp"): "tpi_gcp.backend:GCPBackend",
     (STORAGE_GROUP, "file"): "tpi_core.storage.local:LocalStorage",
     (STORAGE_GROUP, "s3"): "tpi_aws.storage:S3Storage",
     (STORAGE_GROUP, "k8s"): "tpi_k8s.storage:K8sStorage",

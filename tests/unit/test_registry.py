@@ -79,11 +79,11 @@ def test_unknown_first_party_backend_names_the_extra(fake_eps, monkeypatch):
 
 
 def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps):
-    for name, plugin in (("gcp", "gcp"), ("az", "azure")):
+    for name, plugin in (("az", "azure"), ("azure", "azure")):
         with pytest.raises(BackendNotInstalled, match=f"{plugin} plugin is not published yet"):
             registry.backend_class(name)
-    # the gs:// storage is published (plugins/tpi-gcp), ahead of the gcp backend
     assert "[gcp]" in registry.install_hint("gs", registry.STORAGE_GROUP)
+    assert "[gcp]" in registry.install_hint("gcp")
 
 
 def test_every_extra_an_install_hint_names_is_declared() -> None:

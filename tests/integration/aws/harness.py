@@ -2,8 +2,8 @@
 
 moto keeps instances as records only. :class:`Ec2Player` polls it for running instances of
 tpi groups and, for each new one, reads the user-data of its launch template, starts the real
-agent with what the user-data carries (``python -m tpi_core.agent ...``, through
-:mod:`.agent_shim` until the agent claims replicas itself), a fake instance metadata service
+agent with what the user-data carries (``python -m tpi_core.agent ...``, the unit's own
+command line: the agent claims its replica through its hooks), a fake instance metadata service
 of its own on 127.0.0.1 and moto as every endpoint. An instance that leaves ``running`` in
 moto takes its agent with it (SIGTERM, as a shutdown does). :meth:`Ec2Player.preempt` plays a
 spot interruption: the two-minute notice in the metadata, then the termination in moto, after
@@ -175,8 +175,7 @@ class Ec2Player:
         env = {**self.env, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
                "AWS_REGION": region, "AWS_DEFAULT_REGION": region}
         with log.open("wb") as out:
-            process = subprocess.Popen(agent_command(agent_argv(boot, sys.executable,
-                                                                str(workdir))),
+            process = subprocess.Popen(agent_argv(boot, sys.executable, str(workdir)),
                                        env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         return Machine(instance_id, process, imds, log)
@@ -203,12 +202,3 @@ class Ec2Player:
     def agent_logs(self) -> dict[str, str]:
         """What each agent printed (for failure messages)."""
         return {i: m.log.read_text(errors="replace")[-2000:] for i, m in self.machines.items()}
-
-
-def agent_command(argv: list[str]) -> list[str]:
-    """The agent's command line, through the shim while the agent needs ``--replica``."""
-    from tpi_core.agent.hooks import AgentHooks
-
-    if hasattr(AgentHooks, "replica_index"):
-        return argv
-    return [argv[0], str(HERE / "agent_shim.py"), *argv[3:]]
