@@ -203,6 +203,6 @@ def test_an_image_without_python_gets_the_bundles_standalone_python(aws_env, no_
     assert "apt-get update failed" in logs or "installing one from the distribution" in logs
     steps = [line.split(" step ")[1] for line in logs.splitlines() if " boot step " in line]
     assert steps[:4] == ["config", "python", "fetch", "standalone-python"], steps
-    assert f"python: /opt/tpi/python/bin/python3 (Python 3.11" in logs
+    assert "python: /opt/tpi/python/bin/python3 (Python 3.11" in logs
     assert "done" in logs
     tpi(project, "destroy", "--yes")
