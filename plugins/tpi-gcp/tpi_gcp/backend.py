@@ -23,16 +23,18 @@ per task, or ``storage.container``. Credentials are Application Default Credenti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tpi_core.backend import AGENT_PREFIX, Backend, Capability, Launch, Observation, TaskRef
 from tpi_core.boot.script import render
-from tpi_core.errors import ResourceNotFound, UsageError, check_fields
+from tpi_core.errors import (PermissionDenied, ResourceNotFound, TpiError, UsageError,
+                             check_fields)
 from tpi_core.model import Event, Task
 from tpi_core.steps import Step, creates
 from tpi_core.storage import Storage, split_url
@@ -43,7 +45,8 @@ from tpi_gcp.rest import ENDPOINT_ENV, GoogleApis
 TAGS = OwnTags("tpi-task", "tpi-managed", "tpi-name", "tpi-container", "tpi-region")
 """tpi's own keys, in labels and in a group's description."""
 PROJECT_ENV = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT")
-_ACCOUNT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.:]+\.iam\.gserviceaccount\.com$")
+_ACCOUNT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.:]+"
+                      r"\.iam\.gserviceaccount\.com$")
 _LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 
 
@@ -72,18 +75,22 @@ class GCPBackend(Backend):
         """The project's APIs (the project from the environment, else from ADC)."""
         if self._apis is None:
             fake = bool(os.environ.get(ENDPOINT_ENV))
-            if not fake:
-                self._token = await _adc_token()
             project = self._project or next(
                 (os.environ[n] for n in PROJECT_ENV if os.environ.get(n)), "")
-            if not project and self._token is not None:
-                project = await self._token.get_project() or ""
+            with _credentials():
+                if not fake:
+                    self._token = await _adc_token()
+                if not project and self._token is not None:
+                    project = await self._token.get_project() or ""
             if not project:
                 raise UsageError("no GCP project: set GOOGLE_CLOUD_PROJECT, or "
                                  "`gcloud config set project ...`")
 
             async def token() -> str | None:
-                return None if self._token is None else await self._token.get()
+                if self._token is None:
+                    return None
+                with _credentials():
+                    return await self._token.get()
 
             self._apis = GoogleApis(project, token)
         return self._apis
@@ -226,6 +233,21 @@ def instance_events(instance: dict) -> list[Event]:
 
 async def _then(apis, action, *args) -> None:
     await action(await apis(), *args)
+
+
+@contextlib.contextmanager
+def _credentials() -> Iterator[None]:
+    """Application Default Credentials that cannot be had (no file, no metadata server, a
+    refused token) as one clear error: a search over every cloud skips this one."""
+    try:
+        yield
+    except TpiError:
+        raise
+    except Exception as exc:
+        raise PermissionDenied(f"no usable GCP credentials (Application Default Credentials: "
+                               f"`gcloud auth application-default login`, or "
+                               f"GOOGLE_APPLICATION_CREDENTIALS): {type(exc).__name__}: {exc}"
+                               ) from exc
 
 
 def _check_account(value: str) -> None:
