@@ -78,8 +78,8 @@ def test_missing_backend_names_the_install(tmp_path, capsys, monkeypatch):
     # never the 'tpi' of PyPI, another project: the folder this tpi came from
     assert code == 2 and "pip install '" in err and "tpi[aws]" not in err
     assert f"{Path(__file__).parents[2]}[aws]" in err
-    code, _, err = run_main(["machines", "--cloud", "gcp"], capsys)
-    assert code == 2 and "gcp plugin is not published yet" in err and "tpi[" not in err
+    code, _, err = run_main(["machines", "--cloud", "azure"], capsys)
+    assert code == 2 and "azure plugin is not published yet" in err and "tpi[" not in err
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])
@@ -192,7 +192,9 @@ def test_a_full_disk_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     ('cloud = "aws"\nmachine = "g4dn.xlarg"', "machine", "did you mean 'g4dn.xlarge'?"),
     ('cloud = "aws"\nregion = "us-weest"', "region", "did you mean 'us-west'?"),
     ('cloud = "k8s"\nmachine = "m+t5"', "machine", "m+t5"),
-    ('cloud = "gcp"', "cloud", "backend 'gcp' is not installed"),
+    ('cloud = "gcp"\nmachine = "m+t5"', "machine", "did you mean 'm+t4'?"),
+    ('cloud = "gcp"\nregion = "eu-wst"', "region", "did you mean 'eu-west'?"),
+    ('cloud = "azure"', "cloud", "backend 'azure' is not installed"),
 ])
 @pytest.mark.parametrize("command", ["validate", "plan"])
 def test_validate_runs_the_backends_own_checks_and_names_file_task_and_key(
