@@ -67,7 +67,8 @@ class BackendContract:
     CLOUD: ClassVar[str]
     SETTINGS: ClassVar[str] = ""
     """More lines of the task's table (region, machine...)."""
-    WAIT: ClassVar[float] = 90.0
+    WAIT: ClassVar[float] = 150.0
+    """Seconds one wait may take (a loaded machine slows emulators and agents alike)."""
 
     @pytest.fixture
     def cloud(self) -> Any:

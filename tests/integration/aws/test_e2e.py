@@ -21,7 +21,7 @@ from .conftest import FAKE_CREDENTIALS, REGION
 from .harness import Ec2Player
 from .inventory import clients, counts, inventory, tags_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 BUCKET = f"tpi-123456789012-{REGION}"
 

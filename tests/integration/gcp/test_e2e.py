@@ -23,7 +23,7 @@ from tpi_core.testing.lifecycle import SECRET, TAG, status, tpi
 from .fake_gce import FakeGce
 from .harness import MigPlayer
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 PROJECT = "tpi-e2e-project"
 REGION = "europe-west1"
