@@ -27,7 +27,7 @@ from tpi_core.testing.contract import BackendContract
 from .conftest import NAMESPACE, NO_SHELL, UNPULLABLE, agent_env, objects
 from .harness import FakeCluster, fake_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(600)]
 
 SECRET = "e2e-k8s-secret-value-0451"
 TASKS = f'''
