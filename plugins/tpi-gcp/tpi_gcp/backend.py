@@ -31,10 +31,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import anyio
+
 from tpi_core.backend import AGENT_PREFIX, Backend, Capability, Launch, Observation, TaskRef
 from tpi_core.boot.script import render
-from tpi_core.errors import (PermissionDenied, ResourceNotFound, TpiError, UsageError,
-                             check_fields)
+from tpi_core.errors import PermissionDenied, ResourceNotFound, TpiError, UsageError, check_fields
 from tpi_core.model import Event, Task
 from tpi_core.steps import Step, creates
 from tpi_core.storage import Storage, split_url
@@ -70,9 +71,15 @@ class GCPBackend(Backend):
         self._project = project
         self._apis: GoogleApis | None = None
         self._token: Any = None
+        self._lock = anyio.Lock()
 
     async def apis(self) -> GoogleApis:
-        """The project's APIs (the project from the environment, else from ADC)."""
+        """The project's APIs (the project from the environment, else from ADC), made once:
+        the regions of a search ask for them all at once."""
+        async with self._lock:
+            return await self._open_apis()
+
+    async def _open_apis(self) -> GoogleApis:
         if self._apis is None:
             fake = bool(os.environ.get(ENDPOINT_ENV))
             project = self._project or next(
