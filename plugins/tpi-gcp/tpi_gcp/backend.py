@@ -51,7 +51,18 @@ _ACCOUNT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.:]+"
 _LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 
 
+ADC_FILE = "~/.config/gcloud/application_default_credentials.json"
+
+
 async def _adc_token() -> Any:
+    """A token source on Application Default Credentials: a file (``gcloud auth
+    application-default login``, ``GOOGLE_APPLICATION_CREDENTIALS``) or, on a Google machine,
+    its metadata server (``GCE_METADATA_HOST``). With none of them, no session is opened."""
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not (named or os.path.exists(os.path.expanduser(ADC_FILE))
+            or os.environ.get("GCE_METADATA_HOST")):
+        raise PermissionDenied("no GCP credentials: `gcloud auth application-default login`, "
+                               "or GOOGLE_APPLICATION_CREDENTIALS")
     from gcloud.aio.auth import Token  # the Google auth stack: only against Google
 
     return Token(scopes=[resources.SCOPE])
