@@ -50,6 +50,7 @@ mkdir -p results
 epoch=$(cat results/epoch.txt 2>/dev/null || echo 0)
 echo "resuming at $epoch, attempt $TPI_ATTEMPT, token ${TOKEN:+present}"
 while [ "$epoch" -lt EPOCHS ]; do
+  if [ "$TPI_ATTEMPT" = 1 ] && [ "$epoch" -ge HOLD ]; then sleep 0.4; continue; fi
   echo "epoch $epoch"
   epoch=$((epoch + 1))
   echo "$epoch" > results/epoch.tmp && mv results/epoch.tmp results/epoch.txt
@@ -69,6 +70,8 @@ class BackendContract:
     """More lines of the task's table (region, machine...)."""
     WAIT: ClassVar[float] = 150.0
     """Seconds one wait may take (a loaded machine slows emulators and agents alike)."""
+    seen: Any = None
+    """The last status a wait saw, shown when it times out."""
 
     @pytest.fixture
     def cloud(self) -> Any:
@@ -83,8 +86,11 @@ class BackendContract:
         self.write_tasks(work, epochs=4)
         return work
 
-    def write_tasks(self, work: Path, epochs: int, spot: bool = False) -> None:
-        script = SCRIPT.replace("EPOCHS", str(epochs))
+    def write_tasks(self, work: Path, epochs: int, spot: bool = False,
+                    hold: int | None = None) -> None:
+        """``hold``: the first attempt stops counting there and waits to be interrupted
+        (a stop or a preemption never races the script's own end)."""
+        script = SCRIPT.replace("EPOCHS", str(epochs)).replace("HOLD", str(hold or epochs))
         lines = [f'cloud = "{self.CLOUD}"', 'timeout = "10m"', self.SETTINGS,
                  "spot = 0" if spot else "", f'tags = {{ {TAG[0]} = "{TAG[1]}" }}',
                  f"script = '''{script}'''"]
@@ -166,7 +172,7 @@ class BackendContract:
     async def test_a_preempted_replica_resumes(self, cloud, project):
         if Capability.SPOT not in backend_class(self.CLOUD).CAPABILITIES:
             pytest.skip(f"{self.CLOUD} declares no spot machines")
-        self.write_tasks(project, epochs=12, spot=True)
+        self.write_tasks(project, epochs=12, spot=True, hold=4)
         await tpi(project, "apply")
         await self.wait_for(cloud, lambda t: "epoch 3" in t, "epoch 3", project)
         said = (await tpi(project, "debug", "preempt", "contract")).stderr
@@ -179,7 +185,7 @@ class BackendContract:
     async def test_stop_then_start_resumes(self, cloud, project):
         if Capability.STOP_START not in backend_class(self.CLOUD).CAPABILITIES:
             pytest.skip(f"{self.CLOUD} cannot stop and start a task")
-        self.write_tasks(project, epochs=12)
+        self.write_tasks(project, epochs=12, hold=4)
         await tpi(project, "apply")
         await self.wait_for(cloud, lambda t: "epoch 3" in t, "epoch 3", project)
         await tpi(project, "stop", "contract")
@@ -202,7 +208,7 @@ class BackendContract:
 
     async def wait_state(self, cloud: Any, project: Path, state: str) -> dict:
         async def check() -> dict | None:
-            found = await status(project)
+            found = self.seen = await status(project)
             return found if found["state"] == state else None
         return await self._poll(cloud, check, f"state {state}")
 
@@ -218,8 +224,8 @@ class BackendContract:
             if found := await check():
                 return found
             await anyio.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; cloud errors: "
-                             f"{getattr(cloud, 'errors', None)}")
+        raise AssertionError(f"timed out waiting for {what}; last seen {self.seen!r}; "
+                             f"cloud errors: {getattr(cloud, 'errors', None)}")
 
 
 class _Run:

@@ -90,7 +90,7 @@ class TestAWSLifecycle(BackendContract):
     async def test_a_spot_notice_flushes_and_a_replacement_resumes(self, cloud, project):
         """The cloud's own notice (IMDS ``spot/instance-action``), not a rehearsal: the agent
         flushes, exits 143, and the replacement goes on from the checkpoint."""
-        self.write_tasks(project, epochs=12, spot=True)
+        self.write_tasks(project, epochs=12, spot=True, hold=4)
         await tpi(project, "apply")
         first = (await anyio.to_thread.run_sync(
             lambda: cloud.wait_for(lambda: list(cloud.machines), 30, "a machine")))[0]

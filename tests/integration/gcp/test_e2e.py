@@ -88,7 +88,7 @@ class TestGCPLifecycle(BackendContract):
     async def test_a_preemption_notice_flushes_and_a_replacement_resumes(self, cloud, project):
         """The metadata server's ``instance/preempted``, not a rehearsal: the agent flushes,
         exits 143, the instance goes, and its replacement goes on from the checkpoint."""
-        self.write_tasks(project, epochs=12, spot=True)
+        self.write_tasks(project, epochs=12, spot=True, hold=4)
         await tpi(project, "apply")
         first = (await anyio.to_thread.run_sync(
             lambda: cloud.wait_for(lambda: list(cloud.machines), 30, "an instance")))[0]
