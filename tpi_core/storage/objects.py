@@ -13,7 +13,8 @@ stays a cloud's own are small hooks:
   at once);
 - ``_entries``: the listing, one :class:`Entry` per object, from the service's pages;
 - ``_send``: the request that stores one body, answering the md5 the service stored;
-- ``_in_parts`` and ``_send_parts``: the multipart threshold and upload (default: none);
+- ``_in_parts`` and ``_send_parts``: the multipart (or resumable) threshold and upload
+  (default: none);
 - ``_delete_batch``: deleting up to ``DELETE_BATCH`` keys;
 - ``_close``: what the owner closes.
 
@@ -167,7 +168,8 @@ class ObjectStorage(Storage):
 
         async with task_group() as group:
             group.start_soon(whole_md5)
-            await self._send_parts(full, path, size, progress)
+            stored = await self._send_parts(full, path, size, progress)
+        _check_stored(full, stored, bytes.fromhex(hashed[0]))
         return hashed[0]
 
     async def download(self, key: str, path: Path, progress: Progress | None = None) -> None:
@@ -210,7 +212,9 @@ class ObjectStorage(Storage):
         return False
 
     async def _send_parts(self, full: str, path: Path, size: int,
-                          progress: Progress | None) -> None:
+                          progress: Progress | None) -> str | None:
+        """Upload a large file in parts (or a session); the hex md5 the service says it
+        stored of the whole, None when it names none (S3's multipart ETag is no md5)."""
         raise NotImplementedError(f"{self.KIND} storage uploads no parts")
 
     @abstractmethod

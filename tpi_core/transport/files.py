@@ -35,9 +35,10 @@ MEMORY_MAX = 1 << 20
 larger ones stream, so memory stays bounded at any ``--jobs``."""
 
 
-async def file_chunks(path: Path, size: int, digest: Any,
-                      progress: Progress | None) -> AsyncIterator[bytes]:
-    """The first ``size`` bytes of a file in chunks, hashed into ``digest`` as they go.
+async def file_chunks(path: Path, size: int, digest: Any, progress: Progress | None,
+                      offset: int = 0) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of a file (from ``offset`` on) in chunks, hashed into
+    ``digest`` (when given) as they go.
 
     Each chunk is read and hashed in a worker thread; the pool reads one chunk ahead of
     the socket (:func:`tpi_core.transport.pool._send_stream`). A file that shrank meanwhile
@@ -45,7 +46,8 @@ async def file_chunks(path: Path, size: int, digest: Any,
     as it was when its size was taken.
     """
     handle = open(path, "rb")  # noqa: ASYNC230, SIM115 - closed below; opening is quick
-    left, limiter = [size], file_threads()
+    handle.seek(offset)
+    left, limiter = [size - offset], file_threads()
     try:
         while chunk := await anyio.to_thread.run_sync(_read_hashed, handle, digest, left,
                                                       limiter=limiter):
@@ -110,7 +112,8 @@ def file_threads() -> anyio.CapacityLimiter:
 
 def _read_hashed(handle: Any, digest: Any, left: list[int]) -> bytes:
     chunk = handle.read(min(_CHUNK, left[0]))
-    digest.update(chunk)
+    if digest is not None:
+        digest.update(chunk)
     left[0] -= len(chunk)
     return chunk
 

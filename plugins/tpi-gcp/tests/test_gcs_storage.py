@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from tpi_gcp.storage import GCSProtocol, GCSStorage
+from tpi_gcp.storage import RESUMABLE_ENV, GCSProtocol, GCSStorage
 
 from tpi_core.errors import ResourceNotFound, UsageError
 from tpi_core.testing.contract import StorageContract
@@ -33,6 +33,14 @@ class TestGCSStorage(StorageContract):
         bucket = make_bucket(gcs_server.url)
         async with GCSStorage(bucket, "task/data", endpoint_url=gcs_server.url) as storage:
             yield storage
+
+
+class TestGCSStorageResumable(TestGCSStorage):
+    """The contract again with every streamed upload (above 1 MiB) as a resumable session."""
+
+    @pytest.fixture(autouse=True)
+    def resumable(self, monkeypatch):
+        monkeypatch.setenv(RESUMABLE_ENV, "0")
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio
 
@@ -29,8 +30,11 @@ from tpi_core.errors import (
     TpiError,
     TransientError,
 )
+from tpi_core.storage import Progress
 from tpi_core.storage.objects import Entry, ObjectStorage
 from tpi_core.transport.endpoint import Endpoint
+from tpi_core.transport.exceptions import BodyMismatch
+from tpi_core.transport.files import MiB, file_chunks
 from tpi_core.transport.hashing import base64_to_hex
 from tpi_core.transport.pool import Stream
 
@@ -39,6 +43,13 @@ SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 POOL = 64
 """Connections kept per bucket: the sync engine's jobs plus ranges of large objects."""
 RANGE_SLOTS = 16
+RESUMABLE_ENV = "TPI_GCS_RESUMABLE_ABOVE"
+RESUMABLE_ABOVE = 64 * MiB
+"""Objects larger than this (bytes; ``TPI_GCS_RESUMABLE_ABOVE`` changes it) go through a
+resumable upload session, so a failure part way resumes from what GCS committed instead of
+sending the whole again; smaller ones go as one simple upload (one request)."""
+RESUMES = 5
+"""Times one session is resumed before the upload fails (the sync then retries the file)."""
 DELETES = 32
 """Deletes in flight at once (the JSON API deletes one object per request)."""
 _ERRORS: dict[int, type[TpiError]] = {401: PermissionDenied, 403: PermissionDenied,
@@ -110,6 +121,7 @@ class GCSStorage(ObjectStorage):
         protocol = GCSProtocol(bucket, authenticated=not emulator)
         self._endpoint = Endpoint((emulator or API).rstrip("/"), protocol, pool=POOL)
         self._slots = anyio.CapacityLimiter(RANGE_SLOTS)
+        self._resumable_above = int(os.environ.get(RESUMABLE_ENV) or RESUMABLE_ABOVE)
 
     async def _open(self) -> Endpoint:
         return self._endpoint
@@ -140,6 +152,65 @@ class GCSStorage(ObjectStorage):
                                           ) as resp:
             return base64_to_hex(json.loads(await resp.read()).get("md5Hash", ""))
 
+    def _in_parts(self, size: int) -> bool:
+        return size > self._resumable_above
+
+    async def _send_parts(self, full: str, path: Path, size: int,
+                          progress: Progress | None) -> str | None:
+        """A resumable upload: open a session, send the whole file in one PUT; after a
+        failure, ask the session what it committed and send the rest (GCS's documented
+        protocol: ``Content-Range: bytes */SIZE`` answers 308 with the committed ``Range``,
+        or the object once it is complete)."""
+        what = f"upload {full}"
+        query = {"uploadType": "resumable", "name": full, "fields": "md5Hash"}
+        async with self._endpoint.request(
+                "POST", "", query=query, what=f"{what} (open a resumable session)",
+                headers={"X-Upload-Content-Length": str(size),
+                         "X-Upload-Content-Type": "application/octet-stream"}) as resp:
+            await resp.read()
+            session = _session_query(resp.headers.get("location", ""), what)
+        state: int | str = 0  # the next byte to send; once complete, the md5 stored
+        for resume in range(RESUMES + 1):
+            try:
+                if resume:
+                    state = await self._session_state(session, size, what, resume)
+                if isinstance(state, str):
+                    return state or None
+                return await self._send_rest(session, path, size, state, progress, what)
+            except (BodyMismatch, SessionGone):
+                raise  # the file changed, or GCS forgot the session: the sync sends it again
+            except TransientError:
+                if resume == RESUMES:
+                    raise
+            await anyio.sleep(min(0.25 * 2 ** resume, 5.0))
+        raise AssertionError("unreachable")
+
+    async def _send_rest(self, session: dict[str, str], path: Path, size: int, offset: int,
+                         progress: Progress | None, what: str) -> str | None:
+        body = Stream(size - offset, lambda: file_chunks(path, size, None, progress, offset))
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Range": f"bytes {offset}-{size - 1}/{size}"}
+        async with self._endpoint.request("PUT", "", query=session, data=body, what=what,
+                                          headers=headers) as resp:
+            return base64_to_hex(json.loads(await resp.read() or b"{}").get("md5Hash", ""))
+
+    async def _session_state(self, session: dict[str, str], size: int, what: str,
+                             resume: int) -> int | str:
+        """Where a session stands: the next byte to send, or the md5 (hex, "" when none is
+        named) of the object once complete."""
+        try:
+            async with self._endpoint.request(
+                    "PUT", "", query=session, data=b"", accept=(308,),
+                    what=f"{what} (resume {resume})",
+                    headers={"Content-Range": f"bytes */{size}"}) as resp:
+                body = await resp.read()
+                if resp.status != 308:
+                    return base64_to_hex(json.loads(body or b"{}").get("md5Hash", "")) or ""
+                committed = resp.headers.get("range", "")
+        except StorageError as exc:  # 404 or 410: the session expired or was cancelled
+            raise SessionGone(f"{what}: the resumable session is gone ({exc})") from exc
+        return int(committed.rpartition("-")[2]) + 1 if committed else 0
+
     async def _delete_batch(self, keys: list[str]) -> None:
         slots = anyio.Semaphore(DELETES)  # the JSON API deletes one object per request
 
@@ -159,6 +230,19 @@ class GCSStorage(ObjectStorage):
     async def _close(self) -> None:
         await self._endpoint.aclose()
         await self._endpoint.protocol.aclose()
+
+
+class SessionGone(TransientError):
+    """A resumable session GCS no longer knows: the whole file is sent again."""
+
+
+def _session_query(location: str, what: str) -> dict[str, str]:
+    """The query of a resumable session's URI (its path is the upload path itself)."""
+    query = dict(parse_qsl(urlsplit(location).query))
+    if "upload_id" not in query:
+        raise StorageError(f"{what}: the service opened no resumable session "
+                           f"(Location: {location[:200]!r})")
+    return query
 
 
 def _token() -> Any:
