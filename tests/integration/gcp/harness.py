@@ -63,9 +63,17 @@ class MigPlayer(Player):
                 for name, zone in found.items() if _group_of(name, templates)}
 
     def _start(self, name: str, zone: str, template: dict) -> PlayedMachine:
-        items = template["properties"]["metadata"]["items"]
-        script = next(i["value"] for i in items if i["key"] == "startup-script")
-        boot = parse(script)
+        boot = parse(startup_script(template))
+        metadata = self._metadata(name, zone, boot)
+        workdir = self.root / name / "task"
+        workdir.mkdir(parents=True)
+        log = self.root / name / "agent.log"
+        env = {**self.env, **boot["environment"], "GCE_METADATA_HOST": metadata.host}
+        process = start_agent(agent_argv(boot, sys.executable, str(workdir)), env, log)
+        return PlayedMachine(name, process, metadata, log)
+
+    def _metadata(self, name: str, zone: str, boot: dict) -> fake_metadata.FakeMetadata:
+        """The instance's metadata server: its name, zone, group and project."""
         metadata = fake_metadata.FakeMetadata()
         group = boot["environment"]["TPI_GCP_GROUP"]
         region = boot["environment"]["TPI_GCP_REGION"]
@@ -74,12 +82,7 @@ class MigPlayer(Player):
         metadata.set("instance/attributes/created-by",
                      f"projects/123456789012/regions/{region}/instanceGroupManagers/{group}")
         metadata.set("project/project-id", self.project)
-        workdir = self.root / name / "task"
-        workdir.mkdir(parents=True)
-        log = self.root / name / "agent.log"
-        env = {**self.env, **boot["environment"], "GCE_METADATA_HOST": metadata.host}
-        process = start_agent(agent_argv(boot, sys.executable, str(workdir)), env, log)
-        return PlayedMachine(name, process, metadata, log)
+        return metadata
 
     def preempt(self, name: str, grace: float = 60) -> int:
         """A spot preemption: the notice, the agent's flush and exit, the instance gone (the
@@ -89,6 +92,12 @@ class MigPlayer(Player):
         machine.process.wait(grace)
         self.gce.preempt(name)
         return machine.process.returncode
+
+
+def startup_script(template: dict) -> str:
+    """The ``startup-script`` of an instance template."""
+    items = template["properties"]["metadata"]["items"]
+    return next(i["value"] for i in items if i["key"] == "startup-script")
 
 
 def _group_of(instance: str, templates: dict[str, dict]) -> str | None:

@@ -20,22 +20,10 @@ from tpi_core.boot.script import parse
 from tpi_core.testing.contract import BackendContract
 from tpi_core.testing.lifecycle import SECRET, TAG, status, tpi
 
-from .fake_gce import FakeGce
+from .conftest import PROJECT, REGION
 from .harness import MigPlayer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-PROJECT = "tpi-e2e-project"
-REGION = "europe-west1"
-
-
-@pytest.fixture
-def gce(monkeypatch, gcs_server):
-    with FakeGce() as fake:
-        for name, value in {"TPI_GCE_ENDPOINT": fake.url, "GOOGLE_CLOUD_PROJECT": PROJECT,
-                            "STORAGE_EMULATOR_HOST": gcs_server.url}.items():
-            monkeypatch.setenv(name, value)
-        yield fake
 
 
 class TestGCPLifecycle(BackendContract):

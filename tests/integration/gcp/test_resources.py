@@ -20,11 +20,10 @@ from tpi_core.identifier import deterministic
 from tpi_core.model import Secrets, StorageSpec, Task, frozen_map
 from tpi_core.steps import delete_steps, run_steps
 
-from .fake_gce import FakeGce
+from .conftest import PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
-PROJECT = "tpi-test-project"
 SECRET = "gcp-secret-value-0451"
 TASK_ID = deterministic("train", seed="gcp-resources").long
 
@@ -32,15 +31,6 @@ TASK_ID = deterministic("train", seed="gcp-resources").long
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def gce(monkeypatch, gcs_server):
-    with FakeGce() as fake:
-        monkeypatch.setenv("TPI_GCE_ENDPOINT", fake.url)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
-        yield fake
 
 
 def task(**changes) -> Task:
