@@ -121,45 +121,34 @@ def call(connection: http.client.HTTPConnection, method: str, target: str,
 
 @contextlib.contextmanager
 def gcs_server(source: DataSet | None = None) -> Iterator[str]:
-    """A fresh fake-gcs-server with the bucket, holding ``source`` under SET/source."""
+    """A fresh fake-gcs-server with the bucket, holding ``source`` under SET/source: sent
+    from here (simple POSTs on one connection), so every tool downloads the same objects,
+    written by none of them."""
     with start_fake_gcs() as server:
-        connection = connect(server.url)
-        try:
+        with contextlib.closing(connect(server.url)) as connection:
             call(connection, "POST", "/storage/v1/b?project=bench",
                  json.dumps({"name": BUCKET}), {"Content-Type": "application/json"})
-            if source is not None:
-                put_source(connection, source)
-        finally:
-            connection.close()
+            for path in source.files() if source else ():
+                name = f"{source.name}/source/{path.relative_to(source.path).as_posix()}"
+                query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+                with path.open("rb") as body:
+                    call(connection, "POST", f"/upload/storage/v1/b/{BUCKET}/o?{query}",
+                         body, {"Content-Type": "application/octet-stream",
+                                "Content-Length": str(path.stat().st_size)})
         yield server.url
-
-
-def put_source(connection: http.client.HTTPConnection, data: DataSet) -> None:
-    """The set under SET/source, sent by this process (simple POSTs on one connection), so
-    every tool downloads the same objects, written by none of them."""
-    for path in data.files():
-        name = f"{data.name}/source/{path.relative_to(data.path).as_posix()}"
-        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
-        with path.open("rb") as body:
-            call(connection, "POST", f"/upload/storage/v1/b/{BUCKET}/o?{query}", body,
-                 {"Content-Type": "application/octet-stream",
-                  "Content-Length": str(path.stat().st_size)})
 
 
 def list_seconds(url: str, prefix: str) -> float:
     """Seconds fake-gcs-server takes to list ``prefix`` (every page) asked from this process
     on one open connection: less than any client's listing costs."""
-    connection, query = connect(url), {"prefix": prefix}
-    start = time.perf_counter()
-    try:
+    query, start = {"prefix": prefix}, time.perf_counter()
+    with contextlib.closing(connect(url)) as connection:
         while True:
             target = f"/storage/v1/b/{BUCKET}/o?{urllib.parse.urlencode(query)}"
             page = json.loads(call(connection, "GET", target))
             if not page.get("nextPageToken"):
                 return time.perf_counter() - start
             query["pageToken"] = page["nextPageToken"]
-    finally:
-        connection.close()
 
 
 def measure(key: Key, command: list[str], env: dict[str, str]) -> None:
@@ -174,12 +163,11 @@ def time_tool(tool: Tool, data: DataSet, run_no: int) -> None:
     """One run of one tool on a server of its own: upload, re-sync, download."""
     with gcs_server(None if tool.upload_only else data) as url:
         env, prefix = tool.env(url), f"{data.name}/{tool.slug}/{run_no}"
-        measure((data.name, "upload", tool.name), tool.command(str(data.path),
-                                                               tool.url(prefix)), env)
+        upload = tool.command(str(data.path), tool.url(prefix))
+        measure((data.name, "upload", tool.name), upload, env)
         if tool.upload_only:
             return
-        measure((data.name, "resync", tool.name), tool.command(str(data.path),
-                                                               tool.url(prefix)), env)
+        measure((data.name, "resync", tool.name), upload, env)  # the same command again
         if tool.name == "tpi" and run_no == 0:
             TIMES[(data.name, "floor", "listing")] = [
                 list_seconds(url, prefix + "/") for _ in range(FLOOR_RUNS)]
@@ -219,14 +207,15 @@ def count_requests(data: DataSet) -> dict[str, dict[str, int]]:
 
 
 def tally(log: list[tuple[str, str, str]]) -> dict[str, int]:
-    """Requests by kind: listings, objects written (simple or multipart uploads, data of a
-    resumable session), metadata writes (PATCH, copies, rewrites) and the rest."""
+    """Requests in all and by kind: listings, objects written (simple or multipart uploads,
+    the data of a resumable session), metadata writes (PATCH, copies, rewrites)."""
     counts = {"requests": len(log), "list": 0, "written": 0, "updated": 0}
     for method, target, _outcome in log:
         path, _, query = target.partition("?")
         if method == "GET" and path.rstrip("/") == f"/storage/v1/b/{BUCKET}/o":
             counts["list"] += 1
-        elif path.startswith("/upload/") and "uploadType=resumable" not in query:
+        elif path.startswith("/upload/") and not (
+                method == "POST" and "uploadType=resumable" in query):  # a session opened
             counts["written"] += 1
         elif method in ("PATCH", "PUT", "POST"):
             counts["updated"] += 1
@@ -305,30 +294,33 @@ def fake_gcs_version() -> str:
     return found.group(1).decode() if found else "unknown"
 
 
+SERVER_NOTE = (
+    "Server: fake-gcs-server on 127.0.0.1 with `-backend memory`, so that no disk write is in "
+    "the measurement (its filesystem backend measured slower, 360 against 516 small uploads a "
+    "second: EMULATORS.md). The memory backend slows as objects accumulate (872 objects a "
+    "second fresh, 100-200 after about 5,000), so every tool's run gets a fresh server that "
+    "holds only the bucket and the copy every tool downloads (uploaded by the benchmark "
+    "itself). tpi reaches it through `STORAGE_EMULATOR_HOST` (no credentials), rclone as an "
+    "anonymous remote configured by environment (`RCLONE_CONFIG_G_*`).")
+
+
 def report(sets: list[DataSet], counts: dict, runs: int, argv: list[str]) -> str:
     info = machine() | versions() | {"tpi-gcp": version("tpi-gcp"),
                                      "fake-gcs-server": fake_gcs_version()}
-    storage = importlib.util.find_spec("tpi_gcp.storage").origin
-    switch = "" if SWITCH in Path(storage).read_text() else (
+    storage = Path(importlib.util.find_spec("tpi_gcp.storage").origin).read_text()
+    switch = "" if SWITCH in storage else (
         f" This tpi does not read `{SWITCH}`: its three 200 MB upload rows take one path.")
     lines = [f"# GCS sync benchmark results ({datetime.date.today().isoformat()})", "",
-             f"`python benchmarks/bench_gcs.py {' '.join(argv)}`: median of {runs} run(s), "
-             "wall seconds per command (process start included) and its peak resident "
-             "memory (GNU time).", "",
+             (f"`python benchmarks/bench_gcs.py {' '.join(argv)}`: median of {runs} run(s), "
+              "wall seconds per command (process start included) and its peak resident "
+              "memory (GNU time)."), "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             "Server: fake-gcs-server on 127.0.0.1 with `-backend memory`, so that no disk "
-             "write is in the measurement (its filesystem backend measured slower, 360 "
-             "against 516 small uploads a second: EMULATORS.md). The memory backend slows as "
-             "objects accumulate (872 objects a second fresh, 100-200 after about 5,000), so "
-             "every tool's run gets a fresh server, holding only the bucket and the copy "
-             "every tool downloads (uploaded by the benchmark itself). tpi reaches it through "
-             "`STORAGE_EMULATOR_HOST`, rclone as an anonymous remote (`RCLONE_CONFIG_G_*`)."
-             + switch, ""]
+             SERVER_NOTE + switch, ""]
     for data in sets:
         lines += [f"## {data.label}", "", *set_table(data), ""]
     if counts:
-        lines += ["## Requests of the no-change re-sync (1,000 x 4 KB, through a counting "
-                  "proxy)", "", *count_table(counts), ""]
+        title = "## Requests of the no-change re-sync (1,000 x 4 KB, through a counting proxy)"
+        lines += [title, "", *count_table(counts), ""]
     return "\n".join(lines + ["## Targets", "", *targets(sets, counts), ""])
 
 

@@ -114,6 +114,7 @@ class GCSStorage(ObjectStorage):
     """Objects under one prefix of a GCS bucket; option ``endpoint_url`` (an emulator)."""
 
     SCHEME, KIND = "gs", "GCS"
+    LISTS_AFTER = True  # the JSON API lists in key order, from startOffset on
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None):
         super().__init__(bucket, prefix)
@@ -136,6 +137,8 @@ class GCSStorage(ObjectStorage):
                                               what=f"list {self.url}") as resp:
                 page = json.loads(await resp.read())
             for item in page.get("items", ()):
+                if item["name"] == start_after:
+                    continue  # startOffset is inclusive, start_after is not
                 md5 = base64_to_hex(item.get("md5Hash", ""))
                 updated = datetime.fromisoformat(item["updated"].replace("Z", "+00:00"))
                 yield Entry(item["name"], int(item.get("size", 0)), md5,
