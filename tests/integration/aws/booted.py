@@ -26,7 +26,7 @@ from pathlib import Path
 
 import boto3
 
-from tests.boot import rootfs
+from tests.boot.cloud import machine_cache
 from tests.boot.nspawn import NspawnMachine
 from tpi_aws.userdata import decode
 
@@ -35,14 +35,6 @@ from .harness import Ec2Player, FakeImds
 ROLE_CREDENTIALS = {"AccessKeyId": "ASIAMACHINEROLE00001", "SecretAccessKey": "machine-role-secret",
                     "Token": "machine-role-session-token"}
 """What the metadata service hands the instance: the role's, never the test's credentials."""
-
-
-def cache() -> Path:
-    """A host folder bound to every machine's /var/cache/tpi: uv and the wheels it fetched
-    are downloaded once per test run instead of once per boot."""
-    path = rootfs.cache_dir() / "machine-cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -109,7 +101,7 @@ class BootedEc2(Ec2Player):
         machine = NspawnMachine(
             self.image, instance_id, decode(data["UserData"]),
             {**self.env, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url},
-            self.root / instance_id, {str(cache()): "/var/cache/tpi"})
+            self.root / instance_id, {str(machine_cache()): "/var/cache/tpi"})
         return Booted(instance_id, machine.start(), imds)
 
     def notice(self, instance_id: str) -> None:

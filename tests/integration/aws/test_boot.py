@@ -11,10 +11,8 @@ failed and its group at zero. See :mod:`.booted`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -23,6 +21,7 @@ import boto3
 import pytest
 
 from tests.boot import rootfs
+from tests.boot.cloud import status, tpi
 from tpi_core.boot import bundle
 
 from .booted import ROLE_CREDENTIALS, BootedEc2
@@ -59,12 +58,6 @@ exclude = [".tpi"]
 
 
 @pytest.fixture(scope="module")
-def debian_root():
-    """The Debian root of tests/boot (built once, cached between runs)."""
-    yield rootfs.debian_root()
-
-
-@pytest.fixture(scope="module")
 def no_python_root(debian_root, tmp_path_factory):
     """The root as an image with no python3 at all and no reachable package mirror (a
     private subnet), and a standalone Python made from its Python before it was removed:
@@ -87,20 +80,6 @@ def no_python_root(debian_root, tmp_path_factory):
     assert not list(root.glob("usr/bin/python3*"))
     yield root, archive
     rootfs.remove_tree(place)
-
-
-def tpi(workdir: Path, *args: str, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "tpi_core", *args], cwd=workdir,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **(env or {})})
-    if check and run.returncode != 0:
-        raise AssertionError(f"tpi {' '.join(args)} exited {run.returncode}:\n{run.stderr}")
-    return run
-
-
-def status(workdir: Path) -> dict:
-    return json.loads(tpi(workdir, "status", "--json").stdout)[0]
 
 
 def machine_environment(aws_env: dict) -> dict[str, str]:

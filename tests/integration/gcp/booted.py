@@ -17,18 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.boot import rootfs
+from tests.boot.cloud import machine_cache
 from tests.boot.nspawn import NspawnMachine
 from tpi_core.boot.script import parse
 
 from .harness import MigPlayer, fake_metadata, startup_script
-
-
-def cache() -> Path:
-    """A host folder bound to every machine's /var/cache/tpi (uv and wheels, once a run)."""
-    path = rootfs.cache_dir() / "machine-cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -59,7 +52,7 @@ class BootedMig(MigPlayer):
         metadata = self._metadata(name, zone, parse(script))
         machine = NspawnMachine(self.image, name, script,
                                 {**self.env, "GCE_METADATA_HOST": metadata.host},
-                                self.root / name, {str(cache()): "/var/cache/tpi"})
+                                self.root / name, {str(machine_cache()): "/var/cache/tpi"})
         return BootedInstance(name, machine.start(), metadata)
 
     def agent_logs(self) -> dict[str, str]:

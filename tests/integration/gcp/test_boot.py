@@ -11,15 +11,11 @@ See :mod:`.booted`.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.boot import rootfs
+from tests.boot.cloud import status, tpi
 
 from .booted import BootedMig
 from .conftest import PROJECT
@@ -57,24 +53,6 @@ workdir = "."
 output = "results"
 exclude = [".tpi"]
 '''
-
-
-@pytest.fixture(scope="module")
-def debian_root():
-    """The Debian root of tests/boot (built once, cached between runs)."""
-    yield rootfs.debian_root()
-
-
-def tpi(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "tpi_core", *args], cwd=workdir,
-                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
-    if run.returncode != 0:
-        raise AssertionError(f"tpi {' '.join(args)} exited {run.returncode}:\n{run.stderr}")
-    return run
-
-
-def status(workdir: Path) -> dict:
-    return json.loads(tpi(workdir, "status", "--json").stdout)[0]
 
 
 def test_instances_boot_the_agent_from_gcs_and_a_preempted_one_is_replaced(
