@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 import pytest
 from tpi_gcp import resources
@@ -79,7 +80,10 @@ async def test_create_twice_delete_twice_leaves_nothing(gce):
         assert props["scheduling"]["provisioningModel"] == "SPOT"
         assert props["scheduling"]["onHostMaintenance"] == "TERMINATE"
         assert props["scheduling"]["instanceTerminationAction"] == "DELETE"
-        assert props["scheduling"]["terminationTime"].endswith("Z")  # the deadline
+        # the deadline, enforced by GCE itself: the machines end then with no agent alive
+        ends = datetime.fromisoformat(props["scheduling"]["terminationTime"])
+        assert props["scheduling"]["terminationTime"].endswith("Z")
+        assert abs(ends.timestamp() - made.deadline) < 1
         assert props["guestAccelerators"] == [{"acceleratorType": "nvidia-tesla-t4",
                                                "acceleratorCount": 1}]
         assert props["machineType"] == "n1-standard-4"
