@@ -33,13 +33,14 @@ STORAGE_GROUP = "tpi.storage"
 ALIASES = {"az": "azure", "kubernetes": "k8s"}
 """Other spellings a tasks file may use for a backend name."""
 
-FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "s3": "aws", "gs": "gcp"}
+FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "s3": "aws", "gs": "gcp",
+               "az": "azure"}
 """Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it (a
 test checks that each is declared)."""
 
-PLANNED = {"azure": "azure", "az": "azure"}
-"""Backend or storage scheme -> the first-party plugin that will provide it, not published
-yet: no extra to suggest."""
+PLANNED = {"azure": "azure"}
+"""Backend -> the first-party plugin that will provide it, not published yet: no extra to
+suggest (the azure plugin has its storage, ``az://``, not yet its backend)."""
 
 KNOWN = {
     (BACKEND_GROUP, "local"): "tpi_core.backends.local:LocalBackend",
@@ -50,6 +51,7 @@ KNOWN = {
     (STORAGE_GROUP, "s3"): "tpi_aws.storage:S3Storage",
     (STORAGE_GROUP, "k8s"): "tpi_k8s.storage:K8sStorage",
     (STORAGE_GROUP, "gs"): "tpi_gcp.storage:GCSStorage",
+    (STORAGE_GROUP, "az"): "tpi_azure.storage:BlobStorage",
 }
 """The first-party entry points, as their pyproject files declare them (a test checks).
 

@@ -161,6 +161,38 @@ def start_fake_gcs(port: int | None = None) -> Emulator:
     return wait_http(Emulator("fake-gcs-server", url, process), "/storage/v1/b")
 
 
+AZURITE_ACCOUNT = "devstoreaccount1"
+"""Azurite's well-known account (its documented key is in ``tpi_azure.account``)."""
+
+
+def azurite_command(node_modules: Path) -> list[str] | None:
+    """How to run Azurite's blob service from ``node_modules`` (``npm install
+    azurite@3.35.0``), if installed."""
+    script = node_modules / "azurite" / "dist" / "src" / "blob" / "main.js"
+    node = shutil.which("node")
+    return [node, str(script)] if node and script.exists() else None
+
+
+def start_azurite(node_modules: Path, port: int | None = None) -> Emulator:
+    """Azurite's blob service on 127.0.0.1, in memory, never phoning home; its URL is the
+    well-known account's blob endpoint."""
+    command = azurite_command(node_modules)
+    if command is None:
+        raise FileNotFoundError(f"Azurite is not installed under {node_modules} "
+                                "(npm ci --prefix tests/node)")
+    port = port or free_port()
+    command += ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_http(Emulator("Azurite", f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+                              process))
+
+
+def azurite_connection_string(url: str) -> str:
+    """The connection string of Azurite's well-known account at ``url``."""
+    return f"UseDevelopmentStorage=true;BlobEndpoint={url}"
+
+
 def aws_env(endpoint: str, credentials: dict[str, str] | None = None,
             home: Path | None = None) -> dict[str, str]:
     """Environment for an AWS client that talks to ``endpoint`` only, with fake credentials."""
@@ -199,6 +231,14 @@ def shared_gcs() -> Emulator:
         _SHARED["gcs"] = start_fake_gcs()
         atexit.register(_SHARED["gcs"].stop)
     return _SHARED["gcs"]
+
+
+def shared_azurite(node_modules: Path) -> Emulator:
+    """The Azurite of this test process, started on first use, stopped at exit."""
+    if "azurite" not in _SHARED:
+        _SHARED["azurite"] = start_azurite(node_modules)
+        atexit.register(_SHARED["azurite"].stop)
+    return _SHARED["azurite"]
 
 
 def isolate_aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:

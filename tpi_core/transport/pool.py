@@ -163,8 +163,8 @@ class Pool:
                                                      (b"user-agent", self._agent))
                    if name not in names]
         fields += self._proxy_fields
-        if body is not None or method in ("PUT", "POST"):
-            fields.append((b"content-length", str(length).encode()))
+        if (body is not None or method in ("PUT", "POST")) and b"content-length" not in names:
+            fields.append((b"content-length", str(length).encode()))  # unless signed already
         with H11_ERRORS:
             head = connection.protocol.send(h11.Request(
                 method=method.encode(), target=(self._absolute + target).encode(),

@@ -1,0 +1,1 @@
+"""The Azure backend of tpi (so far: Azure Blob storage, ``az://container/prefix``)."""
