@@ -137,8 +137,6 @@ class GCSStorage(ObjectStorage):
                                               what=f"list {self.url}") as resp:
                 page = json.loads(await resp.read())
             for item in page.get("items", ()):
-                if item["name"] == start_after:
-                    continue  # startOffset is inclusive, start_after is not
                 md5 = base64_to_hex(item.get("md5Hash", ""))
                 updated = datetime.fromisoformat(item["updated"].replace("Z", "+00:00"))
                 yield Entry(item["name"], int(item.get("size", 0)), md5,
