@@ -154,14 +154,16 @@ def list_seconds(url: str, prefix: str) -> float:
 def measure(key: Key, command: list[str], env: dict[str, str]) -> None:
     """Run one timed command; its seconds go to TIMES, its peak memory to PEAKS."""
     elapsed, peak = run(command, env)
+    print(f"  {key[1]}: {elapsed:.2f} s", flush=True)
     TIMES[key].append(elapsed)
     if peak is not None:
         PEAKS[key].append(peak)
 
 
 def time_tool(tool: Tool, data: DataSet, run_no: int) -> None:
-    """One run of one tool on a server of its own: upload, re-sync, download."""
-    with gcs_server(None if tool.upload_only else data) as url:
+    """One run of one tool on a server of its own, holding the set's copy (for every tool:
+    fake-gcs-server reuses the memory it took for it): upload, re-sync, download."""
+    with gcs_server(data) as url:
         env, prefix = tool.env(url), f"{data.name}/{tool.slug}/{run_no}"
         upload = tool.command(str(data.path), tool.url(prefix))
         measure((data.name, "upload", tool.name), upload, env)
@@ -207,17 +209,21 @@ def count_requests(data: DataSet) -> dict[str, dict[str, int]]:
 
 
 def tally(log: list[tuple[str, str, str]]) -> dict[str, int]:
-    """Requests in all and by kind: listings, objects written (simple or multipart uploads,
-    the data of a resumable session), metadata writes (PATCH, copies, rewrites)."""
-    counts = {"requests": len(log), "list": 0, "written": 0, "updated": 0}
+    """Requests in all and by kind: listings, objects written (a simple or multipart upload,
+    or a resumable session: counted once, however many chunks), metadata writes."""
+    counts, sessions = {"requests": len(log), "list": 0, "written": 0, "updated": 0}, set()
     for method, target, _outcome in log:
         path, _, query = target.partition("?")
         if method == "GET" and path.rstrip("/") == f"/storage/v1/b/{BUCKET}/o":
             counts["list"] += 1
-        elif path.startswith("/upload/") and not (
-                method == "POST" and "uploadType=resumable" in query):  # a session opened
-            counts["written"] += 1
-        elif method in ("PATCH", "PUT", "POST"):
+        elif path.startswith("/upload/"):
+            session = urllib.parse.parse_qs(query).get("upload_id")
+            if session:  # the data of a resumable session, in one chunk or more
+                counts["written"] += session[0] not in sessions
+                sessions.add(session[0])
+            elif "uploadType=resumable" not in query:  # not the opening of a session
+                counts["written"] += 1
+        elif method in ("PATCH", "PUT", "POST"):  # metadata, copies, rewrites
             counts["updated"] += 1
     return counts
 
@@ -236,15 +242,6 @@ def set_table(data: DataSet) -> list[str]:
             ratio = f"**{took / base:.2f}**" if tool.is_tpi and base else ""
             memory = f"{peak:.0f} MiB" if peak is not None else "n/a"
             lines.append(f"| {label} | {tool.name} | {took:.2f} s | {memory} | {ratio} |")
-    return lines
-
-
-def count_table(counts: dict[str, dict[str, int]]) -> list[str]:
-    lines = ["| tool | requests | list requests | objects written | metadata writes |",
-             "|---|---|---|---|---|"]
-    for tool, c in counts.items():
-        lines.append(f"| {tool} | {c['requests']} | {c['list']} | {c['written']} | "
-                     f"{c['updated']} |")
     return lines
 
 
@@ -271,10 +268,10 @@ def targets(sets: list[DataSet], counts: dict[str, dict[str, int]]) -> list[str]
                      f"(target 0): {'met' if tpi['written'] == 0 else 'MISSED'}; "
                      f"{tpi['list']} list requests, {tpi['requests']} requests in all "
                      f"({BASELINE}: {counts[BASELINE]['requests']})")
-    peaks = {t: max((max(v) for k, v in PEAKS.items() if k[2].startswith(t)), default=0)
-             for t in ("tpi", BASELINE)}
-    lines.append(f"- peak memory of any tpi command: {peaks['tpi']:.0f} MiB "
-                 f"({BASELINE}: {peaks[BASELINE]:.0f} MiB)")
+    peaks = [max((max(v) for k, v in PEAKS.items() if k[2].startswith(tool.name)), default=0)
+             for tool in TOOLS]
+    lines.append(f"- peak memory of any tpi command: {peaks[0]:.0f} MiB ({BASELINE}: "
+                 f"{peaks[1]:.0f} MiB, {TOOLS[2].name}: {peaks[2]:.0f} MiB)")
     start = med("", "floor", "start")
     for data in sets:
         first, again = med(data.name, "upload"), med(data.name, "resync")
@@ -301,26 +298,27 @@ SERVER_NOTE = (
     "second fresh, 100-200 after about 5,000), so every tool's run gets a fresh server that "
     "holds only the bucket and the copy every tool downloads (uploaded by the benchmark "
     "itself). tpi reaches it through `STORAGE_EMULATOR_HOST` (no credentials), rclone as an "
-    "anonymous remote configured by environment (`RCLONE_CONFIG_G_*`).")
+    "anonymous remote configured by environment (`RCLONE_CONFIG_G_*`). The row `tpi` is "
+    f"tpi's default upload path; the two forced rows set `{SWITCH}`.")
 
 
 def report(sets: list[DataSet], counts: dict, runs: int, argv: list[str]) -> str:
     info = machine() | versions() | {"tpi-gcp": version("tpi-gcp"),
                                      "fake-gcs-server": fake_gcs_version()}
-    storage = Path(importlib.util.find_spec("tpi_gcp.storage").origin).read_text()
-    switch = "" if SWITCH in storage else (
-        f" This tpi does not read `{SWITCH}`: its three 200 MB upload rows take one path.")
     lines = [f"# GCS sync benchmark results ({datetime.date.today().isoformat()})", "",
              (f"`python benchmarks/bench_gcs.py {' '.join(argv)}`: median of {runs} run(s), "
               "wall seconds per command (process start included) and its peak resident "
               "memory (GNU time)."), "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             SERVER_NOTE + switch, ""]
+             SERVER_NOTE, ""]
     for data in sets:
         lines += [f"## {data.label}", "", *set_table(data), ""]
     if counts:
-        title = "## Requests of the no-change re-sync (1,000 x 4 KB, through a counting proxy)"
-        lines += [title, "", *count_table(counts), ""]
+        lines += [("## Requests of the no-change re-sync (1,000 x 4 KB, through a counting "
+                   "proxy)"), "", ("| tool | requests | list requests | objects written | "
+                                   "metadata writes |"), "|---|---|---|---|---|"]
+        lines += [f"| {tool} | {c['requests']} | {c['list']} | {c['written']} | "
+                  f"{c['updated']} |" for tool, c in counts.items()] + [""]
     return "\n".join(lines + ["## Targets", "", *targets(sets, counts), ""])
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,35 @@ def test_validate_runs_the_backends_own_checks_and_names_file_task_and_key(
     code, out, err = run_main([command], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert f"tasks.toml: task 'train': key '{key}': " in err and says in err
+
+
+def test_ctrl_c_cancels_even_code_that_swallowed_one_cancellation():
+    """SIGINT cancels the command through an anyio scope, which stays cancelled: code that
+    swallowed one cancellation (as an anyio scope being left may swallow asyncio's one-shot
+    cancel of the main task) is cancelled again at its next await, and the command ends in
+    KeyboardInterrupt instead of going on."""
+    program = textwrap.dedent("""
+        import os, signal, anyio
+        from tpi_core.cli._app import Application
+
+        async def stubborn():
+            async def interrupt():
+                await anyio.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+            async with anyio.create_task_group() as group:
+                group.start_soon(interrupt)
+                try:
+                    await anyio.sleep(30)
+                except anyio.get_cancelled_exc_class():
+                    pass  # swallowed once
+                await anyio.sleep(30)  # the old seam slept here: the command went on
+            return "finished"
+
+        try:
+            print(Application().run(stubborn))
+        except KeyboardInterrupt:
+            print("interrupted")
+        """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=20)
+    assert done.stdout.strip() == "interrupted", done.stderr

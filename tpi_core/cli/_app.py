@@ -84,10 +84,44 @@ class Application:
         return click.confirm(question, default=False, err=True)
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run an async function to completion: the only sync/async seam of tpi."""
+        """Run an async function to completion: the only sync/async seam of tpi. Ctrl-C
+        (SIGINT) cancels it through anyio and ends in KeyboardInterrupt."""
         import anyio
 
-        return anyio.run(fn, *args)
+        return anyio.run(_interruptible, fn, *args)
+
+
+async def _interruptible(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``fn(*args)``, cancelled by a SIGINT through an anyio cancel scope, then
+    KeyboardInterrupt. asyncio's own handling cancels the main task once, and an anyio
+    scope that is being left at that moment swallows it: an interrupted ``apply`` or
+    ``logs --follow`` then went on. A scope's cancellation holds until the scope is left.
+    A second Ctrl-C stops at once (the default handler is back)."""
+    import signal
+    import threading
+
+    import anyio
+
+    from tpi_core.concurrent import task_group
+
+    if threading.current_thread() is not threading.main_thread():
+        return await fn(*args)  # signals reach the main thread only
+    interrupted, done = False, []
+    async with task_group() as group:
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        done.append(await fn(*args))
+        group.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return done[0]
 
 
 pass_app = click.make_pass_decorator(Application, ensure=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tpi_gcp import auth
 from tpi_gcp.metadata import GceMetadata
 
-from tpi_core.errors import TransientError
+from tpi_core.errors import PermissionDenied, TransientError
 from tpi_core.testing.emulators import free_port
 
 
@@ -157,3 +158,56 @@ async def test_an_unreachable_server_is_transient():
             await metadata.instance_name()
     finally:
         await metadata.aclose()
+
+
+# where tokens come from (tpi_gcp.auth) -------------------------------------------------------
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    """No credentials file, no metadata server named, and not a Google machine."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in (auth.FILE_ENV, "GCE_METADATA_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(auth, "PRODUCT", tmp_path / "product_name")
+    return tmp_path
+
+
+async def test_on_a_machine_the_token_comes_from_the_metadata_server(no_credentials, server,
+                                                                     monkeypatch):
+    monkeypatch.setenv("GCE_METADATA_HOST", server.host)
+    source = auth.token_source()
+    try:
+        assert isinstance(source, auth.MetadataToken)
+        assert await source.get() == server.access_token(1)
+        assert await source.get_project() == fakes.PROJECT
+    finally:
+        await source.close()
+
+
+async def test_a_google_machine_is_known_by_its_firmware(no_credentials):
+    (no_credentials / "product_name").write_text("Google Compute Engine\n")
+    source = auth.token_source()
+    assert isinstance(source, auth.MetadataToken)
+    await source.close()
+
+
+def test_no_credentials_anywhere_is_said_before_any_request(no_credentials):
+    with pytest.raises(PermissionDenied, match="application-default login"):
+        auth.token_source()
+
+
+async def test_a_credentials_file_comes_first(no_credentials, server, monkeypatch):
+    monkeypatch.setenv("GCE_METADATA_HOST", server.host)
+    monkeypatch.setenv(auth.FILE_ENV, str(no_credentials / "key.json"))
+    assert auth.credentials_file() == str(no_credentials / "key.json")
+    adc = no_credentials / ".config/gcloud/application_default_credentials.json"
+    adc.parent.mkdir(parents=True)
+    adc.write_text("{}")
+    monkeypatch.delenv(auth.FILE_ENV)
+    assert auth.credentials_file() == str(adc)
+    source = auth.token_source()  # gcloud-aio-auth's Token, which reads the file on use
+    try:
+        assert type(source).__module__.startswith("gcloud.aio.auth")
+    finally:
+        await source.close()

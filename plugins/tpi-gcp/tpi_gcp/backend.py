@@ -40,7 +40,7 @@ from tpi_core.model import Event, Task
 from tpi_core.steps import Step, creates
 from tpi_core.storage import Storage, split_url
 from tpi_core.tags import OwnTags
-from tpi_gcp import boot, machines, resources
+from tpi_gcp import auth, boot, machines, resources
 from tpi_gcp.rest import ENDPOINT_ENV, GoogleApis
 
 TAGS = OwnTags("tpi-task", "tpi-managed", "tpi-name", "tpi-container", "tpi-region")
@@ -49,23 +49,6 @@ PROJECT_ENV = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT"
 _ACCOUNT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9.:]+"
                       r"\.iam\.gserviceaccount\.com$")
 _LIVE = ("PROVISIONING", "STAGING", "RUNNING")
-
-
-ADC_FILE = "~/.config/gcloud/application_default_credentials.json"
-
-
-async def _adc_token() -> Any:
-    """A token source on Application Default Credentials: a file (``gcloud auth
-    application-default login``, ``GOOGLE_APPLICATION_CREDENTIALS``) or, on a Google machine,
-    its metadata server (``GCE_METADATA_HOST``). With none of them, no session is opened."""
-    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if not (named or os.path.exists(os.path.expanduser(ADC_FILE))
-            or os.environ.get("GCE_METADATA_HOST")):
-        raise PermissionDenied("no GCP credentials: `gcloud auth application-default login`, "
-                               "or GOOGLE_APPLICATION_CREDENTIALS")
-    from gcloud.aio.auth import Token  # the Google auth stack: only against Google
-
-    return Token(scopes=[resources.SCOPE])
 
 
 class GCPBackend(Backend):
@@ -97,7 +80,7 @@ class GCPBackend(Backend):
                 (os.environ[n] for n in PROJECT_ENV if os.environ.get(n)), "")
             with _credentials():
                 if not fake:
-                    self._token = await _adc_token()
+                    self._token = auth.token_source(resources.SCOPE)
                 if not project and self._token is not None:
                     project = await self._token.get_project() or ""
             if not project:

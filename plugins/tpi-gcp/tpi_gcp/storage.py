@@ -15,8 +15,8 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio
@@ -37,6 +37,7 @@ from tpi_core.transport.exceptions import BodyMismatch
 from tpi_core.transport.files import MiB, file_chunks
 from tpi_core.transport.hashing import base64_to_hex
 from tpi_core.transport.pool import Stream
+from tpi_gcp import auth
 
 API = "https://storage.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
@@ -78,7 +79,7 @@ class GCSProtocol:
         if not self.authenticated:  # an emulator
             return dict(headers)
         if self._token is None:
-            self._token = _token()
+            self._token = auth.token_source(SCOPE)
         return {**headers, "Authorization": f"Bearer {await self._token.get()}"}
 
     async def aclose(self) -> None:
@@ -137,8 +138,6 @@ class GCSStorage(ObjectStorage):
                                               what=f"list {self.url}") as resp:
                 page = json.loads(await resp.read())
             for item in page.get("items", ()):
-                if item["name"] == start_after:
-                    continue  # startOffset is inclusive, start_after is not
                 md5 = base64_to_hex(item.get("md5Hash", ""))
                 updated = datetime.fromisoformat(item["updated"].replace("Z", "+00:00"))
                 yield Entry(item["name"], int(item.get("size", 0)), md5,
@@ -246,10 +245,3 @@ def _session_query(location: str, what: str) -> dict[str, str]:
         raise StorageError(f"{what}: the service opened no resumable session "
                            f"(Location: {location[:200]!r})")
     return query
-
-
-def _token() -> Any:
-    """OAuth access tokens from Application Default Credentials (gcloud-aio-auth)."""
-    from gcloud.aio.auth import Token  # the Google auth stack: only for a real bucket
-
-    return Token(scopes=[SCOPE])

@@ -197,6 +197,7 @@ def test_interrupting_a_follow_says_the_task_goes_on(project):
         _out, err = follower.communicate(timeout=30)
     finally:
         follower.kill()
+        follower.communicate()  # reaped, its pipes closed, whatever happened
     assert follower.returncode == 130
     # (a line may say why there was no log yet, in the moment before the agent's first)
     said = [line for line in err.strip().splitlines() if line and "no log yet" not in line]
