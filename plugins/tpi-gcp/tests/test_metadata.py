@@ -13,6 +13,7 @@ import anyio
 import pytest
 from tpi_gcp import auth
 from tpi_gcp.metadata import GceMetadata
+from tpi_gcp.resources import SCOPE
 
 from tpi_core.errors import PermissionDenied, TransientError
 from tpi_core.testing.emulators import free_port
@@ -176,7 +177,7 @@ def no_credentials(tmp_path, monkeypatch):
 async def test_on_a_machine_the_token_comes_from_the_metadata_server(no_credentials, server,
                                                                      monkeypatch):
     monkeypatch.setenv("GCE_METADATA_HOST", server.host)
-    source = auth.token_source()
+    source = auth.token_source(SCOPE)
     try:
         assert isinstance(source, auth.MetadataToken)
         assert await source.get() == server.access_token(1)
@@ -187,14 +188,14 @@ async def test_on_a_machine_the_token_comes_from_the_metadata_server(no_credenti
 
 async def test_a_google_machine_is_known_by_its_firmware(no_credentials):
     (no_credentials / "product_name").write_text("Google Compute Engine\n")
-    source = auth.token_source()
+    source = auth.token_source(SCOPE)
     assert isinstance(source, auth.MetadataToken)
     await source.close()
 
 
 def test_no_credentials_anywhere_is_said_before_any_request(no_credentials):
     with pytest.raises(PermissionDenied, match="application-default login"):
-        auth.token_source()
+        auth.token_source(SCOPE)
 
 
 async def test_a_credentials_file_comes_first(no_credentials, server, monkeypatch):
@@ -206,7 +207,7 @@ async def test_a_credentials_file_comes_first(no_credentials, server, monkeypatc
     adc.write_text("{}")
     monkeypatch.delenv(auth.FILE_ENV)
     assert auth.credentials_file() == str(adc)
-    source = auth.token_source()  # gcloud-aio-auth's Token, which reads the file on use
+    source = auth.token_source(SCOPE)  # gcloud-aio-auth's Token, which reads the file on use
     try:
         assert type(source).__module__.startswith("gcloud.aio.auth")
     finally:

@@ -17,7 +17,6 @@ from typing import Any
 from tpi_core.errors import PermissionDenied
 from tpi_gcp.metadata import HOST_ENV, GceMetadata
 
-SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 ADC_FILE = "~/.config/gcloud/application_default_credentials.json"
 FILE_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PRODUCT = Path("/sys/class/dmi/id/product_name")
@@ -61,7 +60,7 @@ class MetadataToken:
         await self.metadata.aclose()
 
 
-def token_source(scope: str = SCOPE) -> Any:
+def token_source(scope: str) -> Any:
     """A token source (``get()``, ``get_project()``, ``close()``) for ``scope``; no
     credentials anywhere is PermissionDenied, before any session is opened."""
     if credentials_file():

@@ -152,7 +152,7 @@ class GCSStorage(ObjectStorage):
                                           what=f"upload {full}",
                                           headers={"Content-Type": "application/octet-stream"}
                                           ) as resp:
-            return base64_to_hex(json.loads(await resp.read()).get("md5Hash", ""))
+            return _stored_md5(await resp.read())
 
     def _in_parts(self, size: int) -> bool:
         return size > self._resumable_above
@@ -194,7 +194,7 @@ class GCSStorage(ObjectStorage):
                    "Content-Range": f"bytes {offset}-{size - 1}/{size}"}
         async with self._endpoint.request("PUT", "", query=session, data=body, what=what,
                                           headers=headers) as resp:
-            return base64_to_hex(json.loads(await resp.read() or b"{}").get("md5Hash", ""))
+            return _stored_md5(await resp.read())
 
     async def _session_state(self, session: dict[str, str], size: int, what: str,
                              resume: int) -> int | str:
@@ -207,7 +207,7 @@ class GCSStorage(ObjectStorage):
                     headers={"Content-Range": f"bytes */{size}"}) as resp:
                 body = await resp.read()
                 if resp.status != 308:
-                    return base64_to_hex(json.loads(body or b"{}").get("md5Hash", "")) or ""
+                    return _stored_md5(body) or ""
                 committed = resp.headers.get("range", "")
         except StorageError as exc:  # 404 or 410: the session expired or was cancelled
             raise SessionGone(f"{what}: the resumable session is gone ({exc})") from exc
@@ -236,6 +236,11 @@ class GCSStorage(ObjectStorage):
 
 class SessionGone(TransientError):
     """A resumable session GCS no longer knows: the whole file is sent again."""
+
+
+def _stored_md5(body: bytes) -> str | None:
+    """The hex md5 an upload's answer (an object resource, ``fields=md5Hash``) names."""
+    return base64_to_hex(json.loads(body or b"{}").get("md5Hash", ""))
 
 
 def _session_query(location: str, what: str) -> dict[str, str]:
