@@ -20,7 +20,7 @@ from tpi_core.errors import UsageError
 
 SIZES = ("s", "m", "l", "xl")
 """Machine sizes from small to extra large (TPI's)."""
-ACCELERATORS = ("t4", "k80", "v100", "a10g", "l4", "a100", "h100")
+ACCELERATORS = ("t4", "k80", "v100", "a10", "a10g", "l4", "a100", "h100")
 """GPU names a size alias may carry after ``+``."""
 
 T = TypeVar("T")

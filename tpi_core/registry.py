@@ -38,15 +38,16 @@ FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "s3": "aws", "gs": "gcp
 """Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it (a
 test checks that each is declared)."""
 
-PLANNED = {"azure": "azure"}
+PLANNED: dict[str, str] = {}
 """Backend -> the first-party plugin that will provide it, not published yet: no extra to
-suggest (the azure plugin has its storage, ``az://``, not yet its backend)."""
+suggest (none today: every first-party backend is published)."""
 
 KNOWN = {
     (BACKEND_GROUP, "local"): "tpi_core.backends.local:LocalBackend",
     (BACKEND_GROUP, "aws"): "tpi_aws.backend:AWSBackend",
     (BACKEND_GROUP, "k8s"): "tpi_k8s.backend:K8sBackend",
     (BACKEND_GROUP, "gcp"): "tpi_gcp.backend:GCPBackend",
+    (BACKEND_GROUP, "azure"): "tpi_azure.backend:AzureBackend",
     (STORAGE_GROUP, "file"): "tpi_core.storage.local:LocalStorage",
     (STORAGE_GROUP, "s3"): "tpi_aws.storage:S3Storage",
     (STORAGE_GROUP, "k8s"): "tpi_k8s.storage:K8sStorage",

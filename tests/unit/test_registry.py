@@ -78,7 +78,9 @@ def test_unknown_first_party_backend_names_the_extra(fake_eps, monkeypatch):
     assert "the 'tpi' on PyPI is another project" in str(raised.value)
 
 
-def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps):
+def test_planned_plugins_suggest_no_extra_that_does_not_exist(fake_eps, monkeypatch):
+    monkeypatch.setitem(registry.PLANNED, "azure", "azure")
+    monkeypatch.setitem(registry.KNOWN, (registry.BACKEND_GROUP, "azure"), "tpi_none:Nothing")
     for name, plugin in (("az", "azure"), ("azure", "azure")):
         with pytest.raises(BackendNotInstalled, match=f"{plugin} plugin is not published yet"):
             registry.backend_class(name)

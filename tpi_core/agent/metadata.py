@@ -56,16 +56,20 @@ class MetadataService:
 
     async def fetch(self, method: str, path: str, query: Mapping[str, str] | None = None,
                     headers: Mapping[str, str] | None = None, *,
-                    timeout: float | None = None) -> tuple[int, str]:
-        """One request: its status and text. Network failures and timeouts are transient."""
+                    timeout: float | None = None, data: bytes | None = None
+                    ) -> tuple[int, str]:
+        """One request (``data``: its body): its status and text. Network failures and
+        timeouts are transient."""
         target = path + (f"?{urlencode(query)}" if query else "")
         if self._pool is None:  # reads end by fail_after: a long wait is one read
             self._pool = Pool(self.endpoint, limit=4, connect_timeout=self.timeout,
                               read_timeout=24 * 3600, proxy=None)
         try:
             with anyio.fail_after(timeout or self.timeout):
-                async with self._pool.request(method, target, {
-                        **self.headers, **(headers or {})}) as response:
+                sent = {**self.headers, **(headers or {})}
+                if data is not None:
+                    sent["Content-Length"] = str(len(data))
+                async with self._pool.request(method, target, sent, data) as response:
                     return response.status, (await response.read()).decode()
         except (TpiError, OSError, TimeoutError) as exc:  # the pool's errors are TpiErrors
             raise TransientError(f"instance metadata {path}: {type(exc).__name__}") from exc

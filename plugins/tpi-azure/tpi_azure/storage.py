@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 import anyio
 
 from tpi_azure.account import API_VERSION, Account, find_account, now, shared_key
+from tpi_azure.auth import token_source
 from tpi_core.concurrent import task_group
 from tpi_core.errors import (
     ObjectNotFound,
@@ -47,7 +48,7 @@ from tpi_core.transport.pool import Stream
 from tpi_core.transport.protocol import ETagVersions
 from tpi_core.transport.ranges import part_size, retrying, upload_parts
 
-SCOPE = "https://storage.azure.com/.default"
+STORAGE_RESOURCE = "https://storage.azure.com/"
 POOL = 64
 """Connections kept per container: the sync engine's jobs plus ranges of large blobs."""
 RANGE_SLOTS = 16
@@ -80,7 +81,7 @@ class BlobProtocol(ETagVersions):
 
     def __init__(self, account: Account, container: str, base: str):
         self.account, self.container, self.base = account, container, base
-        self._credential: Any = None
+        self._tokens: Any = None
 
     def locate(self, key: str, query: Mapping[str, str | int] | None = None
                ) -> tuple[str, str]:
@@ -98,16 +99,15 @@ class BlobProtocol(ETagVersions):
         if self.account.key:
             signed["Authorization"] = shared_key(self.account, method, path, query, signed)
             return signed
-        if self._credential is None:
-            self._credential = _credential()
-        token = await self._credential.get_token(SCOPE)
-        signed["Authorization"] = f"Bearer {token.token}"
+        if self._tokens is None:
+            self._tokens = token_source()
+        signed["Authorization"] = f"Bearer {await self._tokens.get(STORAGE_RESOURCE)}"
         return signed
 
     async def aclose(self) -> None:
-        """Close the token credential, if one was made."""
-        if self._credential is not None:
-            await self._credential.close()
+        """Close the token source, if one was made."""
+        if self._tokens is not None:
+            await self._tokens.close()
 
     def error(self, status: int, reason: str, body: bytes, what: str) -> TpiError:
         code, message = _error_of(body)
@@ -126,16 +126,20 @@ class BlobProtocol(ETagVersions):
 
 class BlobStorage(ObjectStorage):
     """Blobs under one prefix of an Azure Blob container. Options: ``account`` (else from
-    the environment: :func:`tpi_azure.account.find_account`), ``endpoint_url``."""
+    the environment: :func:`tpi_azure.account.find_account`), ``endpoint_url`` (the account's
+    blob endpoint, when it is not ``https://ACCOUNT.blob.core.windows.net``); ``key``, given
+    by the backend (read from ARM), signs with the account's key and is never in the URL."""
 
     SCHEME, KIND = "az", "Azure Blob"
-    OPTIONS, URL_OPTIONS = ("account", "endpoint_url"), ("account",)
+    OPTIONS = URL_OPTIONS = ("account", "endpoint_url")
 
     def __init__(self, container: str, prefix: str = "", *, account: str = "",
-                 endpoint_url: str | None = None):
+                 endpoint_url: str | None = None, key: str = ""):
         super().__init__(container, prefix)
-        self.account = account
+        self.account, self.endpoint_url = account, endpoint_url or ""
         found = find_account(account)
+        if key:
+            found = Account(found.name, found.endpoint, key)
         origin, base = _split(endpoint_url or found.endpoint)
         self._endpoint = Endpoint(origin, BlobProtocol(found, container, base), pool=POOL)
         self._slots = anyio.CapacityLimiter(RANGE_SLOTS)
@@ -146,6 +150,34 @@ class BlobStorage(ObjectStorage):
                                           headers={"Content-Length": "0"}, accept=(409,),
                                           what=f"create container {self.bucket}") as resp:
             await resp.read()
+
+    async def exists_container(self) -> bool:
+        """Whether the container exists (and may be read)."""
+        try:
+            async with self._endpoint.request("GET", "", query={"restype": "container"},
+                                              what=f"read container {self.bucket}") as resp:
+                await resp.read()
+        except (ObjectNotFound, ResourceNotFound):
+            return False
+        return True
+
+    async def top_prefixes(self) -> list[str]:
+        """The first-level prefixes under this storage's prefix (one per task in tpi's
+        container), without the trailing ``/``."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        query = {"restype": "container", "comp": "list", "prefix": base, "delimiter": "/",
+                 "maxresults": PAGE}
+        found: list[str] = []
+        while True:
+            async with self._endpoint.request("GET", "", query=query,
+                                              what=f"list {self.url}") as resp:
+                page = ET.fromstring(await resp.read())
+            found += [_text(p, "Name")[len(base):].rstrip("/")
+                      for p in page.iterfind("Blobs/BlobPrefix")]
+            marker = _text(page, "NextMarker")
+            if not marker:
+                return found
+            query["marker"] = marker
 
     async def _open(self) -> Endpoint:
         return self._endpoint
@@ -265,8 +297,3 @@ def _error_of(body: bytes) -> tuple[str, str]:
     return _text(root, "Code"), (_text(root, "Message").splitlines() or [""])[0]
 
 
-def _credential() -> Any:
-    """DefaultAzureCredential (azure-identity): only when no key and no SAS is given."""
-    from azure.identity.aio import DefaultAzureCredential  # the Azure auth stack, on use
-
-    return DefaultAzureCredential()
