@@ -16,6 +16,7 @@ import atexit
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -75,14 +76,17 @@ class Emulator:
         self.stop()
 
 
-def wait_http(emulator: Emulator, path: str = "/", timeout: float = 60) -> Emulator:
-    """Return once ``url + path`` answers HTTP (any status); fail if the process dies."""
+def wait_http(emulator: Emulator, path: str = "/", timeout: float = 60,
+              cafile: str | None = None) -> Emulator:
+    """Return once ``url + path`` answers HTTP (any status; https trusting ``cafile``);
+    fail if the process dies."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     limit = time.monotonic() + timeout
     while time.monotonic() < limit:
         if emulator.process is not None and emulator.process.poll() is not None:
             raise RuntimeError(f"{emulator.name} exited with {emulator.process.returncode}")
         try:
-            urllib.request.urlopen(emulator.url + path, timeout=2).close()
+            urllib.request.urlopen(emulator.url + path, timeout=2, context=context).close()
             return emulator
         except urllib.error.HTTPError:
             return emulator
@@ -173,9 +177,12 @@ def azurite_command(node_modules: Path) -> list[str] | None:
     return [node, str(script)] if node and script.exists() else None
 
 
-def start_azurite(node_modules: Path, port: int | None = None) -> Emulator:
+def start_azurite(node_modules: Path, port: int | None = None,
+                  tls: tuple[str, str, str] | None = None) -> Emulator:
     """Azurite's blob service on 127.0.0.1, in memory, never phoning home; its URL is the
-    well-known account's blob endpoint."""
+    well-known account's blob endpoint. ``tls`` (certificate, key and CA files): https, and
+    Entra tokens accepted (Azurite's ``--oauth basic`` checks their issuer, audience and
+    times, not their signature; it takes them over https only)."""
     command = azurite_command(node_modules)
     if command is None:
         raise FileNotFoundError(f"Azurite is not installed under {node_modules} "
@@ -183,9 +190,12 @@ def start_azurite(node_modules: Path, port: int | None = None) -> Emulator:
     port = port or free_port()
     command += ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
                 "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
+    if tls:
+        command += ["--cert", tls[0], "--key", tls[1], "--oauth", "basic"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return wait_http(Emulator("Azurite", f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
-                              process))
+    scheme = "https" if tls else "http"
+    return wait_http(Emulator("Azurite", f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+                              process), cafile=tls[2] if tls else None)
 
 
 def azurite_connection_string(url: str) -> str:

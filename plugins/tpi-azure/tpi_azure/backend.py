@@ -40,7 +40,7 @@ from tpi_azure import boot, machines, resources
 from tpi_azure.arm import MANAGEMENT_RESOURCE, Arm
 from tpi_azure.auth import token_source
 from tpi_core.backend import AGENT_PREFIX, Backend, Capability, Launch, Observation, TaskRef
-from tpi_core.boot.script import render
+from tpi_core.boot.script import pack, render
 from tpi_core.errors import (
     PermissionDenied,
     ResourceNotFound,
@@ -56,6 +56,8 @@ TAGS = OwnTags("tpi-task", "tpi-managed", "tpi-name", "tpi-container", "tpi-regi
 """tpi's own tag keys."""
 SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 CLI_PROFILE = "~/.azure/azureProfile.json"
+CUSTOM_DATA_LIMIT = 65535
+"""CustomData's most, in bytes before base64 (the boot script goes gzipped)."""
 CONTAINER = "tpi"
 """The container of tpi's own storage account: a prefix per task."""
 _IDENTITY = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
@@ -103,7 +105,8 @@ class AzureBackend(Backend):
         return CONTAINER
 
     async def _account(self, location: str, create: bool) -> tuple[dict, str]:
-        """tpi's storage account of a location (created with ``create``) and its key."""
+        """tpi's storage account of a location (created with ``create``) and its key; an
+        account that does not exist is ``({"name": NAME}, "")``, not kept."""
         if location not in self._accounts:
             arm = await self.arm()
             group = resources.shared_group(location)
@@ -114,8 +117,7 @@ class AzureBackend(Backend):
             else:
                 account = await resources.get_account(arm, group, name)
                 if account is None:
-                    raise ResourceNotFound(f"tpi's storage account for {location} ({name}) "
-                                           "does not exist")
+                    return {"name": name}, ""
             try:
                 key = await resources.account_key(arm, account)
             except PermissionDenied:
@@ -142,11 +144,14 @@ class AzureBackend(Backend):
         if other:
             url = f"az://{container}/{prefix}?account={other}"
             return self.kept_storage(url, lambda: BlobStorage.from_url(url))
-        account, key = await self._account(machines.region(ref.region), create)
+        location = machines.region(ref.region)
+        account, key = await self._account(location, create)
         name, endpoint = _endpoint(account)
         options = {"account": name, **({"endpoint_url": endpoint} if endpoint else {})}
+        if "id" not in account:
+            options["absent"] = f"tpi's storage account for {location} ({name}) does not exist"
         url = f"az://{container}/{prefix}"
-        storage = self.kept_storage((url, name), lambda: BlobStorage(
+        storage = self.kept_storage((url, name, "id" in account), lambda: BlobStorage(
             container, prefix, key=key, **options))
         if create:
             if container == CONTAINER and not ref.container:
@@ -392,11 +397,11 @@ class _Creation:
         account = await self._account()
         vault = await self._vault() if self.task.environment else {}
         name, endpoint = _endpoint(account)
-        script = render(boot.machine_boot(
+        script = pack(render(boot.machine_boot(
             self.launch, endpoint=endpoint or f"https://{name}.blob.core.windows.net",
             account=name, client_id=self.ident.get("clientId", ""),
             subscription=arm.subscription, group=self.name, scale_set=self.name,
-            vault=resources.vault_uri(vault) if vault else ""))
+            vault=resources.vault_uri(vault) if vault else "")), CUSTOM_DATA_LIMIT)
         size = machines.size(self.task.machine)
         body = resources.scale_set_body(
             location=self.location, size=size, capacity=self.task.parallelism,

@@ -9,9 +9,9 @@ named after a digest of both (their names are global and short).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
+import math
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -317,7 +317,8 @@ def scale_set_body(*, location: str, size: str, capacity: int, image: Image, dis
                    tags: Mapping[str, str], deadline: float) -> dict:
     """A Uniform scale set of ``capacity`` instances: the image, the disk, the identity, the
     network (a public address for the way out; the NSG lets nothing in), CustomData (nothing
-    secret), Spot with Try & Restore, and Scheduled Events for the agent's notice."""
+    secret; ``custom_data`` as the model takes it, base64), Spot with Try & Restore, and
+    Scheduled Events for the agent's notice."""
     os_disk: dict[str, Any] = {"createOption": "FromImage", "caching": "ReadWrite",
                                "managedDisk": {"storageAccountType": "StandardSSD_LRS"}}
     if disk_size > 0:
@@ -327,7 +328,7 @@ def scale_set_body(*, location: str, size: str, capacity: int, image: Image, dis
             "computerNamePrefix": "tpi", "adminUsername": "tpi",
             # nobody logs in (no inbound rule, no key kept): a random password, never stored
             "adminPassword": secrets.token_urlsafe(30) + "Aa1!",
-            "customData": base64.b64encode(custom_data.encode()).decode(),
+            "customData": custom_data,
             "linuxConfiguration": {"disablePasswordAuthentication": False}},
         "storageProfile": {"imageReference": image.reference(), "osDisk": os_disk},
         "networkProfile": {"networkInterfaceConfigurations": [{"name": "tpi", "properties": {
@@ -346,7 +347,7 @@ def scale_set_body(*, location: str, size: str, capacity: int, image: Image, dis
     if spot is not None:
         profile.update(priority="Spot", evictionPolicy="Delete",
                        billingProfile={"maxPrice": spot if spot > 0 else -1})
-        hours = max(1, int((deadline - datetime.now(UTC).timestamp()) // 3600) + 1)
+        hours = max(1, math.ceil((deadline - datetime.now(UTC).timestamp()) / 3600))
         properties["spotRestorePolicy"] = {"enabled": True,
                                            "restoreTimeout": f"PT{min(hours, 24 * 7)}H"}
     return {"location": location, "tags": dict(tags),

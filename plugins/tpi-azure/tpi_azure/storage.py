@@ -128,14 +128,17 @@ class BlobStorage(ObjectStorage):
     """Blobs under one prefix of an Azure Blob container. Options: ``account`` (else from
     the environment: :func:`tpi_azure.account.find_account`), ``endpoint_url`` (the account's
     blob endpoint, when it is not ``https://ACCOUNT.blob.core.windows.net``); ``key``, given
-    by the backend (read from ARM), signs with the account's key and is never in the URL."""
+    by the backend (read from ARM), signs with the account's key and is never in the URL;
+    ``absent`` says the account does not exist: every operation raises ResourceNotFound
+    with it (what a task never applied reads as "no storage")."""
 
     SCHEME, KIND = "az", "Azure Blob"
     OPTIONS = URL_OPTIONS = ("account", "endpoint_url")
 
     def __init__(self, container: str, prefix: str = "", *, account: str = "",
-                 endpoint_url: str | None = None, key: str = ""):
+                 endpoint_url: str | None = None, key: str = "", absent: str = ""):
         super().__init__(container, prefix)
+        self._absent = absent
         self.account, self.endpoint_url = account, endpoint_url or ""
         found = find_account(account)
         if key:
@@ -153,6 +156,8 @@ class BlobStorage(ObjectStorage):
 
     async def exists_container(self) -> bool:
         """Whether the container exists (and may be read)."""
+        if self._absent:
+            return False
         try:
             async with self._endpoint.request("GET", "", query={"restype": "container"},
                                               what=f"read container {self.bucket}") as resp:
@@ -164,6 +169,7 @@ class BlobStorage(ObjectStorage):
     async def top_prefixes(self) -> list[str]:
         """The first-level prefixes under this storage's prefix (one per task in tpi's
         container), without the trailing ``/``."""
+        await self._open()
         base = f"{self.prefix}/" if self.prefix else ""
         query = {"restype": "container", "comp": "list", "prefix": base, "delimiter": "/",
                  "maxresults": PAGE}
@@ -180,9 +186,12 @@ class BlobStorage(ObjectStorage):
             query["marker"] = marker
 
     async def _open(self) -> Endpoint:
+        if self._absent:
+            raise ResourceNotFound(self._absent)
         return self._endpoint
 
     async def _entries(self, prefix: str, start_after: str) -> AsyncIterator[Entry]:
+        await self._open()
         query = {"restype": "container", "comp": "list", "prefix": prefix,
                  "maxresults": PAGE}
         while True:
@@ -202,6 +211,7 @@ class BlobStorage(ObjectStorage):
             query["marker"] = marker
 
     async def _send(self, full: str, body: bytes | Stream, md5: bytes | None) -> str | None:
+        await self._open()
         length = body.length if isinstance(body, Stream) else len(body)
         headers = {"x-ms-blob-type": "BlockBlob", "Content-Length": str(length),
                    "Content-Type": "application/octet-stream",
@@ -254,6 +264,7 @@ class BlobStorage(ObjectStorage):
         return md5
 
     async def _delete_batch(self, keys: list[str]) -> None:
+        await self._open()
         slots = anyio.Semaphore(DELETES)
 
         async def one(full: str) -> None:

@@ -1,0 +1,129 @@
+"""The backend contract on the Azure fakes, through the CLI, with what only Azure shows: the
+resources and their tags, CustomData without a secret, Spot with Try & Restore, a finished
+replica leaving its scale set, an eviction announced by Scheduled Events and its instance
+replaced, and nothing of the task left after destroy.
+
+ARM and Key Vault are :mod:`.fake_arm`, Blob is Azurite (over TLS, taking the identity's
+tokens), and :class:`.harness.VmssPlayer` runs the real agent, from the CustomData's boot
+settings, for every instance the fake's scale sets hold, each with an IMDS of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import anyio
+import pytest
+from tpi_azure import machines, resources
+
+from tpi_core.boot.script import parse, unpack
+from tpi_core.testing.contract import BackendContract
+from tpi_core.testing.lifecycle import SECRET, TAG, status, tpi
+
+from .conftest import LOCATION, SUBSCRIPTION
+from .harness import VmssPlayer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+VMSS = "Microsoft.Compute/virtualMachineScaleSets"
+
+
+def _vmss_path(task_id: str) -> str:
+    return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{task_id}/providers/{VMSS}/"
+            f"{task_id}")
+
+
+class TestAzureLifecycle(BackendContract):
+    """The contract on the fakes: :class:`.harness.VmssPlayer` runs the real agent per
+    instance."""
+
+    CLOUD = "azure"
+    SETTINGS = 'region = "eu-west"\nmachine = "m"'
+
+    @pytest.fixture
+    def cloud(self, azure, tmp_path):
+        env = {**os.environ, "TPI_AGENT_LOG_INTERVAL": "0.5", "TPI_AGENT_SYNC_INTERVAL": "0.5"}
+        with VmssPlayer(azure, tmp_path / "machines", env) as player:
+            yield player
+
+    async def check_applied(self, cloud, task_id):
+        """One of each resource, all tagged; no secret in CustomData or anywhere in ARM."""
+        held = cloud.arm.resources()
+        for kind in (VMSS, "Microsoft.Network/virtualNetworks",
+                     "Microsoft.Network/networkSecurityGroups",
+                     "Microsoft.ManagedIdentity/userAssignedIdentities",
+                     "Microsoft.Insights/autoscalesettings"):
+            mine = [r for r in held.get(kind, []) if task_id in r]
+            assert len(mine) == 1, (kind, held)
+            tags = cloud.arm.get(mine[0])["tags"]
+            assert (tags["tpi-task"], tags["tpi-managed"], tags[TAG[0]]) == (
+                task_id, "true", TAG[1])
+        scale_set = cloud.arm.get(_vmss_path(task_id))
+        profile = scale_set["properties"]["virtualMachineProfile"]
+        script = unpack(profile["osProfile"]["customData"])
+        assert parse(script)["hooks"] == "tpi_azure.agent:AzureHooks"
+        # only the Key Vault secret holds the value; no ARM resource does
+        everything = [cloud.arm.get(r) for kind, ids in held.items() for r in ids
+                      if kind not in ("secrets", "deletedsecrets")]
+        assert SECRET not in script and SECRET not in json.dumps(everything)
+        nsg = [r for r in held["Microsoft.Network/networkSecurityGroups"] if task_id in r][0]
+        assert cloud.arm.get(nsg)["properties"]["securityRules"] == []
+        # the identity may touch only its task's prefix
+        roles = [cloud.arm.get(r) for r in held["Microsoft.Authorization/roleAssignments"]]
+        conditions = [r["properties"].get("condition", "") for r in roles]
+        assert any(f"StringStartsWith '{task_id}/'" in c for c in conditions), conditions
+
+    async def check_finished(self, cloud, done):
+        """The finished replica took its own instance out, lowering the capacity."""
+        path = _vmss_path(done["task_id"])
+
+        def shrunk() -> bool:
+            return cloud.arm.get(path)["sku"]["capacity"] == 0
+
+        await anyio.to_thread.run_sync(lambda: cloud.wait_for(shrunk, 30, "capacity 0"))
+
+    async def check_destroyed(self, cloud, task_id):
+        """Nothing of the task: no group, resource, role assignment or secret (the shared
+        account and vault stay)."""
+        left = {kind: [r for r in ids if task_id in r or kind in (
+            "Microsoft.Authorization/roleAssignments", "secrets", "deletedsecrets")]
+            for kind, ids in cloud.arm.resources().items()}
+        shared = [r for r in left.get("Microsoft.Authorization/roleAssignments", [])
+                  if "Microsoft.KeyVault/vaults/" in r and "/secrets/" not in r]
+        left["Microsoft.Authorization/roleAssignments"] = [
+            r for r in left.get("Microsoft.Authorization/roleAssignments", [])
+            if r not in shared]
+        assert {k: v for k, v in left.items() if v} == {}
+
+    async def check_preempted(self, cloud, said, done):
+        assert "simulated the eviction" in said and "Try & Restore" in said, said
+
+    @pytest.mark.anyio
+    async def test_a_scheduled_eviction_flushes_and_the_restored_instance_resumes(
+            self, cloud, project):
+        """A Preempt event, not a rehearsal through tpi: the agent flushes, acknowledges
+        and exits 143, the instance goes, and Try & Restore's new instance resumes from the
+        checkpoint."""
+        self.write_tasks(project, epochs=12, spot=True, hold=4)
+        await tpi(project, "apply")
+        first = (await anyio.to_thread.run_sync(
+            lambda: cloud.wait_for(lambda: list(cloud.machines), 30, "an instance")))[0]
+        await self.wait_for(cloud, lambda t: "epoch 3" in t, "epoch 3", project)
+        assert await anyio.to_thread.run_sync(cloud.evict, first) == 143
+        done = await self.wait_state(cloud, project, "succeeded")
+        assert done["recoveries"] == 1 and done["counts"]["succeeded"] == 1, done
+        assert (await status(project))["state"] == "succeeded"
+        await self.resumed(project)
+
+
+def test_spot_asks_for_try_and_restore_and_a_price_cap():
+    body = resources.scale_set_body(
+        location=LOCATION, size="Standard_D8s_v5", capacity=2, image=machines.image("ubuntu"),
+        disk_size=64, spot=0.5, identity="/id", subnet="/subnet", custom_data="IyEvYmluL3NoCg==",
+        tags={}, deadline=time.time() + 7200)
+    profile = body["properties"]["virtualMachineProfile"]
+    assert (profile["priority"], profile["evictionPolicy"]) == ("Spot", "Delete")
+    assert profile["billingProfile"] == {"maxPrice": 0.5}
+    assert body["properties"]["spotRestorePolicy"] == {"enabled": True, "restoreTimeout": "PT2H"}
+    assert profile["storageProfile"]["osDisk"]["diskSizeGB"] == 64
