@@ -18,14 +18,15 @@ stays a cloud's own are small hooks:
 - ``_delete_batch``: deleting up to ``DELETE_BATCH`` keys;
 - ``_close``: what the owner closes.
 
-An Azure Blob storage fits the same way: ``_open`` builds an endpoint whose protocol
-locates ``/container/blob``, signs with Shared Key or a SAS, reads ``Content-MD5``
+Azure Blob storage (plugins/tpi-azure) fits the same way: ``_open`` builds an endpoint
+whose protocol locates ``/container/blob``, signs with Shared Key, a SAS or a bearer
+token, reads ``Content-MD5``
 (``x-ms-blob-content-md5`` in a range answer) and pins with If-Match, so downloads are
 the transport's Range GETs unchanged; ``_send`` is Put Blob (``x-ms-blob-type:
 BlockBlob``, Content-MD5 when the md5 is known up front) answering the ``Content-MD5``
 stored; ``_in_parts``/``_send_parts`` are Put Block and Put Block List above Put Blob's
 limit; ``_entries`` reads List Blobs XML by marker (no ``start_after``: ``LISTS_AFTER``
-stays False); ``_delete_batch`` is a Blob Batch of ``DELETE_BATCH = 256`` deletes.
+stays False); ``_delete_batch`` sends one Delete Blob per key, 32 at once.
 
 Keys that would be unsafe as local paths are refused for transfers (``checked_key``) but
 listed and deleted, so a hostile object never blocks clean-up; keys ending in ``/``
