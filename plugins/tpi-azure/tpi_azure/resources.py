@@ -246,13 +246,19 @@ async def create_vault(arm: Arm, group: str, name: str, location: str, tenant: s
                               what=f"read key vault {name}")
     if existing:
         return existing
-    return await arm.call("PUT", path, version=v("Microsoft.KeyVault"),
-                          what=f"create key vault {name}", body={
-                              "location": location, "tags": {"tpi-managed": "true"},
-                              "properties": {"tenantId": tenant,
-                                             "sku": {"family": "A", "name": "standard"},
-                                             "enableRbacAuthorization": True,
-                                             "softDeleteRetentionInDays": 7}}) or {}
+    vault = await arm.call("PUT", path, version=v("Microsoft.KeyVault"),
+                           what=f"create key vault {name}", body={
+                               "location": location, "tags": {"tpi-managed": "true"},
+                               "properties": {"tenantId": tenant,
+                                              "sku": {"family": "A", "name": "standard"},
+                                              "enableRbacAuthorization": True,
+                                              "softDeleteRetentionInDays": 7}}) or {}
+    for _ in range(90):  # a new vault registers its DNS name before its URI answers
+        if (vault.get("properties") or {}).get("provisioningState", "Succeeded") == "Succeeded":
+            return vault
+        await anyio.sleep(arm.poll_interval)
+        vault = await get_vault(arm, group, name) or vault
+    raise TransientError(f"key vault {name} is not ready after {90 * arm.poll_interval:g} s")
 
 
 async def get_vault(arm: Arm, group: str, name: str) -> dict | None:
