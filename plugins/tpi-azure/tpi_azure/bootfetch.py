@@ -6,6 +6,7 @@ import base64
 from email.utils import formatdate
 
 BLOB_VERSION = "2025-11-05"
+PAGE = 5000  # blobs per listing page (the service's most)
 STORAGE, MANAGEMENT = "https://storage.azure.com/", "https://management.azure.com/"
 
 
@@ -88,7 +89,7 @@ def body_md5(r):
 
 
 def count(prefix):
-    n, q = 0, {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": 5000}
+    n, q = 0, {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": PAGE}
     url = G["EP"] + "/" + quote(G["C"], safe="") + "?"
     while True:
         page = call("GET", url + urlencode(q), auth=blob_auth, error_of=error_of).decode()
