@@ -16,7 +16,9 @@ import time
 
 import anyio
 import pytest
-from tpi_azure import machines, resources
+from tpi_azure import backend, machines, resources
+from tpi_azure.arm import Arm
+from tpi_azure.auth import token_source
 
 from tpi_core.boot.script import parse, unpack
 from tpi_core.testing.contract import BackendContract
@@ -127,3 +129,44 @@ def test_spot_asks_for_try_and_restore_and_a_price_cap():
     assert profile["billingProfile"] == {"maxPrice": 0.5}
     assert body["properties"]["spotRestorePolicy"] == {"enabled": True, "restoreTimeout": "PT2H"}
     assert profile["storageProfile"]["osDisk"]["diskSizeGB"] == 64
+
+
+@pytest.mark.anyio
+async def test_permission_set_uses_the_users_identity_and_assigns_nothing(azure, tmp_path):
+    """``permission_set`` = a user-assigned identity's id: the scale set runs as it, tpi makes
+    no identity and no role assignment, and destroy leaves the user's identity alone."""
+    tokens = token_source()
+    arm = Arm(SUBSCRIPTION, tokens.get)
+    try:
+        await resources.create_group(arm, "mine", LOCATION, {})
+        mine = await resources.create_identity(arm, "mine", "trainer", LOCATION, {})
+    finally:
+        await arm.aclose()
+        await tokens.close()
+    (tmp_path / "tasks.toml").write_text(
+        f'[task.own]\ncloud = "azure"\nregion = "eu-west"\npermission_set = "{mine["id"]}"\n'
+        'script = "true"\n[task.own.environment]\nA = "1"\n')
+    created = json.loads((await tpi(tmp_path, "apply", "--json")).stdout)[0]
+    held = azure.resources()
+    assert not [r for r in held.get("Microsoft.ManagedIdentity/userAssignedIdentities", [])
+                if created["id"] in r]
+    assert held.get("Microsoft.Authorization/roleAssignments", []) == [
+        r for r in held.get("Microsoft.Authorization/roleAssignments", [])
+        if "Microsoft.KeyVault/vaults/" in r and "/secrets/" not in r]  # the caller's, shared
+    scale_set = azure.get(_vmss_path(created["id"]))
+    assert list(scale_set["identity"]["userAssignedIdentities"]) == [mine["id"]]
+    script = unpack(scale_set["properties"]["virtualMachineProfile"]["osProfile"]["customData"])
+    assert parse(script)["environment"]["TPI_AZURE_CLIENT_ID"] == mine["clientId"]
+    await tpi(tmp_path, "destroy", "--yes")
+    assert azure.get(mine["id"]) is not None
+    assert not [r for ids in azure.resources().values() for r in ids if created["id"] in r]
+
+
+def test_the_subscription_comes_from_the_azure_clis_profile(tmp_path, monkeypatch):
+    folder = tmp_path / ".azure"
+    folder.mkdir()
+    (folder / "azureProfile.json").write_text(json.dumps({"subscriptions": [
+        {"id": "other", "isDefault": False}, {"id": SUBSCRIPTION, "isDefault": True}]}),
+        encoding="utf-8-sig")  # the CLI writes a byte-order mark
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert backend._cli_subscription() == SUBSCRIPTION
