@@ -33,8 +33,7 @@ from tpi_core.errors import (
     TpiError,
     TransientError,
 )
-from tpi_core.transport.pool import Pool
-from tpi_core.transport.proxy import proxy_for
+from tpi_core.transport.apis import ApiPools, retry_after
 
 ENDPOINT_ENV = "TPI_AZURE_ENDPOINT"
 MANAGEMENT = "https://management.azure.com"
@@ -116,7 +115,7 @@ class Arm:
     def __init__(self, subscription: str, token: TokenSource, endpoint: str | None = None):
         self.subscription, self._token = subscription, token
         self.origin = (endpoint or os.environ.get(ENDPOINT_ENV) or MANAGEMENT).rstrip("/")
-        self._pools: dict[str, Pool] = {}
+        self._apis = ApiPools()
         self.poll_interval = 2.0
         """Seconds between two looks at an operation (when it gives no Retry-After)."""
 
@@ -184,7 +183,7 @@ class Arm:
                 return
             if time.monotonic() > limit:
                 raise TransientError(f"{what}: not done after {timeout:g} s")
-            await anyio.sleep(_retry_after(headers, self.poll_interval))
+            await anyio.sleep(retry_after(headers, self.poll_interval))
 
     async def _get_url(self, url: str, what: str) -> dict:
         status, _, payload = await self._send("GET", url, {}, None, MANAGEMENT_RESOURCE,
@@ -196,7 +195,8 @@ class Arm:
     async def _send(self, method: str, path: str, query: Mapping[str, Any], body: Any,
                     resource: str, what: str) -> tuple[int, dict[str, str], bytes]:
         """One request, retried on the network's failures, 429 and 5xx (Retry-After
-        honoured); its status, lowercased headers and body."""
+        honoured: :class:`~tpi_core.transport.apis.ApiPools`); its status, lowercased
+        headers and body."""
         if path.startswith("http"):
             parts = urlsplit(path)
             origin, target = f"{parts.scheme}://{parts.netloc}", parts.path + (
@@ -211,38 +211,10 @@ class Arm:
             headers["Content-Type"] = "application/json"
         if (token := await self._token(resource)) is not None:
             headers["Authorization"] = f"Bearer {token}"
-        for attempt in range(5):
-            try:
-                async with self._pool(origin).request(method, target, headers,
-                                                      data) as response:
-                    payload = await response.read()
-                    status = response.status
-                    found = {k.lower(): v for k, v in response.headers.items()}
-            except TpiError as exc:  # the network's, at the pool: transient
-                if attempt == 4:
-                    raise TransientError(f"{what}: {exc}") from exc
-                await anyio.sleep(2 ** attempt)
-                continue
-            if (status == 429 or status >= 500) and attempt < 4:
-                await anyio.sleep(_retry_after(found, 2 ** attempt))
-                continue
-            return status, found, payload
-        raise AssertionError("unreachable")
-
-    def _pool(self, origin: str) -> Pool:
-        if origin not in self._pools:
-            self._pools[origin] = Pool(origin, limit=8, proxy=proxy_for(origin))
-        return self._pools[origin]
+        answer = await self._apis.exchange(origin, method, target, headers, data, what,
+                                           attempts=5)
+        return answer.status, dict(answer.headers), answer.body
 
     async def aclose(self) -> None:
         """Close the connections."""
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.aclose()
-
-
-def _retry_after(headers: Mapping[str, str], default: float) -> float:
-    try:
-        return min(float(headers.get("retry-after", default)), 60.0)
-    except ValueError:
-        return default
+        await self._apis.aclose()

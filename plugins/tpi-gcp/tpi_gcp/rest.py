@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import anyio
-
 from tpi_core.errors import (
     BackendError,
     PermissionDenied,
@@ -29,8 +27,7 @@ from tpi_core.errors import (
     TpiError,
     TransientError,
 )
-from tpi_core.transport.pool import Pool
-from tpi_core.transport.proxy import proxy_for
+from tpi_core.transport.apis import Answer, ApiPools
 
 ENDPOINT_ENV = "TPI_GCE_ENDPOINT"
 HOSTS = {"compute": "https://compute.googleapis.com", "iam": "https://iam.googleapis.com",
@@ -94,7 +91,7 @@ class GoogleApis:
     def __init__(self, project: str, token: TokenSource, endpoint: str | None = None):
         self.project, self._token = project, token
         self._endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or "").rstrip("/")
-        self._pools: dict[str, Pool] = {}
+        self._apis = ApiPools()
 
     def origin(self, api: str) -> str:
         """Where requests to ``api`` go (storage: ``STORAGE_EMULATOR_HOST`` when set, as the
@@ -118,26 +115,20 @@ class GoogleApis:
             headers["Content-Type"] = "application/json"
         if (token := await self._token()) is not None:
             headers["Authorization"] = f"Bearer {token}"
-        for attempt in range(4):
-            try:
-                async with self._pool(origin).request(method, target, headers,
-                                                      data) as response:
-                    payload = await response.read()
-                    status = response.status
-            except TpiError as exc:  # the network's, at the pool: transient
-                if attempt == 3:
-                    raise TransientError(f"{what}: {exc}") from exc
-                await anyio.sleep(2 ** attempt)
-                continue
-            if status < 300:
-                return json.loads(payload) if payload.strip() else {}
-            error = error_for(status, payload, what, api, self.project)
-            if _expected(error, status, ok):
-                return None
-            if not isinstance(error, TransientError) or attempt == 3:
-                raise error
-            await anyio.sleep(2 ** attempt)
-        raise AssertionError("unreachable")
+
+        def transient(answer: Answer) -> bool:
+            error = error_for(answer.status, answer.body, what, api, self.project)
+            return isinstance(error, TransientError) and not _expected(error, answer.status,
+                                                                       ok)
+
+        answer = await self._apis.exchange(origin, method, target, headers, data, what,
+                                           retry=transient)
+        if answer.status < 300:
+            return json.loads(answer.body) if answer.body.strip() else {}
+        error = error_for(answer.status, answer.body, what, api, self.project)
+        if _expected(error, answer.status, ok):
+            return None
+        raise error
 
     async def pages(self, path: str, key: str, *, api: str = "compute",
                     query: Mapping[str, Any] | None = None) -> AsyncIterator[dict]:
@@ -179,16 +170,9 @@ class GoogleApis:
             raise error
         return operation
 
-    def _pool(self, origin: str) -> Pool:
-        if origin not in self._pools:
-            self._pools[origin] = Pool(origin, limit=8, proxy=proxy_for(origin))
-        return self._pools[origin]
-
     async def aclose(self) -> None:
         """Close the connections."""
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.aclose()
+        await self._apis.aclose()
 
 
 def _expected(error: TpiError, status: int, ok: Iterable[str]) -> bool:
