@@ -26,6 +26,7 @@ the core's transport (:mod:`tpi_azure.arm`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -420,17 +421,20 @@ class _Creation:
         return (await self.backend._account(self.location, True))[0]
 
     async def _vault(self) -> dict:
-        """The location's Key Vault, made once, where the caller may write secrets."""
+        """The location's Key Vault, made once, where the caller may write secrets: it is
+        given Key Vault Secrets Officer there (when it may assign roles; else it must have
+        the right already)."""
         arm = await self.backend.arm()
         group = resources.shared_group(self.location)
         name = resources.vault_name(arm.subscription, self.location)
         vault = await resources.get_vault(arm, group, name)
         if vault is None:
             await resources.create_group(arm, group, self.location, {"tpi-managed": "true"})
-            tenant = self.ident.get("tenantId", "") if hasattr(self, "ident") else ""
-            vault = await resources.create_vault(arm, group, name, self.location, tenant)
-            caller = _caller(await self.backend._tokens.get(MANAGEMENT_RESOURCE))
-            if caller:
+            vault = await resources.create_vault(arm, group, name, self.location,
+                                                 self.ident.get("tenantId", ""))
+        caller = _caller(await self.backend._tokens.get(MANAGEMENT_RESOURCE))
+        if caller:
+            with contextlib.suppress(PermissionDenied):
                 await resources.assign(arm, vault["id"], "Key Vault Secrets Officer", caller,
                                        principal_type="")
         return vault

@@ -88,9 +88,14 @@ class AzureImds(MetadataService):
         """The instance id in its scale set (after the last ``_`` of its name)."""
         return str((await self.compute())["name"]).rsplit("_", 1)[-1]
 
+    events_timeout = 150.0
+    """Seconds a look at Scheduled Events may take: the first one of a VM turns the service
+    on and can take about 2 minutes."""
+
     async def preempt_events(self) -> list[Mapping[str, Any]]:
         """The ``Preempt`` events that name this instance."""
-        text = await self._required("scheduledevents", {"api-version": EVENTS_VERSION})
+        text = await self._required("scheduledevents", {"api-version": EVENTS_VERSION},
+                                    timeout=self.events_timeout)
         try:
             events = json.loads(text).get("Events") or []
         except (ValueError, AttributeError) as exc:
@@ -108,8 +113,9 @@ class AzureImds(MetadataService):
         if status != 200:
             raise TransientError(f"scheduled events: acknowledging {event_id}: HTTP {status}")
 
-    async def _required(self, path: str, query: Mapping[str, str]) -> str:
-        text = await self.get(path, query)
+    async def _required(self, path: str, query: Mapping[str, str],
+                        timeout: float | None = None) -> str:
+        text = await self.get(path, query, timeout=timeout)
         if text is None:
             raise TransientError(f"instance metadata {path}: not found")
         return text

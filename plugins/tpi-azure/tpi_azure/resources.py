@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import secrets
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ import anyio
 
 from tpi_azure.arm import VAULT_RESOURCE, VERSIONS, Arm, code_of
 from tpi_azure.machines import Image
-from tpi_core.errors import TransientError
+from tpi_core.errors import PermissionDenied, TpiError, TransientError
 
 GONE = ("ResourceNotFound", "ResourceGroupNotFound", "NotFound", "SecretNotFound",
         "ParentResourceNotFound")
@@ -163,7 +164,9 @@ async def assign(arm: Arm, scope: str, role: str, principal: str, *,
     properties: dict[str, Any] = {
         "roleDefinitionId": arm.sub(
             f"/providers/Microsoft.Authorization/roleDefinitions/{ROLES[role]}"),
-        "principalId": principal, "principalType": principal_type}
+        "principalId": principal}
+    if principal_type:  # else ARM finds out (the caller may be a user or an app)
+        properties["principalType"] = principal_type
     if condition:
         properties.update(condition=condition, conditionVersion="2.0")
     for attempt in range(20):
@@ -272,25 +275,32 @@ def vault_uri(vault: Mapping[str, Any]) -> str:
 
 
 async def put_secret(arm: Arm, vault: Mapping[str, Any], name: str,
-                     values: Mapping[str, str], tags: Mapping[str, str]) -> None:
-    """The environment as one secret (JSON); a secret deleted but not purged (a task applied
-    again after a destroy that could not purge) is recovered first."""
+                     values: Mapping[str, str], tags: Mapping[str, str],
+                     patience: float = 180) -> None:
+    """The environment as one secret (JSON). A secret deleted but not purged (a task applied
+    again after a destroy that could not purge) is recovered first; a refusal is asked again
+    for ``patience`` seconds (a role just assigned takes minutes to reach Key Vault)."""
     url = f"{vault_uri(vault)}secrets/{name}"
     body = {"value": json.dumps(dict(values)), "contentType": "application/json",
             "tags": dict(list(tags.items())[:15])}
-    for attempt in range(10):
+    limit, recovered = time.monotonic() + patience, False
+    while True:
         try:
             await arm.call("PUT", url, version=v("vault"), body=body, resource=VAULT_RESOURCE,
                            what=f"store secret {name}")
             return
-        except Exception as exc:
-            if "deleted but recoverable" not in str(exc) or attempt == 9:
+        except PermissionDenied:
+            if time.monotonic() > limit:
                 raise
-            if attempt == 0:
+        except TpiError as exc:
+            if "deleted but recoverable" not in str(exc) or time.monotonic() > limit:
+                raise
+            if not recovered:
+                recovered = True
                 await arm.call("POST", f"{vault_uri(vault)}deletedsecrets/{name}/recover",
                                version=v("vault"), resource=VAULT_RESOURCE, ok=GONE,
                                what=f"recover secret {name}")
-            await anyio.sleep(2)
+        await anyio.sleep(min(arm.poll_interval * 5, 10))
 
 
 async def get_secret(arm: Arm, uri: str, name: str) -> dict[str, str]:

@@ -71,6 +71,12 @@ async def test_everything_is_created_twice_and_deleted_twice(azure, arm):
         await resources.delete_group(arm, NAME)
     assert await resources.get_secret(arm, resources.vault_uri(vault), "s-environment") == {}
     assert not [r for ids in azure.resources().values() for r in ids if NAME in r]
+    # a role just assigned takes a while to reach Key Vault: its refusals are waited out
+    azure.fail("PUT", "keyvault/.*/secrets/", 403, "Forbidden", "ForbiddenByRbac", times=2)
+    await resources.put_secret(arm, vault, "r-environment", {"C": "1"}, {})
+    azure.fail("PUT", "keyvault/.*/secrets/", 403, "Forbidden", "ForbiddenByRbac", times=9)
+    with pytest.raises(PermissionDenied, match="ForbiddenByRbac"):
+        await resources.put_secret(arm, vault, "r-environment", {"C": "1"}, {}, patience=0.5)
     # a secret deleted but not purged is recovered when the task is applied again
     await resources.put_secret(arm, vault, "t-environment", {"B": "2"}, {})
     await arm.call("DELETE", f"{resources.vault_uri(vault)}secrets/t-environment",
