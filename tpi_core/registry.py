@@ -33,8 +33,8 @@ STORAGE_GROUP = "tpi.storage"
 ALIASES = {"az": "azure", "kubernetes": "k8s"}
 """Other spellings a tasks file may use for a backend name."""
 
-FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "s3": "aws", "gs": "gcp",
-               "az": "azure"}
+FIRST_PARTY = {"aws": "aws", "k8s": "k8s", "gcp": "gcp", "azure": "azure", "s3": "aws",
+               "gs": "gcp", "az": "azure"}
 """Backend or storage scheme -> the extra of the ``tpi`` distribution that installs it (a
 test checks that each is declared)."""
 

@@ -45,12 +45,23 @@ def jwt(audience: str, **claims) -> str:
     return f"{part({'alg': 'RS256'})}.{part(payload)}.ZmFrZQ"
 
 
-ARM_TOKEN, VAULT_TOKEN = jwt("https://management.azure.com/"), jwt("https://vault.azure.net")
+def arm_token() -> str:
+    """A token for ARM, made now (one made at import would expire in a long test run)."""
+    return jwt("https://management.azure.com/")
+
+
+def vault_token() -> str:
+    return jwt("https://vault.azure.net")
+
+
+FRESH = "fresh"
+"""``call``'s default: a new ARM token."""
 
 
 def call(arm: FakeArm, method: str, path: str, body: dict | None = None, *,
-         token: str | None = ARM_TOKEN, query: str = API) -> tuple[int, dict | None, dict]:
-    """One request: (status, JSON body or None, headers)."""
+         token: str | None = FRESH, query: str = API) -> tuple[int, dict | None, dict]:
+    """One request: (status, JSON body or None, headers); ``token`` None sends none."""
+    token = arm_token() if token == FRESH else token
     if path.startswith("http"):
         url = path
     else:
@@ -381,7 +392,8 @@ def test_key_vault_secrets(group):
     uri = vault["properties"]["vaultUri"]
     assert status == 201 and uri == f"{arm.url}/keyvault/tpi-t1-kv/"
 
-    def kv(method: str, path: str, body: dict | None = None, token: str = VAULT_TOKEN):
+    def kv(method: str, path: str, body: dict | None = None, token: str = FRESH):
+        token = vault_token() if token == FRESH else token
         return call(arm, method, uri + path + "?api-version=7.4", body, token=token)
 
     status, first, _ = kv("PUT", "secrets/tpi-env", {"value": "one", "contentType": "json",
@@ -393,11 +405,11 @@ def test_key_vault_secrets(group):
     assert kv("GET", "secrets/TPI-ENV/" + first["id"].rsplit("/", 1)[1])[1]["value"] == "one"
     assert [s["id"] for s in kv("GET", "secrets")[1]["value"]] == [f"{uri}secrets/tpi-env"]
     assert code(kv("PUT", "secrets/not_a_name", {"value": "x"})) == (400, "BadParameter")
-    assert code(kv("GET", "secrets/tpi-env", token=ARM_TOKEN)) == (401, "Unauthorized")
+    assert code(kv("GET", "secrets/tpi-env", token=arm_token())) == (401, "Unauthorized")
     status, _, headers = kv("GET", "secrets/tpi-env", token="")
     assert status == 401 and 'resource="https://vault.azure.net"' in headers["WWW-Authenticate"]
     assert code(call(arm, "GET", f"{arm.url}/keyvault/nope/secrets/x?api-version=7.4",
-                     token=VAULT_TOKEN)) == (404, "NotFound")
+                     token=vault_token())) == (404, "NotFound")
 
     status, deleted, _ = kv("DELETE", "secrets/tpi-env")
     assert status == 200 and deleted["recoveryId"] == f"{uri}deletedsecrets/tpi-env"
@@ -519,7 +531,7 @@ def test_lro_shapes_patch_and_injected_failures():
 def test_authentication_validation_and_unknown_paths(group):
     arm = group
     assert code(call(arm, "GET", RG, token=None)) == (401, "AuthenticationFailed")
-    assert code(call(arm, "GET", RG, token=VAULT_TOKEN)) == (
+    assert code(call(arm, "GET", RG, token=vault_token())) == (
         401, "InvalidAuthenticationTokenAudience")
     expired = jwt("https://management.azure.com", exp=time.time() - 5)
     assert code(call(arm, "GET", RG, token=expired)) == (401, "ExpiredAuthenticationToken")
@@ -559,11 +571,12 @@ def test_authentication_validation_and_unknown_paths(group):
     assert (status, error["error"]["code"]) == (409, "MissingSubscriptionRegistration")
     assert "namespace 'Microsoft.Compute'" in error["error"]["message"]
     assert call(arm, "POST", f"{provider}/register")[1]["registrationState"] == "Registered"
-    assert call(arm, "PUT", f"{COMPUTE}/tpi-t1", spot_vmss(1, restore=True))[0] == 201
+    token = arm_token()
+    assert call(arm, "PUT", f"{COMPUTE}/tpi-t1", spot_vmss(1, restore=True), token=token)[0] == 201
     recorded = arm.requests[-1]
     assert (recorded.method, recorded.query["api-version"]) == ("PUT", "2024-01-01")
     assert json.loads(recorded.body)["sku"]["capacity"] == 1
-    assert recorded.headers["authorization"] == f"Bearer {ARM_TOKEN}"
+    assert recorded.headers["authorization"] == f"Bearer {token}"
 
 
 def test_lists_filters_and_paging(group):

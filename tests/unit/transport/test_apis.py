@@ -53,6 +53,7 @@ async def test_503_and_429_are_tried_again_and_the_last_answer_is_returned():
     finally:
         await apis.aclose()
         server.server.shutdown()
+        server.server.server_close()
 
 
 async def test_a_network_failure_is_transient_and_names_what():
