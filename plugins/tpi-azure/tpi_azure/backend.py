@@ -3,7 +3,8 @@
 ``steps`` lists the task's resources, each with its create and its delete (destroy deletes
 them in reverse); each carries ``tpi-task``/``tpi-managed`` and the task's tags::
 
-    resource group         the task's own, named as the task, in its location
+    resource group         the task's own, named as the task, in its location (or the
+                           user's ``AZURE_DEFAULTS_GROUP``, never created or deleted)
     network                an NSG with no inbound rule, a virtual network and subnet behind it
     identity + roles       a user-assigned identity allowed the task's prefix of the
                            container (an ABAC condition), reading the agent bundles, reading
@@ -56,6 +57,9 @@ from tpi_core.tags import OwnTags
 TAGS = OwnTags("tpi-task", "tpi-managed", "tpi-name", "tpi-container", "tpi-region")
 """tpi's own tag keys."""
 SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
+GROUP_ENV = "AZURE_DEFAULTS_GROUP"
+"""A resource group of the user's (the Azure CLI's default group) where apply puts tasks,
+instead of a group of their own."""
 CLI_PROFILE = "~/.azure/azureProfile.json"
 CUSTOM_DATA_LIMIT = 65535
 """CustomData's most, in bytes before base64 (the boot script goes gzipped)."""
@@ -81,6 +85,7 @@ class AzureBackend(Backend):
         self._tokens: Any = None
         self._lock = anyio.Lock()
         self._accounts: dict[str, tuple[dict, str]] = {}
+        self._groups: dict[str, tuple[str, bool]] = {}
 
     async def arm(self) -> Arm:
         """ARM for the subscription (from the environment, else the Azure CLI's default),
@@ -99,6 +104,23 @@ class AzureBackend(Backend):
 
                 self._arm = Arm(subscription, token)
             return self._arm
+
+    async def group_of(self, ref: TaskRef) -> tuple[str, bool]:
+        """The task's resource group, and whether it is the task's own: the group named as
+        the task, else the group its tagged resources are in (the user's), else the task's
+        own to be (nothing of it exists)."""
+        if ref.task_id not in self._groups:
+            arm = await self.arm()
+            found = await arm.call("GET", resources.group_id(arm, ref.task_id),
+                                   version=resources.v("resources"), ok=resources.GONE,
+                                   what=f"read resource group {ref.task_id}")
+            group = (ref.task_id, True) if found is not None else None
+            if group is None:
+                tagged = await resources.tagged(arm, TAGS.task, ref.task_id)
+                group = (tagged[0]["id"].split("/")[4], False) if tagged else (
+                    ref.task_id, True)
+            self._groups[ref.task_id] = group
+        return self._groups[ref.task_id]
 
     # storage ---------------------------------------------------------------------------------
 
@@ -190,11 +212,11 @@ class AzureBackend(Backend):
 
     async def observe(self, ref: TaskRef) -> Observation:
         """Instances running and wanted, and events from their instance views."""
-        arm = await self.arm()
-        found = await resources.get_scale_set(arm, ref.task_id, ref.task_id)
+        arm, (group, _) = await self.arm(), await self.group_of(ref)
+        found = await resources.get_scale_set(arm, group, ref.task_id)
         if found is None:
             return Observation(False)
-        instances = await resources.instances(arm, ref.task_id, ref.task_id)
+        instances = await resources.instances(arm, group, ref.task_id)
         running = [i for i in instances if _running(i)]
         events = [e for i in instances for e in instance_events(i)]
         created = [_time(i.get("properties", {}).get("timeCreated")) for i in running]
@@ -205,35 +227,37 @@ class AzureBackend(Backend):
 
     async def set_capacity(self, ref: TaskRef, machines_: int) -> None:
         """Resize the task's scale set (stop: 0, start: parallelism)."""
-        arm = await self.arm()
-        if await resources.get_scale_set(arm, ref.task_id, ref.task_id) is None:
+        arm, (group, _) = await self.arm(), await self.group_of(ref)
+        if await resources.get_scale_set(arm, group, ref.task_id) is None:
             raise ResourceNotFound(f"the task's scale set {ref.task_id} does not exist")
-        await resources.resize(arm, ref.task_id, ref.task_id, machines_)
+        await resources.resize(arm, group, ref.task_id, machines_)
 
     async def lose_machine(self, ref: TaskRef, machine: str, grace: float) -> str:
         """A Spot instance: the scale set's own eviction rehearsal (``simulateEviction``:
         the Preempt notice, then the eviction, then Try & Restore brings capacity back). A
         regular one: deleted, and the capacity raised back."""
         arm, name = await self.arm(), ref.task_id
+        group, _ = await self.group_of(ref)
         instance = machine.rsplit("_", 1)[-1]
-        found = await resources.get_scale_set(arm, name, name)
+        found = await resources.get_scale_set(arm, group, name)
         if found is None or not any(i.get("instanceId") == instance for i in
-                                    await resources.instances(arm, name, name)):
+                                    await resources.instances(arm, group, name)):
             raise UsageError(f"instance {machine} is not in the scale set of task {name}")
         profile = (found.get("properties") or {}).get("virtualMachineProfile") or {}
         if profile.get("priority") == "Spot":
-            await resources.simulate_eviction(arm, name, name, instance)
+            await resources.simulate_eviction(arm, group, name, instance)
             return f"simulated the eviction of instance {machine}; Try & Restore replaces it"
         capacity = int((found.get("sku") or {}).get("capacity") or 0)
-        await resources.delete_instances(arm, name, name, [instance])
-        await resources.resize(arm, name, name, capacity)
+        await resources.delete_instances(arm, group, name, [instance])
+        await resources.resize(arm, group, name, capacity)
         return f"deleted instance {machine}; the scale set makes another"
 
     async def find(self, region: str | None = None) -> list[TaskRef]:
-        """Tasks from the tags of their resource groups, and the task prefixes of tpi's
-        containers (the given location's, else every location's that has one)."""
+        """Tasks from the tags of their resource groups and resources (a task in the user's
+        group), and the task prefixes of tpi's containers (the given location's, else every
+        location's that has one)."""
         arm = await self.arm()
-        groups = await resources.tpi_groups(arm)
+        groups = await resources.tpi_groups(arm) + await resources.tagged(arm, TAGS.task)
         wanted = machines.region(region) if region else None
         by_location: dict[str, list[dict]] = {}
         for group in groups:
@@ -356,19 +380,35 @@ class _Creation:
         _check_identity(task.permission_set)
 
     async def group(self) -> None:
-        await resources.create_group(await self.backend.arm(), self.name, self.location,
-                                     self.tags)
+        """The task's own group; or the user's (``AZURE_DEFAULTS_GROUP``), which must exist
+        and is never deleted; a task applied before keeps its group."""
+        arm = await self.backend.arm()
+        group, own = await self.backend.group_of(TaskRef.of(self.task))
+        users = os.environ.get(GROUP_ENV, "").strip()
+        if own and users and await arm.call(
+                "GET", resources.group_id(arm, group), version=resources.v("resources"),
+                ok=resources.GONE, what=f"read resource group {group}") is None:
+            group, own = users, False  # new: in the user's group
+        self.group_name = group
+        self.backend._groups[self.name] = (group, own)
+        if own:
+            await resources.create_group(arm, group, self.location, self.tags)
+        elif await arm.call("GET", resources.group_id(arm, group),
+                            version=resources.v("resources"), ok=resources.GONE,
+                            what=f"read resource group {group}") is None:
+            raise ResourceNotFound(f"resource group {group} ({GROUP_ENV}) does not exist")
 
     async def network(self) -> None:
-        self.subnet = await resources.create_network(await self.backend.arm(), self.name,
-                                                     self.name, self.location, self.tags)
+        self.subnet = await resources.create_network(await self.backend.arm(),
+                                                     self.group_name, self.name,
+                                                     self.location, self.tags)
 
     async def identity(self) -> None:
         arm = await self.backend.arm()
         if self.task.permission_set:
             self.ident = await resources.get_identity(arm, self.task.permission_set)
             return
-        self.ident = await resources.create_identity(arm, self.name, self.name,
+        self.ident = await resources.create_identity(arm, self.group_name, self.name,
                                                      self.location, self.tags)
         principal = self.ident["principalId"]
         container, prefix = await self.backend.bucket_location(TaskRef.of(self.task))
@@ -378,9 +418,6 @@ class _Creation:
                                condition=resources.prefix_condition(prefix))
         await resources.assign(arm, scope, "Storage Blob Data Reader", principal,
                                condition=resources.prefix_condition(AGENT_PREFIX))
-        # the task's group holds only its own scale set's machines (and its network)
-        await resources.assign(arm, resources.group_id(arm, self.name),
-                               "Virtual Machine Contributor", principal)
 
     async def environment(self) -> None:
         """The secret, then (a scope must exist) the identity's right to read it."""
@@ -401,7 +438,7 @@ class _Creation:
         script = pack(render(boot.machine_boot(
             self.launch, endpoint=endpoint or f"https://{name}.blob.core.windows.net",
             account=name, client_id=self.ident.get("clientId", ""),
-            subscription=arm.subscription, group=self.name, scale_set=self.name,
+            subscription=arm.subscription, group=self.group_name, scale_set=self.name,
             vault=resources.vault_uri(vault) if vault else "")), CUSTOM_DATA_LIMIT)
         size = machines.size(self.task.machine)
         body = resources.scale_set_body(
@@ -410,10 +447,13 @@ class _Creation:
             spot=self.task.spot if self.task.spot >= 0 else None,
             identity=self.ident["id"], subnet=self.subnet, custom_data=script,
             tags=self.tags, deadline=self.launch.deadline)
-        await resources.create_scale_set(arm, self.name, self.name, body)
+        await resources.create_scale_set(arm, self.group_name, self.name, body)
+        if not self.task.permission_set:  # its own scale set: leaving, the replicas' leases
+            await resources.assign(arm, resources.scale_set_id(arm, self.group_name, self.name),
+                                   "Virtual Machine Contributor", self.ident["principalId"])
 
     async def deadline(self) -> None:
-        await resources.create_deadline(await self.backend.arm(), self.name, self.name,
+        await resources.create_deadline(await self.backend.arm(), self.group_name, self.name,
                                         self.location, self.task.parallelism,
                                         self.launch.deadline, self.tags)
 
@@ -447,14 +487,15 @@ class _Deletion:
         self.backend, self.ref, self.name = backend, ref, ref.task_id
 
     async def deadline(self) -> None:
-        arm = await self.backend.arm()
+        arm, group = await self.backend.arm(), await self._group()
         await arm.call("DELETE", resources.resource_id(
-            arm, self.name, "Microsoft.Insights/autoscalesettings", f"{self.name}-deadline"),
+            arm, group, "Microsoft.Insights/autoscalesettings", f"{self.name}-deadline"),
             version=resources.v("Microsoft.Insights"), ok=resources.GONE,
             what=f"delete the deadline of {self.name}")
 
     async def scale_set(self) -> None:
-        await resources.delete_scale_set(await self.backend.arm(), self.name, self.name)
+        await resources.delete_scale_set(await self.backend.arm(), await self._group(),
+                                         self.name)
 
     async def environment(self) -> None:
         arm = await self.backend.arm()
@@ -470,7 +511,7 @@ class _Deletion:
         """The identity's role assignments (ARM keeps them after their principal is gone),
         then the identity."""
         arm = await self.backend.arm()
-        path = resources.resource_id(arm, self.name,
+        path = resources.resource_id(arm, await self._group(),
                                      "Microsoft.ManagedIdentity/userAssignedIdentities",
                                      self.name)
         found = await arm.call("GET", path, version=resources.v("Microsoft.ManagedIdentity"),
@@ -485,20 +526,26 @@ class _Deletion:
                        ok=resources.GONE, what=f"delete managed identity {self.name}")
 
     async def network(self) -> None:
-        arm = await self.backend.arm()
+        arm, group = await self.backend.arm(), await self._group()
         for kind in ("virtualNetworks", "networkSecurityGroups"):
             await arm.call("DELETE", resources.resource_id(
-                arm, self.name, f"Microsoft.Network/{kind}", self.name),
+                arm, group, f"Microsoft.Network/{kind}", self.name),
                 version=resources.v("Microsoft.Network"), ok=resources.GONE,
                 what=f"delete {kind[:-1]} {self.name}")
 
     async def group(self) -> None:
-        await resources.delete_group(await self.backend.arm(), self.name)
+        """The task's own group; never the user's."""
+        group, own = await self.backend.group_of(self.ref)
+        if own:
+            await resources.delete_group(await self.backend.arm(), group)
+
+    async def _group(self) -> str:
+        return (await self.backend.group_of(self.ref))[0]
 
     async def _location(self) -> str | None:
         """The task's location: its group's, else its ref's."""
         arm = await self.backend.arm()
-        found = await arm.call("GET", resources.group_id(arm, self.name),
+        found = await arm.call("GET", resources.group_id(arm, await self._group()),
                                version=resources.v("resources"), ok=resources.GONE,
                                what=f"read resource group {self.name}")
         if found is not None:

@@ -103,6 +103,14 @@ async def delete_group(arm: Arm, name: str) -> None:
                    what=f"delete resource group {name}")
 
 
+async def tagged(arm: Arm, name: str, value: str | None = None) -> list[dict]:
+    """The subscription's resources with tag ``name`` (equal to ``value``, when given; ARM
+    then leaves the tags out of its answer)."""
+    condition = f"tagName eq '{name}'" + (f" and tagValue eq '{value}'" if value else "")
+    return [r async for r in arm.pages(arm.sub("/resources"), version=v("resources"),
+                                       query={"$filter": condition})]
+
+
 async def tpi_groups(arm: Arm) -> list[dict]:
     """The resource groups tagged as tpi tasks'."""
     return [g async for g in arm.pages(arm.sub("/resourcegroups"), version=v("resources"),

@@ -170,3 +170,35 @@ def test_the_subscription_comes_from_the_azure_clis_profile(tmp_path, monkeypatc
         encoding="utf-8-sig")  # the CLI writes a byte-order mark
     monkeypatch.setenv("HOME", str(tmp_path))
     assert backend._cli_subscription() == SUBSCRIPTION
+
+
+@pytest.mark.anyio
+async def test_a_task_in_the_users_resource_group_leaves_the_group_and_its_other_resources(
+        azure, tmp_path, monkeypatch):
+    """``AZURE_DEFAULTS_GROUP``: the task's resources go into the user's group, later commands
+    find it there without the setting, and destroy removes the task's resources only."""
+    tokens = token_source()
+    arm = Arm(SUBSCRIPTION, tokens.get)
+    try:
+        await resources.create_group(arm, "team", LOCATION, {"owner": "ml"})
+        theirs = await resources.create_identity(arm, "team", "their-identity", LOCATION, {})
+    finally:
+        await arm.aclose()
+        await tokens.close()
+    (tmp_path / "tasks.toml").write_text(
+        '[task.teamwork]\ncloud = "azure"\nregion = "eu-west"\nscript = "true"\n')
+    monkeypatch.setenv("AZURE_DEFAULTS_GROUP", "team")
+    created = json.loads((await tpi(tmp_path, "apply", "--json")).stdout)[0]
+    task_id = created["id"]
+    held = [r for ids in azure.resources().values() for r in ids if task_id in r
+            and "roleAssignments" not in r and "/tpi-shared-" not in r and "/keyvault/" not in r]
+    assert len(held) >= 5 and all("/resourceGroups/team/" in r for r in held), held
+    assert azure.get(resources.group_id(arm, task_id)) is None
+    monkeypatch.delenv("AZURE_DEFAULTS_GROUP")
+    assert (await status(tmp_path))["state"] in ("booting", "running", "pending")
+    found = json.loads((await tpi(tmp_path, "list", "--json")).stdout)
+    assert task_id in json.dumps(found)
+    await tpi(tmp_path, "destroy", "--yes")
+    assert azure.get(resources.group_id(arm, "team"))["tags"] == {"owner": "ml"}
+    assert azure.get(theirs["id"]) is not None
+    assert not [r for ids in azure.resources().values() for r in ids if task_id in r]
