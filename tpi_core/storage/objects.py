@@ -45,7 +45,7 @@ from urllib.parse import urlencode
 import anyio
 
 from tpi_core.concurrent import task_group
-from tpi_core.errors import IntegrityError
+from tpi_core.errors import IntegrityError, ObjectNotFound
 from tpi_core.storage import ObjectInfo, Progress, Storage, bucket_url, check_bucket, join
 from tpi_core.storage.local import checked_key
 from tpi_core.sync.manifest import md5_file
@@ -221,6 +221,25 @@ class ObjectStorage(Storage):
     @abstractmethod
     async def _delete_batch(self, keys: list[str]) -> None:
         """Delete up to ``DELETE_BATCH`` bucket keys; missing keys are no error."""
+
+    async def _delete_each(self, keys: list[str], headers: dict[str, str] | None = None,
+                           at_once: int = 32) -> None:
+        """A ``_delete_batch`` for a service that deletes one object per request: a DELETE
+        each (with ``headers``), ``at_once`` in flight; one gone already is no error."""
+        endpoint, slots = await self._open(), anyio.Semaphore(at_once)
+
+        async def one(full: str) -> None:
+            async with slots:
+                try:
+                    async with endpoint.request("DELETE", full, query={}, headers=headers,
+                                                what=f"delete {full}") as resp:
+                        await resp.read()
+                except ObjectNotFound:
+                    pass  # gone already: what a delete wants
+
+        async with task_group() as group:
+            for full in keys:
+                group.start_soon(one, full)
 
     @abstractmethod
     async def _close(self) -> None:

@@ -264,22 +264,7 @@ class BlobStorage(ObjectStorage):
         return md5
 
     async def _delete_batch(self, keys: list[str]) -> None:
-        await self._open()
-        slots = anyio.Semaphore(DELETES)
-
-        async def one(full: str) -> None:
-            async with slots:
-                try:
-                    async with self._endpoint.request("DELETE", full, what=f"delete {full}",
-                                                      headers={"x-ms-delete-snapshots":
-                                                               "include"}) as resp:
-                        await resp.read()
-                except ObjectNotFound:
-                    pass  # gone already: what a delete wants
-
-        async with task_group() as group:
-            for full in keys:
-                group.start_soon(one, full)
+        await self._delete_each(keys, {"x-ms-delete-snapshots": "include"}, at_once=DELETES)
 
     async def _close(self) -> None:
         await self._endpoint.aclose()

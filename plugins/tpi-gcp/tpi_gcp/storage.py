@@ -21,7 +21,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio
 
-from tpi_core.concurrent import task_group
 from tpi_core.errors import (
     ObjectNotFound,
     PermissionDenied,
@@ -214,20 +213,7 @@ class GCSStorage(ObjectStorage):
         return int(committed.rpartition("-")[2]) + 1 if committed else 0
 
     async def _delete_batch(self, keys: list[str]) -> None:
-        slots = anyio.Semaphore(DELETES)  # the JSON API deletes one object per request
-
-        async def one(full: str) -> None:
-            async with slots:
-                try:
-                    async with self._endpoint.request("DELETE", full, query={},
-                                                      what=f"delete {full}") as resp:
-                        await resp.read()
-                except ObjectNotFound:
-                    pass  # gone already: what a delete wants
-
-        async with task_group() as group:
-            for full in keys:
-                group.start_soon(one, full)
+        await self._delete_each(keys, at_once=DELETES)
 
     async def _close(self) -> None:
         await self._endpoint.aclose()
