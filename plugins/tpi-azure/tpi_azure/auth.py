@@ -41,16 +41,16 @@ class IdentityTokens:
         self._credential: Any = None
 
     async def get(self, resource: str) -> str:
-        if self._credential is None:
-            from azure.identity.aio import DefaultAzureCredential  # the Azure auth stack
+        # the Azure auth stack, imported on use
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity.aio import DefaultAzureCredential
 
+        if self._credential is None:
             self._credential = DefaultAzureCredential()
         scope = resource.rstrip("/") + "/.default"
         try:
             return (await self._credential.get_token(scope)).token
-        except Exception as exc:  # azure-identity's: one line, never its chain of attempts
-            if type(exc).__name__ != "ClientAuthenticationError":
-                raise
+        except ClientAuthenticationError as exc:  # one line, not its chain of attempts
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise PermissionDenied(
                 "no usable Azure credentials (DefaultAzureCredential: `az login`, or "

@@ -105,21 +105,19 @@ class AzureBackend(Backend):
                 self._arm = Arm(subscription, token)
             return self._arm
 
-    async def group_of(self, ref: TaskRef) -> tuple[str, bool]:
+    async def group_of(self, ref: TaskRef, new_in: str = "") -> tuple[str, bool]:
         """The task's resource group, and whether it is the task's own: the group named as
-        the task, else the group its tagged resources are in (the user's), else the task's
-        own to be (nothing of it exists)."""
+        the task, else the group its tagged resources are in (the user's). When nothing of
+        the task exists (not kept: apply decides): ``new_in``, a group of the user's, else
+        the task's own to be."""
         if ref.task_id not in self._groups:
             arm = await self.arm()
-            found = await arm.call("GET", resources.group_id(arm, ref.task_id),
-                                   version=resources.v("resources"), ok=resources.GONE,
-                                   what=f"read resource group {ref.task_id}")
-            group = (ref.task_id, True) if found is not None else None
-            if group is None:
-                tagged = await resources.tagged(arm, TAGS.task, ref.task_id)
-                group = (tagged[0]["id"].split("/")[4], False) if tagged else (
-                    ref.task_id, True)
-            self._groups[ref.task_id] = group
+            if await resources.get_group(arm, ref.task_id) is not None:
+                self._groups[ref.task_id] = (ref.task_id, True)
+            elif tagged := await resources.tagged(arm, TAGS.task, ref.task_id):
+                self._groups[ref.task_id] = (tagged[0]["id"].split("/")[4], False)
+            else:
+                return (new_in, False) if new_in else (ref.task_id, True)
         return self._groups[ref.task_id]
 
     # storage ---------------------------------------------------------------------------------
@@ -383,19 +381,13 @@ class _Creation:
         """The task's own group; or the user's (``AZURE_DEFAULTS_GROUP``), which must exist
         and is never deleted; a task applied before keeps its group."""
         arm = await self.backend.arm()
-        group, own = await self.backend.group_of(TaskRef.of(self.task))
-        users = os.environ.get(GROUP_ENV, "").strip()
-        if own and users and await arm.call(
-                "GET", resources.group_id(arm, group), version=resources.v("resources"),
-                ok=resources.GONE, what=f"read resource group {group}") is None:
-            group, own = users, False  # new: in the user's group
+        group, own = await self.backend.group_of(
+            TaskRef.of(self.task), new_in=os.environ.get(GROUP_ENV, "").strip())
         self.group_name = group
         self.backend._groups[self.name] = (group, own)
         if own:
             await resources.create_group(arm, group, self.location, self.tags)
-        elif await arm.call("GET", resources.group_id(arm, group),
-                            version=resources.v("resources"), ok=resources.GONE,
-                            what=f"read resource group {group}") is None:
+        elif await resources.get_group(arm, group) is None:
             raise ResourceNotFound(f"resource group {group} ({GROUP_ENV}) does not exist")
 
     async def network(self) -> None:
@@ -544,10 +536,7 @@ class _Deletion:
 
     async def _location(self) -> str | None:
         """The task's location: its group's, else its ref's."""
-        arm = await self.backend.arm()
-        found = await arm.call("GET", resources.group_id(arm, await self._group()),
-                               version=resources.v("resources"), ok=resources.GONE,
-                               what=f"read resource group {self.name}")
+        found = await resources.get_group(await self.backend.arm(), await self._group())
         if found is not None:
             return found.get("location") or None
         return machines.region(self.ref.region) if self.ref.region else None

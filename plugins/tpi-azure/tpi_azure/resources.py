@@ -97,6 +97,11 @@ async def create_group(arm: Arm, name: str, location: str, tags: Mapping[str, st
                    what=f"create resource group {name}")
 
 
+async def get_group(arm: Arm, name: str) -> dict | None:
+    return await arm.call("GET", group_id(arm, name), version=v("resources"), ok=GONE,
+                          what=f"read resource group {name}")
+
+
 async def delete_group(arm: Arm, name: str) -> None:
     """The group and everything in it (waited for)."""
     await arm.call("DELETE", group_id(arm, name), version=v("resources"), ok=GONE,
